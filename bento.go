@@ -1,0 +1,218 @@
+// Package bento opens a database for an ent-based service and manages its
+// life: Open (configuration → dialect → driver), Migrate, Health, Info,
+// DropAll and Close.
+//
+// A service passes Driver() to its generated ent client and migrates its
+// schema together with Bento's own tables in one call:
+//
+//	cfg, err := config.Load(config.Source{})
+//	db, err := bento.Open(cfg, bento.WithLogger(logger))
+//	defer db.Close()
+//	err = db.Migrate(ctx, migrate.Tables...) // the generated ent/migrate package
+//	client := ent.NewClient(ent.Driver(db.Driver()))
+//
+// Nothing here holds global state: every DB is independent.
+package bento
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"entgo.io/ent/dialect/sql/schema"
+
+	"github.com/bento-go/bento/config"
+	"github.com/bento-go/bento/dialects"
+	"github.com/bento-go/bento/driver"
+)
+
+// DB is an open database: its pool, its ent driver and its lifecycle. It is
+// safe for concurrent use.
+type DB struct {
+	cfg    config.Config
+	db     *dialects.Database
+	pool   *driver.Pool
+	drv    *driver.Driver
+	logger *slog.Logger
+	tables []*schema.Table
+
+	migrateMu sync.Mutex // serialises Migrate within the process (SQLite has no advisory locks)
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type options struct {
+	logger     *slog.Logger
+	middleware []driver.Middleware
+	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
+	tables     []*schema.Table
+}
+
+// Option configures Open.
+type Option func(*options)
+
+// WithLogger sets the logger for the database and its layers. The default
+// discards logs.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithMiddleware appends driver middleware, outermost first, after Bento's
+// own.
+func WithMiddleware(m ...driver.Middleware) Option {
+	return func(o *options) { o.middleware = append(o.middleware, m...) }
+}
+
+// WithDialer replaces how connections to a server are dialed (PostgreSQL,
+// MySQL). Fault tests use it to cut connections at chosen moments.
+func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = dial }
+}
+
+// WithTables adds framework tables that Migrate creates and DropAll drops
+// along with the user's; packages such as outbox provide them.
+func WithTables(t ...*schema.Table) Option {
+	return func(o *options) { o.tables = append(o.tables, t...) }
+}
+
+// Open opens the database cfg.DB.URL names. It does not connect: the first
+// statement does, and Health checks that it can.
+func Open(cfg config.Config, opts ...Option) (*DB, error) {
+	o := options{}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DB.URL.IsZero() {
+		return nil, errors.New("bento: DB_URL is not set; accepted: a database URL (config.Load sets the default sqlite://bento.db)")
+	}
+	d, err := dialects.Open(cfg.DB, dialects.Options{DialContext: o.dial, Logger: o.logger})
+	if err != nil {
+		return nil, err
+	}
+	pool := driver.NewPool(driver.PoolConfig{
+		Role: "primary", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: cfg.DB.PoolTimeout,
+	})
+	var mw []driver.Middleware
+	if cfg.DB.Echo {
+		mw = append(mw, driver.Echo(o.logger))
+	}
+	mw = append(mw, o.middleware...)
+	db := &DB{
+		cfg: cfg, db: d, pool: pool, logger: o.logger, tables: o.tables,
+		drv: driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
+	}
+	return db, nil
+}
+
+// Driver returns the ent driver: ent.NewClient(ent.Driver(db.Driver())).
+func (db *DB) Driver() *driver.Driver { return db.drv }
+
+// Dialect returns "postgres", "mysql" or "sqlite3".
+func (db *DB) Dialect() string { return db.db.Dialect }
+
+// Capabilities returns what the database supports.
+func (db *DB) Capabilities() dialects.Capabilities { return db.db.Capabilities }
+
+// Config returns the configuration the DB was opened with.
+func (db *DB) Config() config.Config { return db.cfg }
+
+// Pool returns the primary pool.
+func (db *DB) Pool() *driver.Pool { return db.pool }
+
+// Logger returns the DB's logger.
+func (db *DB) Logger() *slog.Logger { return db.logger }
+
+// Health runs SELECT 1 on the primary within timeout (the connect timeout
+// plus one second when timeout <= 0). The error says what failed and where,
+// with the URL redacted.
+func (db *DB) Health(ctx context.Context, timeout time.Duration) error {
+	if timeout <= 0 {
+		timeout = db.cfg.DB.ConnectTimeout + time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var one int
+	rows, err := db.drv.QueryContext(ctx, "SELECT 1")
+	if err == nil {
+		if rows.Next() {
+			err = rows.Scan(&one)
+		}
+		err = errors.Join(err, rows.Err(), rows.Close())
+	}
+	if err == nil && one != 1 {
+		err = fmt.Errorf("SELECT 1 returned %d", one)
+	}
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("bento: health: %s at %s did not answer within %s: %w", db.db.Dialect, db.cfg.DB.URL, timeout, err)
+		}
+		return fmt.Errorf("bento: health: %s at %s: %w", db.db.Dialect, db.cfg.DB.URL, err)
+	}
+	return nil
+}
+
+// Info describes the database for operators; it never contains a password.
+type Info struct {
+	Dialect       string                 `json:"dialect"`
+	ServerVersion string                 `json:"server_version"`
+	URL           string                 `json:"url"`
+	Pool          driver.PoolStats       `json:"pool"`
+	Capabilities  dialects.Capabilities  `json:"capabilities"`
+	Settings      map[string]string      `json:"settings"`
+	Extra         map[string]interface{} `json:"extra,omitempty"`
+}
+
+// Info asks the server for its version and reports the pool's statistics.
+func (db *DB) Info(ctx context.Context) (Info, error) {
+	info := Info{
+		Dialect: db.db.Dialect, URL: db.cfg.DB.URL.String(), Pool: db.pool.Stats(),
+		Capabilities: db.db.Capabilities, Settings: map[string]string{},
+	}
+	for _, s := range config.Settings() {
+		info.Settings[s.Name] = settingValue(db.cfg, s.Name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, db.cfg.DB.ConnectTimeout+time.Second)
+	defer cancel()
+	rows, err := db.drv.QueryContext(ctx, db.db.VersionQuery)
+	if err != nil {
+		return info, fmt.Errorf("bento: info: %s at %s: %w", db.db.Dialect, db.cfg.DB.URL, err)
+	}
+	defer rows.Close()
+	if rows.Next() {
+		if err := rows.Scan(&info.ServerVersion); err != nil {
+			return info, fmt.Errorf("bento: info: reading the server version: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return info, fmt.Errorf("bento: info: reading the server version: %w", err)
+	}
+	info.Pool = db.pool.Stats()
+	return info, nil
+}
+
+// settingValue renders one setting of cfg, redacted.
+func settingValue(cfg config.Config, name string) string {
+	v := cfg.LogValue()
+	for _, a := range v.Group() {
+		if a.Key == name {
+			return a.Value.String()
+		}
+	}
+	return ""
+}
+
+// Tables returns the framework tables registered with WithTables.
+func (db *DB) Tables() []*schema.Table { return slices.Clone(db.tables) }
+
+// Close closes the pool. It does not drain in-flight work: see package
+// drain. Calling it again returns the first call's result.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() { db.closeErr = db.drv.Close() })
+	return db.closeErr
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+
+	"github.com/bento-go/bento/config"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFail   = 1
+	exitConfig = 2
+)
+
+// env is what a command may touch of the process.
+type env struct {
+	stdout, stderr io.Writer
+	environ        func() []string
+}
+
+// command is one subcommand.
+type command struct {
+	name  string
+	short string
+	usage string // extra usage text
+	// flags adds the command's own flags to fs.
+	flags func(fs *flag.FlagSet)
+	run   func(ctx context.Context, inv *invocation) int
+}
+
+// invocation is one run of a command, with its parsed flags and config.
+type invocation struct {
+	env
+	fs     *flag.FlagSet
+	cfg    config.Config
+	logger *slog.Logger
+}
+
+func commands() []command {
+	return []command{
+		migrateCommand(),
+		healthCommand(),
+		infoCommand(),
+		versionCommand(),
+	}
+}
+
+func run(ctx context.Context, args []string, e env) int {
+	cmds := commands()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		topUsage(e.stdout, cmds)
+		if len(args) == 0 {
+			return exitConfig
+		}
+		return exitOK
+	}
+	for _, c := range cmds {
+		if c.name == args[0] {
+			return c.invoke(ctx, args[1:], e)
+		}
+	}
+	fmt.Fprintf(e.stderr, "bento: unknown command %q; accepted: %s (see bento --help)\n", args[0], commandNames(cmds))
+	return exitConfig
+}
+
+func commandNames(cmds []command) string {
+	names := make([]string, len(cmds))
+	for i, c := range cmds {
+		names[i] = c.name
+	}
+	return strings.Join(names, ", ")
+}
+
+func topUsage(w io.Writer, cmds []command) {
+	fmt.Fprintf(w, "bento: a persistence framework for ent services.\n\nUsage:\n  bento <command> [flags]\n\nCommands:\n")
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.short)
+	}
+	fmt.Fprintf(w, "\nEvery command takes --help. Settings come from defaults < --config FILE < environment < flags.\n")
+}
+
+// invoke parses flags, loads the configuration and runs the command.
+func (c command) invoke(ctx context.Context, args []string, e env) int {
+	fs := flag.NewFlagSet("bento "+c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	configFile := fs.String("config", "", "optional YAML configuration `file`")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	settings := config.Settings()
+	for _, s := range settings {
+		fs.String(s.Flag(), "", fmt.Sprintf("%s (env %s, default %q)", s.Usage, s.Name, s.Default))
+	}
+	if c.flags != nil {
+		c.flags(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			c.printUsage(e.stdout, fs)
+			return exitOK
+		}
+		fmt.Fprintf(e.stderr, "bento %s: %v (see bento %s --help)\n", c.name, err, c.name)
+		return exitConfig
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "bento %s: unexpected argument %q (see bento %s --help)\n", c.name, fs.Arg(0), c.name)
+		return exitConfig
+	}
+	set := map[string]string{}
+	byFlag := map[string]string{}
+	for _, s := range settings {
+		byFlag[s.Flag()] = s.Name
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if name, ok := byFlag[f.Name]; ok {
+			set[name] = f.Value.String()
+		}
+	})
+	level, err := parseLevel(*logLevel)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bento %s: --log-level=%q: %v; accepted: debug, info, warn, error\n", c.name, *logLevel, err)
+		return exitConfig
+	}
+	cfg, err := config.Load(config.Source{File: *configFile, Environ: e.environ, Flags: set})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bento %s: bad configuration: %s\n", c.name, oneLine(err))
+		return exitConfig
+	}
+	if cfg.DB.Echo && level > slog.LevelDebug {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	return c.run(ctx, &invocation{env: e, fs: fs, cfg: cfg, logger: logger})
+}
+
+func (c command) printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "bento %s: %s\n\nUsage:\n  bento %s [flags]\n", c.name, c.short, c.name)
+	if c.usage != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.usage))
+	}
+	fmt.Fprintf(w, "\nFlags:\n")
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	sort.SliceStable(names, func(i, j int) bool {
+		// Command flags first, then settings.
+		si, sj := isSetting(names[i]), isSetting(names[j])
+		if si != sj {
+			return !si
+		}
+		return false
+	})
+	for _, n := range names {
+		f := fs.Lookup(n)
+		fmt.Fprintf(w, "  --%s\n      %s\n", f.Name, f.Usage)
+	}
+}
+
+func isSetting(flagName string) bool {
+	return strings.HasPrefix(flagName, "db-") || strings.HasPrefix(flagName, "outbox-") ||
+		strings.HasPrefix(flagName, "drain-") || strings.HasPrefix(flagName, "retry-")
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(s))
+	return l, err
+}
+
+// oneLine joins a multi-line error into one line.
+func oneLine(err error) string {
+	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+}
+
+// fail prints one line for a failed command and returns exitFail. The
+// library's "bento: " prefixes are dropped: the line already starts with
+// "bento <command>".
+func (inv *invocation) fail(format string, args ...any) int {
+	msg := strings.ReplaceAll(fmt.Sprintf(format, args...), "bento: ", "")
+	fmt.Fprintf(inv.stderr, "bento %s\n", strings.ReplaceAll(strings.ReplaceAll(msg, "\n\t", " "), "\n", "; "))
+	return exitFail
+}

@@ -1,0 +1,251 @@
+// Package config loads Bento's settings from defaults, an optional YAML
+// file, the environment and command-line flags, in that order of
+// precedence, using koanf.
+//
+// Every setting has one name, its environment variable (DB_POOL_SIZE); the
+// same setting is the flag --db-pool-size and the file key DB_POOL_SIZE or
+// db.pool_size. Every bad value is an *Error that names the setting, shows the
+// value (passwords redacted) and says what is accepted. A Config never
+// renders a password: its String, LogValue and MarshalText forms redact it.
+//
+//	cfg, err := config.Load(config.Source{})
+//	if err != nil { ... } // e.g. DB_POOL_SIZE="abc" (environment): not an integer; accepted: ...
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/v2"
+)
+
+// Config is the whole of Bento's configuration. Default returns one that
+// works with no setup: an embedded SQLite file bento.db in the working
+// directory.
+type Config struct {
+	DB DB
+}
+
+// DB holds the database settings (DB_*).
+type DB struct {
+	// URL is the primary database (DB_URL).
+	URL URL
+	// PoolSize is the number of connections kept open (DB_POOL_SIZE).
+	PoolSize int
+	// MaxOverflow is how many connections may be opened beyond PoolSize
+	// under load (DB_MAX_OVERFLOW). The pool never holds more than
+	// PoolSize+MaxOverflow connections.
+	MaxOverflow int
+	// PoolTimeout bounds the wait for a free connection when the pool is
+	// exhausted (DB_POOL_TIMEOUT).
+	PoolTimeout time.Duration
+	// PoolRecycle is the maximum lifetime of a connection; 0 keeps them
+	// forever (DB_POOL_RECYCLE).
+	PoolRecycle time.Duration
+	// PoolPrePing checks that a pooled connection is alive before reusing it
+	// (DB_POOL_PRE_PING).
+	PoolPrePing bool
+	// ConnectTimeout bounds establishing one connection (DB_CONNECT_TIMEOUT).
+	ConnectTimeout time.Duration
+	// CommandTimeout bounds one statement on the server; 0 means no limit
+	// (DB_COMMAND_TIMEOUT).
+	CommandTimeout time.Duration
+	// Echo logs every statement with its arguments at debug level (DB_ECHO).
+	Echo bool
+	// ApplicationName is reported to the server (DB_APPLICATION_NAME).
+	ApplicationName string
+}
+
+// MaxOpen is the most connections the pool may hold: PoolSize+MaxOverflow.
+func (d DB) MaxOpen() int { return d.PoolSize + d.MaxOverflow }
+
+// Default returns the configuration used when nothing is set.
+func Default() Config {
+	var c Config
+	for _, s := range Settings() {
+		if err := s.apply(&c, s.Default); err != nil {
+			panic(fmt.Sprintf("config: default of %s: %v", s.Name, err)) // a bug in the table
+		}
+	}
+	return c
+}
+
+// Source says where Load reads settings from besides the defaults.
+type Source struct {
+	// File is an optional YAML file. Keys are setting names (DB_POOL_SIZE)
+	// or their nested lower-case form (db: {pool_size: 5}).
+	File string
+	// Environ returns the environment as KEY=value strings; nil means
+	// os.Environ. Only variables named like a setting are read.
+	Environ func() []string
+	// Flags holds values given on the command line, by setting name
+	// (DB_POOL_SIZE); the CLI fills it with only the flags that were set.
+	Flags map[string]string
+}
+
+// Source names used in errors.
+const (
+	fromDefault = "default"
+	fromEnv     = "environment"
+)
+
+// Load builds a Config from defaults < file < environment < flags and
+// validates every value. The error lists every bad setting; each part is an
+// *Error.
+func Load(src Source) (Config, error) {
+	settings := Settings()
+	known := make(map[string]Setting, len(settings))
+	k := koanf.New("\x00") // keys are setting names; no nesting
+	origin := map[string]string{}
+	defaults := map[string]any{}
+	for _, s := range settings {
+		known[s.Name] = s
+		defaults[s.Name] = s.Default
+		origin[s.Name] = fromDefault
+	}
+	if err := k.Load(confmap.Provider(defaults, ""), nil); err != nil {
+		return Config{}, fmt.Errorf("config: defaults: %w", err)
+	}
+
+	if src.File != "" {
+		fk := koanf.New(".")
+		if err := fk.Load(file.Provider(src.File), yaml.Parser()); err != nil {
+			return Config{}, fmt.Errorf("config: reading file %s: %w; accepted: a YAML map of setting names to values", src.File, err)
+		}
+		values := map[string]any{}
+		var unknown []string
+		for key, v := range fk.All() {
+			name := strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+			if _, ok := known[name]; !ok {
+				unknown = append(unknown, key)
+				continue
+			}
+			values[name] = fmt.Sprint(v)
+			origin[name] = "file " + src.File
+		}
+		if len(unknown) > 0 {
+			sort.Strings(unknown)
+			return Config{}, fmt.Errorf("config: file %s: unknown settings %s; accepted: %s", src.File, strings.Join(unknown, ", "), strings.Join(names(settings), ", "))
+		}
+		if err := k.Load(confmap.Provider(values, ""), nil); err != nil {
+			return Config{}, fmt.Errorf("config: file %s: %w", src.File, err)
+		}
+	}
+
+	environ := src.Environ
+	if environ == nil {
+		environ = os.Environ
+	}
+	envProvider := env.Provider("", env.Opt{
+		EnvironFunc: environ,
+		TransformFunc: func(key, v string) (string, any) {
+			if _, ok := known[key]; !ok {
+				return "", nil
+			}
+			origin[key] = fromEnv
+			return key, v
+		},
+	})
+	if err := k.Load(envProvider, nil); err != nil {
+		return Config{}, fmt.Errorf("config: environment: %w", err)
+	}
+
+	if len(src.Flags) > 0 {
+		values := map[string]any{}
+		for name, v := range src.Flags {
+			s, ok := known[name]
+			if !ok {
+				return Config{}, fmt.Errorf("config: unknown flag for setting %q", name)
+			}
+			values[name] = v
+			origin[name] = "flag --" + s.Flag()
+		}
+		if err := k.Load(confmap.Provider(values, ""), nil); err != nil {
+			return Config{}, fmt.Errorf("config: flags: %w", err)
+		}
+	}
+
+	var c Config
+	var errs []error
+	for _, s := range settings {
+		v := k.String(s.Name)
+		if err := s.apply(&c, v); err != nil {
+			errs = append(errs, &Error{Setting: s.Name, Source: origin[s.Name], Value: s.show(v), Problem: err.Error(), Accepts: s.Accepts})
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func names(settings []Setting) []string {
+	out := make([]string, len(settings))
+	for i, s := range settings {
+		out[i] = s.Name
+	}
+	return out
+}
+
+// Error is one bad setting value.
+type Error struct {
+	Setting string // the setting's name, e.g. DB_POOL_SIZE
+	Source  string // where the value came from: environment, flag --x, file f, default
+	Value   string // the value, with secrets redacted
+	Problem string // what is wrong with it
+	Accepts string // what is accepted
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s=%q (%s): %s; accepted: %s", e.Setting, e.Value, e.Source, e.Problem, e.Accepts)
+}
+
+// String renders the configuration on one line, with secrets redacted.
+func (c Config) String() string { return c.render("") }
+
+// LogValue renders the configuration for log/slog, with secrets redacted.
+func (c Config) LogValue() slog.Value { return c.logValue("") }
+
+func (c Config) render(prefix string) string {
+	var b strings.Builder
+	for _, s := range Settings() {
+		if !strings.HasPrefix(s.Name, prefix) {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%s", s.Name, s.get(c))
+	}
+	return b.String()
+}
+
+func (c Config) logValue(prefix string) slog.Value {
+	var attrs []slog.Attr
+	for _, s := range Settings() {
+		if strings.HasPrefix(s.Name, prefix) {
+			attrs = append(attrs, slog.String(s.Name, s.get(c)))
+		}
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// String renders the database settings (DB_*) with the URL redacted.
+func (d DB) String() string { return Config{DB: d}.render("DB_") }
+
+// LogValue renders the database settings (DB_*) with the URL redacted.
+func (d DB) LogValue() slog.Value { return Config{DB: d}.logValue("DB_") }
+
+var (
+	_ slog.LogValuer = Config{}
+	_ fmt.Stringer   = Config{}
+)

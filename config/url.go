@@ -1,0 +1,266 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+)
+
+// Dialect names, exactly as ent spells them (entgo.io/ent/dialect).
+const (
+	Postgres = "postgres"
+	MySQL    = "mysql"
+	SQLite   = "sqlite3"
+)
+
+// acceptedURLs is what every URL error tells the user is accepted.
+const acceptedURLs = "postgres://user:pass@host:5432/db, postgresql://…, mysql://user:pass@host:3306/db, " +
+	"mariadb://…, sqlite://rel.db, sqlite:///abs/path.db, file:path.db, :memory: " +
+	"(a SQLAlchemy-style +driver suffix such as postgresql+asyncpg:// is accepted)"
+
+// redacted replaces every secret shown to a user.
+const redacted = "xxxxx"
+
+// secretParams are query parameters whose values are secrets.
+var secretParams = map[string]bool{
+	"password": true, "passwd": true, "pass": true, "pwd": true,
+	"sslpassword": true, "sslkey": true, "secret": true, "token": true,
+}
+
+// URL is a parsed database URL. Its String method never shows a password.
+//
+// The zero URL is not valid; use ParseURL.
+type URL struct {
+	raw     string
+	dialect string
+	u       *url.URL // server dialects: the URL with its scheme normalised
+	path    string   // SQLite: the file path; empty for an in-memory database
+	memory  bool     // SQLite: :memory:
+	query   url.Values
+}
+
+// ParseURL parses a database URL and detects its dialect from the scheme.
+// The error names what is wrong with the URL, shows it with its password
+// redacted and lists the accepted forms.
+func ParseURL(raw string) (URL, error) {
+	s := strings.TrimSpace(raw)
+	if s == "" {
+		return URL{}, fmt.Errorf("empty URL; accepted: %s", acceptedURLs)
+	}
+	if s == ":memory:" {
+		return URL{raw: raw, dialect: SQLite, memory: true, query: url.Values{}}, nil
+	}
+	if strings.HasPrefix(s, "file:") {
+		return parseSQLiteFile(raw, s)
+	}
+	scheme, _, ok := strings.Cut(s, "://")
+	if !ok {
+		return URL{}, fmt.Errorf("%q has no scheme; accepted: %s", redactString(s), acceptedURLs)
+	}
+	base, _, _ := strings.Cut(strings.ToLower(scheme), "+")
+	switch base {
+	case "postgres", "postgresql", "pgx":
+		return parseServer(raw, s, scheme, Postgres, "postgres")
+	case "mysql", "mariadb":
+		return parseServer(raw, s, scheme, MySQL, "mysql")
+	case "sqlite", "sqlite3":
+		return parseSQLite(raw, s, scheme)
+	default:
+		return URL{}, fmt.Errorf("%q has unknown scheme %q; accepted: %s", redactString(s), scheme, acceptedURLs)
+	}
+}
+
+func parseServer(raw, s, scheme, dialect, normalized string) (URL, error) {
+	u, err := url.Parse(normalized + s[len(scheme):])
+	if err != nil {
+		return URL{}, fmt.Errorf("%q is not a valid URL (%v); accepted: %s", redactString(s), unwrapURLError(err), acceptedURLs)
+	}
+	if u.Hostname() == "" {
+		return URL{}, fmt.Errorf("%q has no host; accepted: %s", redactURL(u), acceptedURLs)
+	}
+	if p := u.Port(); p != "" {
+		var n int
+		if _, err := fmt.Sscanf(p, "%d", &n); err != nil || n < 1 || n > 65535 {
+			return URL{}, fmt.Errorf("%q has invalid port %q; accepted: 1-65535", redactURL(u), p)
+		}
+	}
+	if dialect == MySQL && strings.Trim(u.Path, "/") == "" {
+		return URL{}, fmt.Errorf("%q has no database name; accepted: mysql://user:pass@host:3306/db", redactURL(u))
+	}
+	return URL{raw: raw, dialect: dialect, u: u, query: u.Query()}, nil
+}
+
+func parseSQLite(raw, s, scheme string) (URL, error) {
+	rest := s[len(scheme)+len("://"):]
+	path, rawQuery, _ := strings.Cut(rest, "?")
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return URL{}, fmt.Errorf("%q has an invalid query (%v); accepted: %s", s, unwrapURLError(err), acceptedURLs)
+	}
+	if path, err = url.PathUnescape(path); err != nil {
+		return URL{}, fmt.Errorf("%q has an invalid path (%v); accepted: %s", s, err, acceptedURLs)
+	}
+	switch path {
+	case "":
+		return URL{}, fmt.Errorf("%q has no file path; accepted: sqlite://rel.db, sqlite:///abs/path.db, sqlite://:memory:", s)
+	case ":memory:", "/:memory:":
+		return URL{raw: raw, dialect: SQLite, memory: true, query: q}, nil
+	}
+	return URL{raw: raw, dialect: SQLite, path: path, query: q}, nil
+}
+
+func parseSQLiteFile(raw, s string) (URL, error) {
+	rest := strings.TrimPrefix(s, "file:")
+	path, rawQuery, _ := strings.Cut(rest, "?")
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return URL{}, fmt.Errorf("%q has an invalid query (%v); accepted: %s", s, unwrapURLError(err), acceptedURLs)
+	}
+	path = strings.TrimPrefix(path, "//") // file://abs form
+	if path, err = url.PathUnescape(path); err != nil {
+		return URL{}, fmt.Errorf("%q has an invalid path (%v); accepted: %s", s, err, acceptedURLs)
+	}
+	if path == "" {
+		return URL{}, fmt.Errorf("%q has no file path; accepted: file:path.db", s)
+	}
+	if path == ":memory:" || q.Get("mode") == "memory" {
+		return URL{raw: raw, dialect: SQLite, memory: true, query: q}, nil
+	}
+	return URL{raw: raw, dialect: SQLite, path: path, query: q}, nil
+}
+
+func unwrapURLError(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return ue.Err
+	}
+	return err
+}
+
+// Dialect returns the ent dialect name: "postgres", "mysql" or "sqlite3".
+func (u URL) Dialect() string { return u.dialect }
+
+// IsZero reports whether u was never parsed.
+func (u URL) IsZero() bool { return u.dialect == "" }
+
+// Secret returns the URL exactly as it was given, password included. Use it
+// only to connect; never log it.
+func (u URL) Secret() string { return u.raw }
+
+// Server returns a copy of the parsed URL of a PostgreSQL or MySQL server,
+// with its scheme normalised to postgres:// or mysql:// and the password in
+// it. It returns nil for SQLite.
+func (u URL) Server() *url.URL {
+	if u.u == nil {
+		return nil
+	}
+	c := *u.u
+	if u.u.User != nil {
+		user := *u.u.User
+		c.User = &user
+	}
+	return &c
+}
+
+// Path returns the SQLite file path ("" for an in-memory database).
+func (u URL) Path() string { return u.path }
+
+// AbsPath returns the SQLite file path made absolute, or "" for memory.
+func (u URL) AbsPath() string {
+	if u.path == "" {
+		return ""
+	}
+	if abs, err := filepath.Abs(u.path); err == nil {
+		return abs
+	}
+	return u.path
+}
+
+// Memory reports whether u names an in-memory SQLite database.
+func (u URL) Memory() bool { return u.memory }
+
+// Query returns a copy of the URL's query parameters (secrets included).
+func (u URL) Query() url.Values {
+	q := url.Values{}
+	for k, v := range u.query {
+		q[k] = append([]string(nil), v...)
+	}
+	return q
+}
+
+// String returns the URL with its password and secret parameters redacted.
+func (u URL) String() string {
+	switch {
+	case u.dialect == "":
+		return ""
+	case u.u != nil:
+		return redactURL(u.u)
+	default:
+		return redactString(u.raw)
+	}
+}
+
+// MarshalText renders the redacted URL, so that encoding a Config never
+// leaks a password.
+func (u URL) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
+
+// redactURL renders u with its password and secret query values replaced.
+func redactURL(u *url.URL) string {
+	c := *u
+	if c.User != nil {
+		if _, has := c.User.Password(); has {
+			c.User = url.UserPassword(c.User.Username(), redacted)
+		}
+	}
+	if c.RawQuery != "" {
+		q := c.Query()
+		changed := false
+		for k := range q {
+			if secretParams[strings.ToLower(k)] {
+				q[k] = []string{redacted}
+				changed = true
+			}
+		}
+		if changed {
+			c.RawQuery = q.Encode()
+		}
+	}
+	return c.String()
+}
+
+// redactString redacts a URL-like string that may not parse: the part
+// between "://user:" and "@" and secret query values are replaced.
+func redactString(s string) string {
+	if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.Opaque == "" {
+		return redactURL(u)
+	}
+	out := s
+	if i := strings.Index(out, "://"); i >= 0 {
+		rest := out[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			if colon := strings.Index(rest[:at], ":"); colon >= 0 {
+				out = out[:i+3] + rest[:colon+1] + redacted + rest[at:]
+			}
+		}
+	}
+	if base, rawQuery, ok := strings.Cut(out, "?"); ok {
+		parts := strings.Split(rawQuery, "&")
+		for i, p := range parts {
+			k, _, _ := strings.Cut(p, "=")
+			lk := strings.ToLower(k)
+			if secretParams[lk] || (lk == "_pragma" && isKeyPragma(p)) {
+				parts[i] = k + "=" + redacted
+			}
+		}
+		out = base + "?" + strings.Join(parts, "&")
+	}
+	return out
+}
+
+// isKeyPragma reports whether a _pragma parameter sets an encryption key.
+func isKeyPragma(p string) bool {
+	_, v, _ := strings.Cut(p, "=")
+	v, _ = url.QueryUnescape(v)
+	v = strings.ToLower(strings.TrimSpace(v))
+	return strings.HasPrefix(v, "key") || strings.HasPrefix(v, "hexkey") || strings.HasPrefix(v, "textkey")
+}

@@ -1,0 +1,65 @@
+package dialects
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/bento-go/bento/config"
+)
+
+// postgresCapabilities are PostgreSQL's.
+var postgresCapabilities = Capabilities{
+	JSONType: "jsonb", SkipLocked: true, ListenNotify: true, AdvisoryLocks: true,
+	Returning: true, ServerPool: true, TxIDStatus: true,
+}
+
+// PostgresConnConfig turns the configuration into pgx's: application_name,
+// connect timeout, statement_timeout from DB_COMMAND_TIMEOUT, jit=off.
+// These settings override the same parameters given in the URL's query.
+func PostgresConnConfig(cfg config.DB, opts Options) (*pgx.ConnConfig, error) {
+	u := cfg.URL.Server()
+	if u == nil {
+		return nil, fmt.Errorf("dialects: DB_URL %q is not a PostgreSQL URL", cfg.URL)
+	}
+	cc, err := pgx.ParseConfig(u.String())
+	if err != nil {
+		// pgx's error may quote the DSN; show the redacted URL instead.
+		return nil, fmt.Errorf("dialects: DB_URL %q: pgx refused it; accepted: postgres://user:pass@host:5432/db?sslmode=disable", cfg.URL)
+	}
+	cc.ConnectTimeout = cfg.ConnectTimeout
+	if cc.RuntimeParams == nil {
+		cc.RuntimeParams = map[string]string{}
+	}
+	cc.RuntimeParams["application_name"] = cfg.ApplicationName
+	cc.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.CommandTimeout.Milliseconds(), 10)
+	cc.RuntimeParams["jit"] = "off"
+	if opts.DialContext != nil {
+		cc.DialFunc = opts.DialContext
+	}
+	return cc, nil
+}
+
+func openPostgres(cfg config.DB, opts Options) (*Database, error) {
+	cc, err := PostgresConnConfig(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	var dbOpts []stdlib.OptionOpenDB
+	if !cfg.PoolPrePing {
+		dbOpts = append(dbOpts, stdlib.OptionShouldPing(func(context.Context, stdlib.ShouldPingParams) bool { return false }))
+	}
+	// With pre-ping on, pgx's default applies: a connection idle for more
+	// than 1 s is pinged when it is taken from the pool. Never a second
+	// ping per call.
+	db := stdlib.OpenDB(*cc, dbOpts...)
+	maxOpen := serverPool(db, cfg)
+	return &Database{
+		Dialect: config.Postgres, DB: db, MaxOpen: maxOpen,
+		Capabilities: postgresCapabilities,
+		VersionQuery: "SHOW server_version",
+	}, nil
+}

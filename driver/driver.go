@@ -1,0 +1,368 @@
+// Package driver is Bento's ent dialect.Driver: a wrapper over
+// database/sql pools that every later layer plugs into.
+//
+// Driver forwards everything ent asks of a driver (Exec, Query, Tx, and the
+// optional BeginTx, ExecContext and QueryContext that ent's generated code
+// asserts) and reports Dialect exactly as ent expects. Work passes through a
+// chain of Middleware (retry, drain, metrics, replica routing, outbox,
+// statement logging) built once by New, so a layer that is not configured
+// costs nothing.
+//
+// The Driver bounds the wait for a connection: a statement or transaction
+// that finds every connection busy for the pool timeout fails with a
+// *PoolTimeoutError instead of waiting for ever.
+//
+//	drv := driver.New(driver.Config{Dialect: "postgres", Primary: pool})
+//	client := ent.NewClient(ent.Driver(drv))
+package driver
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"entgo.io/ent/dialect"
+	entsql "entgo.io/ent/dialect/sql"
+)
+
+// Kind says whether a statement was sent through Exec or Query.
+type Kind uint8
+
+// Statement kinds.
+const (
+	Exec Kind = iota
+	Query
+)
+
+func (k Kind) String() string {
+	if k == Query {
+		return "query"
+	}
+	return "exec"
+}
+
+// Statement is one statement on its way to the database.
+type Statement struct {
+	Kind  Kind
+	Query string
+	// Args are the statement's arguments ([]any, as ent passes them).
+	Args any
+	// Dest receives the result: a *sql.Result for Exec, an *entsql.Rows
+	// for Query.
+	Dest any
+	// Tx is the transaction the statement runs in; nil outside one.
+	Tx *Tx
+	// Pool runs a statement outside a transaction; nil means the primary.
+	// Replica routing sets it.
+	Pool *Pool
+}
+
+// ReadOnly reports whether the statement only reads: a SELECT that does
+// not lock rows. Everything else (INSERT … RETURNING through Query, CTEs,
+// SELECT … FOR UPDATE) counts as a write.
+func (s Statement) ReadOnly() bool { return IsReadOnly(s.Query) }
+
+// Handlers are the links of the middleware chain. A handler must call next
+// at most once per call unless it retries, and must pass the context on.
+type (
+	// StatementHandler runs one statement.
+	StatementHandler func(ctx context.Context, st Statement) error
+	// BeginHandler starts a transaction.
+	BeginHandler func(ctx context.Context, opts *sql.TxOptions) (*Tx, error)
+	// EndHandler commits (commit true) or rolls back a transaction. The
+	// context is the one the transaction was started with.
+	EndHandler func(ctx context.Context, tx *Tx, commit bool) error
+)
+
+// Middleware intercepts the work passing through a Driver. Each field is
+// optional; a nil field leaves that path alone.
+type Middleware struct {
+	// Name identifies the middleware in errors and docs.
+	Name      string
+	Statement func(next StatementHandler) StatementHandler
+	Begin     func(next BeginHandler) BeginHandler
+	End       func(next EndHandler) EndHandler
+}
+
+// Config configures a Driver.
+type Config struct {
+	// Dialect is "postgres", "mysql" or "sqlite3".
+	Dialect string
+	// Primary is the pool that takes writes and transactions.
+	Primary *Pool
+	// Middleware is applied outermost first: Middleware[0] sees every call
+	// before Middleware[1].
+	Middleware []Middleware
+}
+
+// Driver is an ent dialect.Driver. It is safe for concurrent use.
+type Driver struct {
+	dialect string
+	primary *Pool
+	stmt    StatementHandler
+	begin   BeginHandler
+	end     EndHandler
+}
+
+var (
+	_ dialect.Driver = (*Driver)(nil)
+	_ dialect.Tx     = (*Tx)(nil)
+)
+
+// New returns a Driver that runs work on cfg.Primary through cfg.Middleware.
+func New(cfg Config) *Driver {
+	d := &Driver{dialect: cfg.Dialect, primary: cfg.Primary}
+	d.stmt, d.begin, d.end = d.baseStatement, d.baseBegin, d.baseEnd
+	for i := len(cfg.Middleware) - 1; i >= 0; i-- {
+		m := cfg.Middleware[i]
+		if m.Statement != nil {
+			d.stmt = m.Statement(d.stmt)
+		}
+		if m.Begin != nil {
+			d.begin = m.Begin(d.begin)
+		}
+		if m.End != nil {
+			d.end = m.End(d.end)
+		}
+	}
+	return d
+}
+
+// Dialect returns "postgres", "mysql" or "sqlite3", as ent expects.
+func (d *Driver) Dialect() string { return d.dialect }
+
+// Primary returns the primary pool.
+func (d *Driver) Primary() *Pool { return d.primary }
+
+// DB returns the primary's database/sql pool.
+func (d *Driver) DB() *sql.DB { return d.primary.db }
+
+// Close closes the primary pool. It is not a drain: see package drain.
+func (d *Driver) Close() error { return d.primary.db.Close() }
+
+// Exec runs a statement that returns no rows; v is nil or a *sql.Result.
+func (d *Driver) Exec(ctx context.Context, query string, args, v any) error {
+	return d.stmt(ctx, Statement{Kind: Exec, Query: query, Args: args, Dest: v})
+}
+
+// Query runs a statement that returns rows into v, an *entsql.Rows.
+func (d *Driver) Query(ctx context.Context, query string, args, v any) error {
+	return d.stmt(ctx, Statement{Kind: Query, Query: query, Args: args, Dest: v})
+}
+
+// ExecContext runs a statement through the chain and returns its result.
+func (d *Driver) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	var res sql.Result
+	if err := d.Exec(ctx, query, args, &res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// QueryContext runs a query through the chain and returns database/sql
+// rows. The rows hold a connection slot until they are closed.
+func (d *Driver) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return queryContext(ctx, d.stmt, Statement{Kind: Query, Query: query, Args: args})
+}
+
+// Tx starts a transaction with default options.
+func (d *Driver) Tx(ctx context.Context) (dialect.Tx, error) { return d.BeginTx(ctx, nil) }
+
+// BeginTx starts a transaction. The context is the transaction's for its
+// whole life: middleware reads values from it, and database/sql rolls the
+// transaction back if it is cancelled.
+func (d *Driver) BeginTx(ctx context.Context, opts *sql.TxOptions) (dialect.Tx, error) {
+	tx, err := d.begin(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if slot, ok := ctx.Value(txSlotKey{}).(*TxSlot); ok {
+		slot.Tx = tx
+	}
+	return tx, nil
+}
+
+func (d *Driver) baseStatement(ctx context.Context, st Statement) error {
+	if st.Tx != nil {
+		if rp, ok := st.Dest.(*stdRows); ok {
+			argv, _ := st.Args.([]any)
+			rows, err := st.Tx.raw.(interface {
+				QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+			}).QueryContext(ctx, st.Query, argv...)
+			rp.rows = rows
+			return err
+		}
+		if st.Kind == Query {
+			return st.Tx.raw.Query(ctx, st.Query, st.Args, st.Dest)
+		}
+		return st.Tx.raw.Exec(ctx, st.Query, st.Args, st.Dest)
+	}
+	p := st.Pool
+	if p == nil {
+		p = d.primary
+	}
+	if err := p.acquire(ctx); err != nil {
+		return err
+	}
+	if st.Kind == Exec {
+		err := p.base.Exec(ctx, st.Query, st.Args, st.Dest)
+		p.release()
+		return err
+	}
+	if rp, ok := st.Dest.(*stdRows); ok {
+		// QueryContext: database/sql rows cannot carry a release hook, so
+		// the slot is held only while the query starts.
+		defer p.release()
+		argv, _ := st.Args.([]any)
+		rows, err := p.db.QueryContext(ctx, st.Query, argv...)
+		rp.rows = rows
+		return err
+	}
+	if err := p.base.Query(ctx, st.Query, st.Args, st.Dest); err != nil {
+		p.release()
+		return err
+	}
+	if rows, ok := st.Dest.(*entsql.Rows); ok && rows.ColumnScanner != nil {
+		rows.ColumnScanner = &releasingRows{ColumnScanner: rows.ColumnScanner, pool: p}
+	} else {
+		p.release()
+	}
+	return nil
+}
+
+func (d *Driver) baseBegin(ctx context.Context, opts *sql.TxOptions) (*Tx, error) {
+	p := d.primary
+	if err := p.acquire(ctx); err != nil {
+		return nil, err
+	}
+	raw, err := p.base.BeginTx(ctx, opts)
+	if err != nil {
+		p.release()
+		return nil, err
+	}
+	tx := &Tx{drv: d, ctx: ctx, raw: raw, pool: p}
+	if opts != nil {
+		tx.opts = *opts
+	}
+	return tx, nil
+}
+
+func (d *Driver) baseEnd(_ context.Context, tx *Tx, commit bool) error {
+	if tx.done {
+		return sql.ErrTxDone
+	}
+	tx.done = true
+	defer tx.pool.release()
+	if commit {
+		return tx.raw.Commit()
+	}
+	return tx.raw.Rollback()
+}
+
+// stdRows carries *sql.Rows out of the chain for QueryContext.
+type stdRows struct{ rows *sql.Rows }
+
+func queryContext(ctx context.Context, h StatementHandler, st Statement) (*sql.Rows, error) {
+	var r stdRows
+	st.Dest = &r
+	if err := h(ctx, st); err != nil {
+		return nil, err
+	}
+	return r.rows, nil
+}
+
+// Tx is a transaction of a Driver; it implements ent's dialect.Tx. A Tx
+// is used by one goroutine at a time, as database/sql requires.
+type Tx struct {
+	drv  *Driver
+	ctx  context.Context
+	raw  dialect.Tx
+	pool *Pool
+	opts sql.TxOptions
+	done bool
+	vals []txValue
+}
+
+type txValue struct{ key, val any }
+
+// Context returns the context the transaction was started with.
+func (tx *Tx) Context() context.Context { return tx.ctx }
+
+// Options returns the options the transaction was started with.
+func (tx *Tx) Options() sql.TxOptions { return tx.opts }
+
+// Pool returns the pool the transaction runs on.
+func (tx *Tx) Pool() *Pool { return tx.pool }
+
+// Done reports whether the transaction was committed or rolled back.
+func (tx *Tx) Done() bool { return tx.done }
+
+// SetValue attaches a value to the transaction under key (comparable, as
+// for context.WithValue). Middleware uses it to hand results upward, such
+// as the PostgreSQL transaction id the outbox reads before COMMIT.
+func (tx *Tx) SetValue(key, val any) {
+	for i := range tx.vals {
+		if tx.vals[i].key == key {
+			tx.vals[i].val = val
+			return
+		}
+	}
+	tx.vals = append(tx.vals, txValue{key, val})
+}
+
+// Value returns the value attached under key, or nil.
+func (tx *Tx) Value(key any) any {
+	for _, v := range tx.vals {
+		if v.key == key {
+			return v.val
+		}
+	}
+	return nil
+}
+
+// Exec runs a statement in the transaction.
+func (tx *Tx) Exec(ctx context.Context, query string, args, v any) error {
+	return tx.drv.stmt(ctx, Statement{Kind: Exec, Query: query, Args: args, Dest: v, Tx: tx})
+}
+
+// Query runs a query in the transaction.
+func (tx *Tx) Query(ctx context.Context, query string, args, v any) error {
+	return tx.drv.stmt(ctx, Statement{Kind: Query, Query: query, Args: args, Dest: v, Tx: tx})
+}
+
+// ExecContext runs a statement in the transaction and returns its result.
+func (tx *Tx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	var res sql.Result
+	if err := tx.Exec(ctx, query, args, &res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// QueryContext runs a query in the transaction and returns its rows.
+func (tx *Tx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return queryContext(ctx, tx.drv.stmt, Statement{Kind: Query, Query: query, Args: args, Tx: tx})
+}
+
+// Commit commits the transaction through the chain (the outbox writes its
+// rows first).
+func (tx *Tx) Commit() error { return tx.drv.end(tx.ctx, tx, true) }
+
+// Rollback rolls the transaction back. Calling it after Commit or
+// Rollback returns sql.ErrTxDone.
+func (tx *Tx) Rollback() error { return tx.drv.end(tx.ctx, tx, false) }
+
+// TxSlot receives the *Tx that BeginTx starts with a context made by
+// WithTxSlot. The unit of work uses it to reach the Driver's Tx behind
+// ent's generated one.
+type TxSlot struct{ Tx *Tx }
+
+type txSlotKey struct{}
+
+// WithTxSlot returns a context that makes BeginTx store its Tx in slot.
+func WithTxSlot(ctx context.Context, slot *TxSlot) context.Context {
+	return context.WithValue(ctx, txSlotKey{}, slot)
+}
+
+// String describes the driver for logs.
+func (d *Driver) String() string { return fmt.Sprintf("bento driver (%s)", d.dialect) }

@@ -1,0 +1,186 @@
+package driver
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	entsql "entgo.io/ent/dialect/sql"
+)
+
+// ErrPoolTimeout is returned (wrapped in a *PoolTimeoutError) when no
+// connection became free within the pool timeout.
+var ErrPoolTimeout = errors.New("pool timeout")
+
+// PoolTimeoutError says that every connection of a pool stayed busy for the
+// whole pool timeout.
+type PoolTimeoutError struct {
+	Role    string        // the pool's role, e.g. "primary"
+	Waited  time.Duration // how long the caller waited
+	MaxOpen int           // the pool's connection limit
+}
+
+func (e *PoolTimeoutError) Error() string {
+	return fmt.Sprintf("bento: pool timeout: no %s connection became free within %s (all %d in use; raise DB_POOL_SIZE/DB_MAX_OVERFLOW or DB_POOL_TIMEOUT)",
+		e.Role, e.Waited.Round(time.Millisecond), e.MaxOpen)
+}
+
+// Is makes errors.Is(err, ErrPoolTimeout) true.
+func (e *PoolTimeoutError) Is(target error) bool { return target == ErrPoolTimeout }
+
+// Pool is one database/sql pool behind the Driver (the primary, or a
+// replica) with a bounded wait for a connection: database/sql waits for a
+// free connection as long as the context allows, so the Pool admits at most
+// MaxOpen units of work at a time and fails the rest after the pool timeout.
+//
+// A unit of work is a statement outside a transaction (until its rows are
+// closed) or a whole transaction.
+type Pool struct {
+	role    string
+	db      *sql.DB
+	base    *entsql.Driver
+	sem     chan struct{}
+	timeout time.Duration
+
+	waits     atomic.Int64
+	waitNanos atomic.Int64
+	timeouts  atomic.Int64
+}
+
+// PoolConfig describes a Pool.
+type PoolConfig struct {
+	// Role names the pool in errors, logs and metrics: "primary", "replica".
+	Role string
+	// Dialect is the ent dialect name.
+	Dialect string
+	// DB is the database/sql pool. Its SetMaxOpenConns should equal MaxOpen.
+	DB *sql.DB
+	// MaxOpen is the number of units of work admitted at once; <= 0 means
+	// no limit beyond database/sql's own.
+	MaxOpen int
+	// Timeout bounds the wait for a free slot; <= 0 waits as long as the
+	// context allows.
+	Timeout time.Duration
+}
+
+// NewPool returns a Pool over cfg.DB.
+func NewPool(cfg PoolConfig) *Pool {
+	p := &Pool{role: cfg.Role, db: cfg.DB, base: entsql.OpenDB(cfg.Dialect, cfg.DB), timeout: cfg.Timeout}
+	if p.role == "" {
+		p.role = "primary"
+	}
+	if cfg.MaxOpen > 0 {
+		p.sem = make(chan struct{}, cfg.MaxOpen)
+	}
+	return p
+}
+
+// Role returns the pool's role.
+func (p *Pool) Role() string { return p.role }
+
+// DB returns the underlying database/sql pool.
+func (p *Pool) DB() *sql.DB { return p.db }
+
+// acquire takes a slot, waiting at most the pool timeout.
+func (p *Pool) acquire(ctx context.Context) error {
+	if p.sem == nil {
+		return nil
+	}
+	select {
+	case p.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	return p.acquireSlow(ctx)
+}
+
+func (p *Pool) acquireSlow(ctx context.Context) error {
+	start := time.Now()
+	p.waits.Add(1)
+	defer func() { p.waitNanos.Add(int64(time.Since(start))) }()
+	var timeout <-chan time.Time
+	if p.timeout > 0 {
+		t := time.NewTimer(p.timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case p.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("bento: waiting for a %s connection: %w", p.role, context.Cause(ctx))
+	case <-timeout:
+		p.timeouts.Add(1)
+		return &PoolTimeoutError{Role: p.role, Waited: time.Since(start), MaxOpen: cap(p.sem)}
+	}
+}
+
+func (p *Pool) release() {
+	if p.sem != nil {
+		<-p.sem
+	}
+}
+
+// Acquire reserves a connection slot for work done directly on DB (a
+// dedicated *sql.Conn, say), bounded by the pool timeout like every other
+// unit of work. Call the returned function exactly once when done.
+func (p *Pool) Acquire(ctx context.Context) (release func(), err error) {
+	if err := p.acquire(ctx); err != nil {
+		return nil, err
+	}
+	return p.release, nil
+}
+
+// PoolStats are a Pool's statistics: database/sql's and the slot wait.
+type PoolStats struct {
+	Role string `json:"role"`
+	// MaxOpen is the connection limit.
+	MaxOpen int `json:"max_open"`
+	// Open, InUse and Idle are database/sql's connection counts.
+	Open  int `json:"open"`
+	InUse int `json:"in_use"`
+	Idle  int `json:"idle"`
+	// Busy is the number of units of work holding a slot.
+	Busy int `json:"busy"`
+	// Waits is how many units of work had to wait for a slot, WaitTime the
+	// total time they waited and Timeouts how many gave up after the pool
+	// timeout.
+	Waits    int64         `json:"waits"`
+	WaitTime time.Duration `json:"wait_ns"`
+	Timeouts int64         `json:"timeouts"`
+	// Closed counts connections closed for being idle too long or too old.
+	Closed int64 `json:"closed"`
+}
+
+// Stats returns the pool's statistics.
+func (p *Pool) Stats() PoolStats {
+	s := p.db.Stats()
+	st := PoolStats{
+		Role: p.role, MaxOpen: s.MaxOpenConnections, Open: s.OpenConnections, InUse: s.InUse, Idle: s.Idle,
+		Waits: p.waits.Load(), WaitTime: time.Duration(p.waitNanos.Load()), Timeouts: p.timeouts.Load(),
+		Closed: s.MaxIdleClosed + s.MaxIdleTimeClosed + s.MaxLifetimeClosed,
+	}
+	if p.sem != nil {
+		st.MaxOpen = cap(p.sem)
+		st.Busy = len(p.sem)
+	}
+	return st
+}
+
+// releasingRows gives a slot back when the rows are closed.
+type releasingRows struct {
+	entsql.ColumnScanner
+	pool *Pool
+}
+
+func (r *releasingRows) Close() error {
+	err := r.ColumnScanner.Close()
+	if r.pool != nil {
+		r.pool.release()
+		r.pool = nil
+	}
+	return err
+}

@@ -1,0 +1,23 @@
+//go:build ignore
+
+// entc.go generates package ent from package schema; go generate ./...
+// runs it.
+package main
+
+import (
+	"log"
+
+	"entgo.io/ent/entc"
+	"entgo.io/ent/entc/gen"
+)
+
+func main() {
+	err := entc.Generate("../schema", &gen.Config{
+		Target:   ".",
+		Package:  "github.com/bento-go/bento/ent",
+		Features: []gen.Feature{gen.FeatureLock, gen.FeatureExecQuery, gen.FeatureModifier},
+	})
+	if err != nil {
+		log.Fatalf("running ent codegen: %v", err)
+	}
+}

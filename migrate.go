@@ -1,0 +1,178 @@
+package bento
+
+import (
+	"context"
+	"database/sql"
+	sqldriver "database/sql/driver"
+	"fmt"
+	"strings"
+	"time"
+
+	"entgo.io/ent/dialect"
+	"entgo.io/ent/dialect/sql/schema"
+)
+
+// migrateLockKey is the advisory lock that serialises Migrate across
+// processes: pg_advisory_lock takes a bigint, GET_LOCK a name.
+const (
+	migrateLockKey  int64 = 0x62656e746f6d6967 // "bentomig"
+	migrateLockName       = "bento_migrate"
+)
+
+// Migrate creates or updates the given tables (a generated ent/migrate
+// package's Tables) and Bento's own tables in one call. On PostgreSQL and
+// MySQL it runs under an advisory lock, so several instances may start and
+// migrate at once: one migrates, the others wait for it and then find
+// nothing to do. Running it again on an up-to-date schema changes nothing.
+// Columns and indexes are never dropped.
+func (db *DB) Migrate(ctx context.Context, tables ...*schema.Table) error {
+	db.migrateMu.Lock()
+	defer db.migrateMu.Unlock()
+	all := append(append([]*schema.Table(nil), tables...), db.tables...)
+	unlock, err := db.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m, err := schema.NewMigrate(db.drv, schema.WithForeignKeys(true))
+	if err != nil {
+		return fmt.Errorf("bento: migrate: %w", err)
+	}
+	if err := m.Create(ctx, all...); err != nil {
+		return fmt.Errorf("bento: migrate %s: %w", db.db.Dialect, err)
+	}
+	return nil
+}
+
+// lock takes the migration advisory lock on a dedicated connection.
+func (db *DB) lock(ctx context.Context) (unlock func(), err error) {
+	var lockSQL, unlockSQL string
+	var arg any
+	switch db.db.Dialect {
+	case dialect.Postgres:
+		lockSQL, unlockSQL, arg = "SELECT pg_advisory_lock($1)", "SELECT pg_advisory_unlock($1)", migrateLockKey
+	case dialect.MySQL:
+		// GET_LOCK waits at most its timeout (seconds); loop until ctx ends.
+		lockSQL, unlockSQL, arg = "SELECT GET_LOCK(?, 10)", "SELECT RELEASE_LOCK(?)", migrateLockName
+	default:
+		return func() {}, nil
+	}
+	release, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("bento: migrate: %w", err)
+	}
+	conn, err := db.db.DB.Conn(ctx)
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("bento: migrate: connecting: %w", err)
+	}
+	for {
+		var got sql.NullInt64
+		if db.db.Dialect == dialect.Postgres {
+			_, err = conn.ExecContext(ctx, lockSQL, arg)
+			got.Int64, got.Valid = 1, err == nil
+		} else {
+			err = conn.QueryRowContext(ctx, lockSQL, arg).Scan(&got)
+		}
+		if err != nil {
+			conn.Close()
+			release()
+			return nil, fmt.Errorf("bento: migrate: taking the migration lock: %w", err)
+		}
+		if got.Valid && got.Int64 == 1 {
+			break
+		}
+		if ctx.Err() != nil {
+			conn.Close()
+			release()
+			return nil, fmt.Errorf("bento: migrate: taking the migration lock: %w", ctx.Err())
+		}
+	}
+	return func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(uctx, unlockSQL, arg); err != nil {
+			db.logger.Warn("bento: migrate: releasing the migration lock failed; it is released when the connection closes", "error", err)
+			_ = conn.Raw(func(any) error { return sqldriver.ErrBadConn })
+		}
+		conn.Close()
+		release()
+	}, nil
+}
+
+// ConfirmDropAll must be passed to DropAll; it exists so that no call drops
+// tables by accident.
+type ConfirmDropAll string
+
+// IReallyWantToDropAllTables is the one accepted ConfirmDropAll value.
+const IReallyWantToDropAllTables ConfirmDropAll = "I really want to drop all tables"
+
+// DropAll drops the given tables and Bento's own. It refuses unless confirm
+// is IReallyWantToDropAllTables. Tables that do not exist are skipped.
+func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*schema.Table) error {
+	if confirm != IReallyWantToDropAllTables {
+		return fmt.Errorf("bento: DropAll refused: pass bento.IReallyWantToDropAllTables to drop every table (got %q)", string(confirm))
+	}
+	all := append(append([]*schema.Table(nil), tables...), db.tables...)
+	// Join tables and tables with foreign keys first: drop in reverse order
+	// of dependency, and let CASCADE handle the rest on PostgreSQL.
+	names := make([]string, 0, len(all))
+	seen := map[string]bool{}
+	for i := len(all) - 1; i >= 0; i-- {
+		if n := all[i].Name; !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	var stmts []string
+	switch db.db.Dialect {
+	case dialect.MySQL:
+		stmts = append(stmts, "SET FOREIGN_KEY_CHECKS = 0")
+	case dialect.SQLite:
+		stmts = append(stmts, "PRAGMA foreign_keys = OFF")
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = quoteIdent(db.db.Dialect, n)
+	}
+	drop := "DROP TABLE IF EXISTS " + strings.Join(quoted, ", ")
+	if db.db.Dialect == dialect.Postgres {
+		drop += " CASCADE"
+	}
+	if db.db.Dialect == dialect.SQLite {
+		for _, q := range quoted {
+			stmts = append(stmts, "DROP TABLE IF EXISTS "+q)
+		}
+		stmts = append(stmts, "PRAGMA foreign_keys = ON")
+	} else {
+		stmts = append(stmts, drop)
+	}
+	if db.db.Dialect == dialect.MySQL {
+		stmts = append(stmts, "SET FOREIGN_KEY_CHECKS = 1")
+	}
+	// Session settings must stay on one connection.
+	release, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("bento: DropAll: %w", err)
+	}
+	defer release()
+	conn, err := db.db.DB.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("bento: DropAll: connecting: %w", err)
+	}
+	defer conn.Close()
+	for _, s := range stmts {
+		if _, err := conn.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("bento: DropAll: %s: %w", s, err)
+		}
+	}
+	return nil
+}
+
+// quoteIdent quotes a table name for the dialect.
+func quoteIdent(dialectName, name string) string {
+	if dialectName == dialect.MySQL {
+		return "`" + strings.ReplaceAll(name, "`", "``") + "`"
+	}
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
