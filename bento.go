@@ -97,6 +97,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	pool := driver.NewPool(driver.PoolConfig{
 		Role: "primary", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: cfg.DB.PoolTimeout,
+		SerializeWrites: d.Capabilities.SingleWriter,
 	})
 	var mw []driver.Middleware
 	if cfg.DB.Echo {

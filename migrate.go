@@ -57,7 +57,7 @@ func (db *DB) lock(ctx context.Context) (unlock func(), err error) {
 	default:
 		return func() {}, nil
 	}
-	release, err := db.pool.Acquire(ctx)
+	release, err := db.pool.Acquire(ctx, false)
 	if err != nil {
 		return nil, fmt.Errorf("bento: migrate: %w", err)
 	}
@@ -151,7 +151,7 @@ func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*sc
 		stmts = append(stmts, "SET FOREIGN_KEY_CHECKS = 1")
 	}
 	// Session settings must stay on one connection.
-	release, err := db.pool.Acquire(ctx)
+	release, err := db.pool.Acquire(ctx, true)
 	if err != nil {
 		return fmt.Errorf("bento: DropAll: %w", err)
 	}

@@ -39,6 +39,10 @@ type Capabilities struct {
 	// TxIDStatus: a transaction's fate can be read after a lost COMMIT
 	// (PostgreSQL pg_xact_status).
 	TxIDStatus bool `json:"txid_status"`
+	// SingleWriter: one writer at a time holds the database (SQLite); the
+	// driver queues writers in Go instead of letting them sleep in the
+	// busy handler.
+	SingleWriter bool `json:"single_writer"`
 }
 
 // Options are what Open takes besides the configuration.

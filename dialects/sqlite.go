@@ -16,7 +16,7 @@ import (
 )
 
 // sqliteCapabilities are SQLite's (3.35+ for RETURNING).
-var sqliteCapabilities = Capabilities{JSONType: "json", Returning: true}
+var sqliteCapabilities = Capabilities{JSONType: "json", Returning: true, SingleWriter: true}
 
 // SQLiteMaxOpen is the connection limit of a SQLite database. Writers take
 // the file's write lock one at a time; a writer that finds it taken sleeps

@@ -22,7 +22,6 @@ import (
 	"fmt"
 
 	"entgo.io/ent/dialect"
-	entsql "entgo.io/ent/dialect/sql"
 )
 
 // Kind says whether a statement was sent through Exec or Query.
@@ -160,7 +159,7 @@ func (d *Driver) ExecContext(ctx context.Context, query string, args ...any) (sq
 }
 
 // QueryContext runs a query through the chain and returns database/sql
-// rows. The rows hold a connection slot until they are closed.
+// rows; close them promptly, they hold a connection.
 func (d *Driver) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	return queryContext(ctx, d.stmt, Statement{Kind: Query, Query: query, Args: args})
 }
@@ -201,46 +200,38 @@ func (d *Driver) baseStatement(ctx context.Context, st Statement) error {
 	if p == nil {
 		p = d.primary
 	}
-	if err := p.acquire(ctx); err != nil {
+	w, err := p.acquire(ctx, p.writers != nil && !IsReadOnly(st.Query))
+	if err != nil {
 		return err
 	}
+	// The slot is held until the result arrives, not until rows are
+	// closed: ent's migration asserts that the rows it gets are *sql.Rows,
+	// so they cannot carry a release hook. ent reads rows at once.
+	defer p.release(w)
 	if st.Kind == Exec {
-		err := p.base.Exec(ctx, st.Query, st.Args, st.Dest)
-		p.release()
-		return err
+		return p.base.Exec(ctx, st.Query, st.Args, st.Dest)
 	}
 	if rp, ok := st.Dest.(*stdRows); ok {
-		// QueryContext: database/sql rows cannot carry a release hook, so
-		// the slot is held only while the query starts.
-		defer p.release()
 		argv, _ := st.Args.([]any)
 		rows, err := p.db.QueryContext(ctx, st.Query, argv...)
 		rp.rows = rows
 		return err
 	}
-	if err := p.base.Query(ctx, st.Query, st.Args, st.Dest); err != nil {
-		p.release()
-		return err
-	}
-	if rows, ok := st.Dest.(*entsql.Rows); ok && rows.ColumnScanner != nil {
-		rows.ColumnScanner = &releasingRows{ColumnScanner: rows.ColumnScanner, pool: p}
-	} else {
-		p.release()
-	}
-	return nil
+	return p.base.Query(ctx, st.Query, st.Args, st.Dest)
 }
 
 func (d *Driver) baseBegin(ctx context.Context, opts *sql.TxOptions) (*Tx, error) {
 	p := d.primary
-	if err := p.acquire(ctx); err != nil {
+	w, err := p.acquire(ctx, opts == nil || !opts.ReadOnly)
+	if err != nil {
 		return nil, err
 	}
 	raw, err := p.base.BeginTx(ctx, opts)
 	if err != nil {
-		p.release()
+		p.release(w)
 		return nil, err
 	}
-	tx := &Tx{drv: d, ctx: ctx, raw: raw, pool: p}
+	tx := &Tx{drv: d, ctx: ctx, raw: raw, pool: p, writeSlot: w}
 	if opts != nil {
 		tx.opts = *opts
 	}
@@ -252,7 +243,7 @@ func (d *Driver) baseEnd(_ context.Context, tx *Tx, commit bool) error {
 		return sql.ErrTxDone
 	}
 	tx.done = true
-	defer tx.pool.release()
+	defer tx.pool.release(tx.writeSlot)
 	if commit {
 		return tx.raw.Commit()
 	}
@@ -281,6 +272,8 @@ type Tx struct {
 	opts sql.TxOptions
 	done bool
 	vals []txValue
+
+	writeSlot bool // holds the pool's write slot
 }
 
 type txValue struct{ key, val any }

@@ -20,10 +20,15 @@ var ErrPoolTimeout = errors.New("pool timeout")
 type PoolTimeoutError struct {
 	Role    string        // the pool's role, e.g. "primary"
 	Waited  time.Duration // how long the caller waited
-	MaxOpen int           // the pool's connection limit
+	MaxOpen int           // the limit that was reached
+	Write   bool          // the wait was for the single write slot (SQLite)
 }
 
 func (e *PoolTimeoutError) Error() string {
+	if e.Write {
+		return fmt.Sprintf("bento: pool timeout: another write transaction held the %s database for %s (SQLite writes one at a time; shorten write transactions or raise DB_POOL_TIMEOUT)",
+			e.Role, e.Waited.Round(time.Millisecond))
+	}
 	return fmt.Sprintf("bento: pool timeout: no %s connection became free within %s (all %d in use; raise DB_POOL_SIZE/DB_MAX_OVERFLOW or DB_POOL_TIMEOUT)",
 		e.Role, e.Waited.Round(time.Millisecond), e.MaxOpen)
 }
@@ -36,13 +41,15 @@ func (e *PoolTimeoutError) Is(target error) bool { return target == ErrPoolTimeo
 // free connection as long as the context allows, so the Pool admits at most
 // MaxOpen units of work at a time and fails the rest after the pool timeout.
 //
-// A unit of work is a statement outside a transaction (until its rows are
-// closed) or a whole transaction.
+// A unit of work is a whole transaction, or a statement outside one until
+// its result arrives (rows are then read on the connection database/sql
+// holds until they are closed).
 type Pool struct {
 	role    string
 	db      *sql.DB
 	base    *entsql.Driver
 	sem     chan struct{}
+	writers chan struct{} // one write unit at a time, when SerializeWrites
 	timeout time.Duration
 
 	waits     atomic.Int64
@@ -64,6 +71,14 @@ type PoolConfig struct {
 	// Timeout bounds the wait for a free slot; <= 0 waits as long as the
 	// context allows.
 	Timeout time.Duration
+	// SerializeWrites admits one writing unit of work at a time (a
+	// transaction that is not read-only, or a statement outside one that
+	// is not IsReadOnly); reads go on beside it. SQLite needs it: its
+	// writers take the file's write lock one at a time, and a writer that
+	// finds it taken sleeps in SQLite's busy handler, so queueing writers
+	// in Go hands the lock over at once and never surfaces SQLITE_BUSY
+	// within the process.
+	SerializeWrites bool
 }
 
 // NewPool returns a Pool over cfg.DB.
@@ -75,6 +90,9 @@ func NewPool(cfg PoolConfig) *Pool {
 	if cfg.MaxOpen > 0 {
 		p.sem = make(chan struct{}, cfg.MaxOpen)
 	}
+	if cfg.SerializeWrites {
+		p.writers = make(chan struct{}, 1)
+	}
 	return p
 }
 
@@ -84,21 +102,36 @@ func (p *Pool) Role() string { return p.role }
 // DB returns the underlying database/sql pool.
 func (p *Pool) DB() *sql.DB { return p.db }
 
-// acquire takes a slot, waiting at most the pool timeout.
-func (p *Pool) acquire(ctx context.Context) error {
-	if p.sem == nil {
-		return nil
+// acquire takes a slot for a unit of work (and the write slot when writes
+// are serialised and write is true), waiting at most the pool timeout in
+// all. It reports whether it took the write slot.
+func (p *Pool) acquire(ctx context.Context, write bool) (wrote bool, err error) {
+	write = write && p.writers != nil
+	if write {
+		select {
+		case p.writers <- struct{}{}:
+		default:
+			if err := p.acquireSlow(ctx, p.writers, time.Now(), "write"); err != nil {
+				return false, err
+			}
+		}
 	}
-	select {
-	case p.sem <- struct{}{}:
-		return nil
-	default:
+	if p.sem != nil {
+		select {
+		case p.sem <- struct{}{}:
+		default:
+			if err := p.acquireSlow(ctx, p.sem, time.Now(), ""); err != nil {
+				if write {
+					<-p.writers
+				}
+				return false, err
+			}
+		}
 	}
-	return p.acquireSlow(ctx)
+	return write, nil
 }
 
-func (p *Pool) acquireSlow(ctx context.Context) error {
-	start := time.Now()
+func (p *Pool) acquireSlow(ctx context.Context, sem chan struct{}, start time.Time, what string) error {
 	p.waits.Add(1)
 	defer func() { p.waitNanos.Add(int64(time.Since(start))) }()
 	var timeout <-chan time.Time
@@ -108,30 +141,38 @@ func (p *Pool) acquireSlow(ctx context.Context) error {
 		timeout = t.C
 	}
 	select {
-	case p.sem <- struct{}{}:
+	case sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("bento: waiting for a %s connection: %w", p.role, context.Cause(ctx))
 	case <-timeout:
 		p.timeouts.Add(1)
-		return &PoolTimeoutError{Role: p.role, Waited: time.Since(start), MaxOpen: cap(p.sem)}
+		return &PoolTimeoutError{Role: p.role, Waited: time.Since(start), MaxOpen: cap(sem), Write: what == "write"}
 	}
 }
 
-func (p *Pool) release() {
+// release gives back what acquire took.
+func (p *Pool) release(write bool) {
 	if p.sem != nil {
 		<-p.sem
+	}
+	if write {
+		<-p.writers
 	}
 }
 
 // Acquire reserves a connection slot for work done directly on DB (a
 // dedicated *sql.Conn, say), bounded by the pool timeout like every other
 // unit of work. Call the returned function exactly once when done.
-func (p *Pool) Acquire(ctx context.Context) (release func(), err error) {
-	if err := p.acquire(ctx); err != nil {
+//
+// A write unit (write true) also takes the write slot when writes are
+// serialised.
+func (p *Pool) Acquire(ctx context.Context, write bool) (release func(), err error) {
+	w, err := p.acquire(ctx, write)
+	if err != nil {
 		return nil, err
 	}
-	return p.release, nil
+	return func() { p.release(w) }, nil
 }
 
 // PoolStats are a Pool's statistics: database/sql's and the slot wait.
@@ -145,6 +186,8 @@ type PoolStats struct {
 	Idle  int `json:"idle"`
 	// Busy is the number of units of work holding a slot.
 	Busy int `json:"busy"`
+	// Writing is 1 while a write unit holds the write slot (SQLite).
+	Writing int `json:"writing"`
 	// Waits is how many units of work had to wait for a slot, WaitTime the
 	// total time they waited and Timeouts how many gave up after the pool
 	// timeout.
@@ -167,20 +210,8 @@ func (p *Pool) Stats() PoolStats {
 		st.MaxOpen = cap(p.sem)
 		st.Busy = len(p.sem)
 	}
-	return st
-}
-
-// releasingRows gives a slot back when the rows are closed.
-type releasingRows struct {
-	entsql.ColumnScanner
-	pool *Pool
-}
-
-func (r *releasingRows) Close() error {
-	err := r.ColumnScanner.Close()
-	if r.pool != nil {
-		r.pool.release()
-		r.pool = nil
+	if p.writers != nil {
+		st.Writing = len(p.writers)
 	}
-	return err
+	return st
 }

@@ -35,7 +35,9 @@ func locksRows(q string) bool {
 	return false
 }
 
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '(' || c == ')' }
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '(' || c == ')'
+}
 
 // skipBlanks drops leading whitespace, -- comments and /* */ comments.
 func skipBlanks(q string) string {
