@@ -19,11 +19,12 @@ import (
 var sqliteCapabilities = Capabilities{JSONType: "json", Returning: true, SingleWriter: true}
 
 // SQLiteMaxOpen is the connection limit of a SQLite database. Writers take
-// the file's write lock one at a time; a writer that finds it taken sleeps
-// in SQLite's busy handler (1, 2, 5, 10… ms), so more connections mean
-// more sleeping, not more writes. See BENCHMARKS.md for the measurement
-// behind this value.
-const SQLiteMaxOpen = 4
+// the file's write lock one at a time and the driver queues them in Go
+// (Capabilities.SingleWriter), so one connection writes while the other
+// serves readers. Measured with 16 concurrent writers (BENCHMARKS.md,
+// BenchmarkSQLiteWriters): 2 gives the best write throughput with zero
+// SQLITE_BUSY, and keeps reads flowing beside the writer.
+const SQLiteMaxOpen = 2
 
 // SQLiteDSN turns the configuration into an ncruces DSN: busy_timeout first
 // (any _pragma drops the driver's default busy timeout), then
