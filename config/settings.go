@@ -32,17 +32,11 @@ func (s Setting) Flag() string {
 // show returns v as it may be displayed: secrets redacted.
 func (s Setting) show(v string) string {
 	if s.secret {
-		return redactList(v)
+		// One URL: splitting it (on ",", say) would cut a password that
+		// contains the separator out of its user:pass@ and show it.
+		return redactString(v)
 	}
 	return v
-}
-
-func redactList(v string) string {
-	parts := strings.Split(v, ",")
-	for i, p := range parts {
-		parts[i] = redactString(strings.TrimSpace(p))
-	}
-	return strings.Join(parts, ",")
 }
 
 // Settings returns every setting in a stable order.
@@ -162,10 +156,14 @@ func ParseDuration(v string) (time.Duration, error) {
 		return 0, errors.New("empty duration")
 	}
 	if f, err := strconv.ParseFloat(v, 64); err == nil {
-		if math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > float64(math.MaxInt64)/float64(time.Second) {
+		// Compare in nanoseconds: a bound in seconds lets values that round
+		// to 2^63 ns through, and converting those wraps to a negative
+		// Duration.
+		ns := f * float64(time.Second)
+		if math.IsNaN(ns) || ns >= float64(math.MaxInt64) || ns < float64(math.MinInt64) {
 			return 0, errors.New("out of range")
 		}
-		return time.Duration(f * float64(time.Second)), nil
+		return time.Duration(ns), nil
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -96,14 +97,14 @@ func parseSQLite(raw, s, scheme string) (URL, error) {
 	path, rawQuery, _ := strings.Cut(rest, "?")
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return URL{}, fmt.Errorf("%q has an invalid query (%v); accepted: %s", s, unwrapURLError(err), acceptedURLs)
+		return URL{}, fmt.Errorf("%q has an invalid query (%v); accepted: %s", redactString(s), unwrapURLError(err), acceptedURLs)
 	}
 	if path, err = url.PathUnescape(path); err != nil {
-		return URL{}, fmt.Errorf("%q has an invalid path (%v); accepted: %s", s, err, acceptedURLs)
+		return URL{}, fmt.Errorf("%q has an invalid path (%v); accepted: %s", redactString(s), err, acceptedURLs)
 	}
 	switch path {
 	case "":
-		return URL{}, fmt.Errorf("%q has no file path; accepted: sqlite://rel.db, sqlite:///abs/path.db, sqlite://:memory:", s)
+		return URL{}, fmt.Errorf("%q has no file path; accepted: sqlite://rel.db, sqlite:///abs/path.db, sqlite://:memory:", redactString(s))
 	case ":memory:", "/:memory:":
 		return URL{raw: raw, dialect: SQLite, memory: true, query: q}, nil
 	}
@@ -115,14 +116,14 @@ func parseSQLiteFile(raw, s string) (URL, error) {
 	path, rawQuery, _ := strings.Cut(rest, "?")
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return URL{}, fmt.Errorf("%q has an invalid query (%v); accepted: %s", s, unwrapURLError(err), acceptedURLs)
+		return URL{}, fmt.Errorf("%q has an invalid query (%v); accepted: %s", redactString(s), unwrapURLError(err), acceptedURLs)
 	}
 	path = strings.TrimPrefix(path, "//") // file://abs form
 	if path, err = url.PathUnescape(path); err != nil {
-		return URL{}, fmt.Errorf("%q has an invalid path (%v); accepted: %s", s, err, acceptedURLs)
+		return URL{}, fmt.Errorf("%q has an invalid path (%v); accepted: %s", redactString(s), err, acceptedURLs)
 	}
 	if path == "" {
-		return URL{}, fmt.Errorf("%q has no file path; accepted: file:path.db", s)
+		return URL{}, fmt.Errorf("%q has no file path; accepted: file:path.db", redactString(s))
 	}
 	if path == ":memory:" || q.Get("mode") == "memory" {
 		return URL{raw: raw, dialect: SQLite, memory: true, query: q}, nil
@@ -212,55 +213,103 @@ func redactURL(u *url.URL) string {
 			c.User = url.UserPassword(c.User.Username(), redacted)
 		}
 	}
-	if c.RawQuery != "" {
-		q := c.Query()
-		changed := false
-		for k := range q {
-			if secretParams[strings.ToLower(k)] {
-				q[k] = []string{redacted}
-				changed = true
-			}
-		}
-		if changed {
-			c.RawQuery = q.Encode()
-		}
+	c.RawQuery = redactQuery(c.RawQuery)
+	s := c.String()
+	// A user:pass@ that the parser did not take for userinfo, as in a
+	// scheme pasted twice (postgres://postgres://u:pass@host/db), is still a
+	// password to the reader.
+	if strings.Contains(c.Opaque+c.Path+c.Fragment, "@") {
+		s = redactString(s)
 	}
-	return c.String()
+	return s
 }
 
-// redactString redacts a URL-like string that may not parse: the part
-// between "://user:" and "@" and secret query values are replaced.
+// redactString redacts a URL-like string that may not parse, without
+// trusting a parser to find the password: the part between the first ":"
+// of the authority (after "://", or from the start if there is no scheme)
+// and its last "@" is replaced, and so are the values of secret query
+// parameters.
 func redactString(s string) string {
-	if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.Opaque == "" {
-		return redactURL(u)
+	var spans [][2]int
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + len("://")
+	} else if strings.HasPrefix(s, "//") {
+		start = len("//")
 	}
-	out := s
-	if i := strings.Index(out, "://"); i >= 0 {
-		rest := out[i+3:]
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			if colon := strings.Index(rest[:at], ":"); colon >= 0 {
-				out = out[:i+3] + rest[:colon+1] + redacted + rest[at:]
-			}
+	if at := strings.LastIndex(s[start:], "@"); at >= 0 {
+		if colon := strings.Index(s[start:start+at], ":"); colon >= 0 {
+			spans = append(spans, [2]int{start + colon + 1, start + at})
 		}
 	}
-	if base, rawQuery, ok := strings.Cut(out, "?"); ok {
-		parts := strings.Split(rawQuery, "&")
-		for i, p := range parts {
-			k, _, _ := strings.Cut(p, "=")
-			lk := strings.ToLower(k)
-			if secretParams[lk] || (lk == "_pragma" && isKeyPragma(p)) {
-				parts[i] = k + "=" + redacted
-			}
-		}
-		out = base + "?" + strings.Join(parts, "&")
+	if q := strings.Index(s, "?"); q >= 0 {
+		spans = append(spans, querySpans(s[q+1:], q+1)...)
 	}
-	return out
+	return redactSpans(s, spans)
 }
 
-// isKeyPragma reports whether a _pragma parameter sets an encryption key.
-func isKeyPragma(p string) bool {
-	_, v, _ := strings.Cut(p, "=")
-	v, _ = url.QueryUnescape(v)
+// redactQuery replaces the values of secret parameters in a raw query,
+// keeping the rest as it was written.
+func redactQuery(q string) string { return redactSpans(q, querySpans(q, 0)) }
+
+// querySpans returns the byte ranges, offset by off, of the values of the
+// secret parameters of the raw query q. Parameters are separated by &, or
+// by ; (which url.ParseQuery rejects, dropping the parameter, so it must not
+// be what decides) or ? (so that a "?" in a password that did not parse does
+// not hide the real query).
+func querySpans(q string, off int) [][2]int {
+	var spans [][2]int
+	for i := 0; i <= len(q); {
+		end := len(q)
+		if j := strings.IndexAny(q[i:], "&;?"); j >= 0 {
+			end = i + j
+		}
+		if k, v, ok := strings.Cut(q[i:end], "="); ok && isSecretParam(k, v) {
+			spans = append(spans, [2]int{off + i + len(k) + 1, off + end})
+		}
+		i = end + 1
+	}
+	return spans
+}
+
+// isSecretParam reports whether the query parameter k=v (both raw) holds a
+// secret.
+func isSecretParam(k, v string) bool {
+	if uk, err := url.QueryUnescape(k); err == nil {
+		k = uk
+	}
+	k = strings.ToLower(strings.TrimSpace(k))
+	return secretParams[k] || (k == "_pragma" && isKeyPragma(v))
+}
+
+// isKeyPragma reports whether the raw value of a _pragma parameter sets an
+// encryption key.
+func isKeyPragma(v string) bool {
+	if uv, err := url.QueryUnescape(v); err == nil {
+		v = uv
+	}
 	v = strings.ToLower(strings.TrimSpace(v))
 	return strings.HasPrefix(v, "key") || strings.HasPrefix(v, "hexkey") || strings.HasPrefix(v, "textkey")
+}
+
+// redactSpans replaces each byte range of s in spans, merged where they
+// overlap, by the redaction marker.
+func redactSpans(s string, spans [][2]int) string {
+	if len(spans) == 0 {
+		return s
+	}
+	slices.SortFunc(spans, func(a, b [2]int) int { return a[0] - b[0] })
+	var b strings.Builder
+	last := 0
+	for i, sp := range spans {
+		if i > 0 && sp[0] <= last {
+			last = max(last, sp[1])
+			continue
+		}
+		b.WriteString(s[last:sp[0]])
+		b.WriteString(redacted)
+		last = sp[1]
+	}
+	b.WriteString(s[last:])
+	return b.String()
 }
