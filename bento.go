@@ -29,6 +29,7 @@ import (
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
+	"github.com/bento-go/bento/resilience"
 )
 
 // DB is an open database: its pool, its ent driver and its lifecycle. It is
@@ -49,6 +50,7 @@ type DB struct {
 type options struct {
 	logger     *slog.Logger
 	middleware []driver.Middleware
+	resilience resilience.Options
 	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 	tables     []*schema.Table
 }
@@ -60,10 +62,21 @@ type Option func(*options)
 // discards logs.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
-// WithMiddleware appends driver middleware, outermost first, after Bento's
-// own.
+// WithMiddleware adds driver middleware outside Bento's own layers,
+// outermost first.
 func WithMiddleware(m ...driver.Middleware) Option {
 	return func(o *options) { o.middleware = append(o.middleware, m...) }
+}
+
+// WithResilience adjusts the error classification and retry layer. A zero
+// Policy takes the DB_RETRY_* settings; a nil Logger takes the DB's.
+func WithResilience(r resilience.Options) Option { return func(o *options) { o.resilience = r } }
+
+// RetryPolicy returns the retry policy of the DB_RETRY_* settings.
+func RetryPolicy(c config.Retry) resilience.Policy {
+	p := resilience.DefaultPolicy()
+	p.MaxAttempts, p.BaseDelay, p.MaxDelay, p.MaxElapsed = c.Attempts, c.BaseDelay, c.MaxDelay, c.MaxElapsed
+	return p
 }
 
 // WithDialer replaces how connections to a server are dialed (PostgreSQL,
@@ -99,11 +112,20 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 		Role: "primary", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: cfg.DB.PoolTimeout,
 		SerializeWrites: d.Capabilities.SingleWriter,
 	})
-	var mw []driver.Middleware
+	// Outermost first: user middleware, then classification and retry,
+	// then statement logging (which so sees every attempt).
+	res := o.resilience
+	if res.Policy.MaxAttempts == 0 {
+		res.Policy = RetryPolicy(cfg.Retry)
+	}
+	if res.Logger == nil {
+		res.Logger = o.logger
+	}
+	mw := append([]driver.Middleware(nil), o.middleware...)
+	mw = append(mw, resilience.Middleware(res))
 	if cfg.DB.Echo {
 		mw = append(mw, driver.Echo(o.logger))
 	}
-	mw = append(mw, o.middleware...)
 	db := &DB{
 		cfg: cfg, db: d, pool: pool, logger: o.logger, tables: o.tables,
 		drv: driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),

@@ -32,7 +32,23 @@ import (
 // works with no setup: an embedded SQLite file bento.db in the working
 // directory.
 type Config struct {
-	DB DB
+	DB    DB
+	Retry Retry
+}
+
+// Retry holds the retry policy (DB_RETRY_*) for work that is safe to
+// repeat: reads and BEGIN outside a transaction, and whole units of work.
+type Retry struct {
+	// Attempts bounds the attempts, the first included (DB_RETRY_ATTEMPTS).
+	Attempts int
+	// BaseDelay is the first backoff delay; later ones double
+	// (DB_RETRY_BASE_DELAY).
+	BaseDelay time.Duration
+	// MaxDelay caps one backoff delay (DB_RETRY_MAX_DELAY).
+	MaxDelay time.Duration
+	// MaxElapsed bounds one operation with all its retries
+	// (DB_RETRY_MAX_ELAPSED).
+	MaxElapsed time.Duration
 }
 
 // DB holds the database settings (DB_*).

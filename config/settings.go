@@ -87,6 +87,14 @@ func Settings() []Setting {
 			},
 			get: func(c Config) string { return c.DB.ApplicationName },
 		},
+		intSetting("DB_RETRY_ATTEMPTS", 10, 1, "attempts at work that is safe to repeat, the first included; 1 disables retries",
+			func(c *Config) *int { return &c.Retry.Attempts }),
+		durationSetting("DB_RETRY_BASE_DELAY", "10ms", true, "first retry delay; each later one doubles (with ±50% jitter)",
+			func(c *Config) *time.Duration { return &c.Retry.BaseDelay }),
+		durationSetting("DB_RETRY_MAX_DELAY", "2s", true, "cap on one retry delay",
+			func(c *Config) *time.Duration { return &c.Retry.MaxDelay }),
+		durationSetting("DB_RETRY_MAX_ELAPSED", "30s", true, "bound on one operation with all its retries; 0 means only the caller's deadline",
+			func(c *Config) *time.Duration { return &c.Retry.MaxElapsed }),
 	}
 }
 

@@ -96,4 +96,3 @@ func BenchmarkWrapperOverhead(b *testing.B) {
 		})
 	}
 }
-

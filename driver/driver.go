@@ -182,7 +182,13 @@ func (d *Driver) BeginTx(ctx context.Context, opts *sql.TxOptions) (dialect.Tx, 
 }
 
 func (d *Driver) baseStatement(ctx context.Context, st Statement) error {
+	if p, ok := ctx.Value(probeKey{}).(*Probe); ok {
+		p.observe(st)
+	}
 	if st.Tx != nil {
+		if !st.Tx.wrote && !IsReadOnly(st.Query) {
+			st.Tx.wrote = true
+		}
 		if rp, ok := st.Dest.(*stdRows); ok {
 			argv, _ := st.Args.([]any)
 			rows, err := st.Tx.raw.(interface {
@@ -274,7 +280,12 @@ type Tx struct {
 	vals []txValue
 
 	writeSlot bool // holds the pool's write slot
+	wrote     bool // a statement that is not IsReadOnly ran
 }
+
+// Wrote reports whether a statement that may write (not IsReadOnly) ran in
+// the transaction.
+func (tx *Tx) Wrote() bool { return tx.wrote }
 
 type txValue struct{ key, val any }
 
@@ -359,3 +370,31 @@ func WithTxSlot(ctx context.Context, slot *TxSlot) context.Context {
 
 // String describes the driver for logs.
 func (d *Driver) String() string { return fmt.Sprintf("bento driver (%s)", d.dialect) }
+
+// Probe records what statements ran under a context made by WithProbe:
+// layers above the driver (an ent interceptor retrying a whole query, rows
+// scanning included) use it to learn whether what they are about to
+// repeat only read, outside any transaction.
+type Probe struct {
+	Statements int  // statements that reached the database
+	InTx       bool // one of them ran in a transaction
+	Writes     bool // one of them may have written (not IsReadOnly)
+}
+
+type probeKey struct{}
+
+// WithProbe returns a context under which the driver records its
+// statements in p. p must not be shared between goroutines.
+func WithProbe(ctx context.Context, p *Probe) context.Context {
+	return context.WithValue(ctx, probeKey{}, p)
+}
+
+func (p *Probe) observe(st Statement) {
+	p.Statements++
+	if st.Tx != nil {
+		p.InTx = true
+	}
+	if !p.Writes && !IsReadOnly(st.Query) {
+		p.Writes = true
+	}
+}

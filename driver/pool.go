@@ -11,6 +11,10 @@ import (
 	entsql "entgo.io/ent/dialect/sql"
 )
 
+// ErrDraining is returned for work that arrives while the driver is
+// draining (package drain). It is never retried.
+var ErrDraining = errors.New("bento: draining: the database is shutting down and takes no new work")
+
 // ErrPoolTimeout is returned (wrapped in a *PoolTimeoutError) when no
 // connection became free within the pool timeout.
 var ErrPoolTimeout = errors.New("pool timeout")
@@ -46,6 +50,7 @@ func (e *PoolTimeoutError) Is(target error) bool { return target == ErrPoolTimeo
 // holds until they are closed).
 type Pool struct {
 	role    string
+	dialect string
 	db      *sql.DB
 	base    *entsql.Driver
 	sem     chan struct{}
@@ -83,7 +88,7 @@ type PoolConfig struct {
 
 // NewPool returns a Pool over cfg.DB.
 func NewPool(cfg PoolConfig) *Pool {
-	p := &Pool{role: cfg.Role, db: cfg.DB, base: entsql.OpenDB(cfg.Dialect, cfg.DB), timeout: cfg.Timeout}
+	p := &Pool{role: cfg.Role, dialect: cfg.Dialect, db: cfg.DB, base: entsql.OpenDB(cfg.Dialect, cfg.DB), timeout: cfg.Timeout}
 	if p.role == "" {
 		p.role = "primary"
 	}
@@ -98,6 +103,9 @@ func NewPool(cfg PoolConfig) *Pool {
 
 // Role returns the pool's role.
 func (p *Pool) Role() string { return p.role }
+
+// Dialect returns the pool's ent dialect name.
+func (p *Pool) Dialect() string { return p.dialect }
 
 // DB returns the underlying database/sql pool.
 func (p *Pool) DB() *sql.DB { return p.db }

@@ -1,0 +1,109 @@
+package resilience
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	bentodriver "github.com/bento-go/bento/driver"
+)
+
+// Outcome is the fate of a transaction whose COMMIT reply was lost.
+type Outcome uint8
+
+// Outcomes.
+const (
+	OutcomeUnknown Outcome = iota
+	Committed
+	Aborted
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Committed:
+		return "committed"
+	case Aborted:
+		return "aborted"
+	}
+	return "unknown"
+}
+
+// txIDKey keys the PostgreSQL transaction id on a driver.Tx.
+type txIDKey struct{}
+
+// SetTxID records the PostgreSQL transaction id (pg_current_xact_id) of tx,
+// for resolving an ambiguous COMMIT. The outbox sets it from its INSERT …
+// RETURNING, saving a round trip.
+func SetTxID(tx *bentodriver.Tx, xid string) { tx.SetValue(txIDKey{}, xid) }
+
+// TxID returns the transaction id recorded with SetTxID, or "".
+func TxID(tx *bentodriver.Tx) string {
+	s, _ := tx.Value(txIDKey{}).(string)
+	return s
+}
+
+// CurrentTxID reads pg_current_xact_id() in the transaction (assigning an
+// id if it has none yet) and records it on tx.
+func CurrentTxID(ctx context.Context, tx *bentodriver.Tx) (string, error) {
+	if xid := TxID(tx); xid != "" {
+		return xid, nil
+	}
+	rows, err := tx.QueryContext(ctx, "SELECT pg_current_xact_id()::text")
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var xid string
+	if rows.Next() {
+		err = rows.Scan(&xid)
+	}
+	if err = errors.Join(err, rows.Err()); err != nil {
+		return "", err
+	}
+	SetTxID(tx, xid)
+	return xid, nil
+}
+
+// ResolveCommit asks PostgreSQL what became of transaction xid, on a
+// connection of db other than the one that was lost, until the answer is
+// committed or aborted or timeout passes. While the old backend has not yet
+// noticed its client is gone the transaction is "in progress"; ResolveCommit
+// polls through that. Connection errors on the way are retried.
+func ResolveCommit(ctx context.Context, db *sql.DB, xid string, timeout time.Duration) (Outcome, error) {
+	if xid == "" {
+		return OutcomeUnknown, errors.New("resilience: no transaction id to resolve")
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	delay := 5 * time.Millisecond
+	for {
+		var status sql.NullString
+		err := db.QueryRowContext(ctx, "SELECT pg_xact_status($1::xid8)", xid).Scan(&status)
+		switch {
+		case err == nil && status.String == "committed":
+			return Committed, nil
+		case err == nil && status.String == "aborted":
+			return Aborted, nil
+		case err == nil && !status.Valid:
+			return OutcomeUnknown, fmt.Errorf("resilience: transaction %s is too old for pg_xact_status", xid)
+		case err != nil && !IsRetryable(err) && Classify(err) != Unknown:
+			return OutcomeUnknown, fmt.Errorf("resilience: resolving transaction %s: %w", xid, err)
+		}
+		// "in progress", or a connection error: wait and ask again.
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if err == nil {
+				err = fmt.Errorf("transaction %s still in progress", xid)
+			}
+			return OutcomeUnknown, fmt.Errorf("resilience: resolving transaction %s: %w: %w", xid, ctx.Err(), err)
+		case <-t.C:
+		}
+		if delay < 200*time.Millisecond {
+			delay *= 2
+		}
+	}
+}

@@ -1,0 +1,210 @@
+package resilience
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	bentodriver "github.com/bento-go/bento/driver"
+)
+
+// Options configure Middleware.
+type Options struct {
+	// Policy retries statements outside a transaction that are safe to
+	// repeat, and BEGIN. Zero value: DefaultPolicy.
+	Policy Policy
+	// ResolveTimeout bounds the resolution of an ambiguous COMMIT on
+	// PostgreSQL. Zero: 10 s. Negative: never resolve; return Ambiguous.
+	ResolveTimeout time.Duration
+	// TxIDOnlyFromOutbox stops the middleware from reading
+	// pg_current_xact_id() before COMMIT of a PostgreSQL transaction that
+	// wrote; only a transaction id recorded by the outbox (for free, from
+	// its INSERT … RETURNING) is then available to resolve an ambiguous
+	// COMMIT. It saves one round trip per writing transaction.
+	TxIDOnlyFromOutbox bool
+	// Logger gets one line per retry and per resolved commit.
+	Logger *slog.Logger
+	// OnRetry, if set, is called before each retry, with the operation
+	// ("exec", "query", "begin").
+	OnRetry func(op string, err error, attempt int, delay time.Duration)
+	// OnAmbiguous, if set, is called with the outcome of each ambiguous
+	// COMMIT after resolution (OutcomeUnknown when it stayed unknown).
+	OnAmbiguous func(Outcome)
+}
+
+// Middleware returns the driver middleware that classifies every error
+// (each comes back as a *Error carrying its Category) and retries only
+// where it is safe:
+//
+//   - Outside a transaction, a read (driver.IsReadOnly) is retried on a
+//     retryable error; a write only when the driver proves it never
+//     reached the server (driver.ErrBadConn, pgconn.SafeToRetry). A write
+//     that failed after it was sent is classified like a COMMIT: it may
+//     have been applied, so it is Ambiguous unless the server said no.
+//   - BEGIN is retried on connection and transient errors: nothing has
+//     happened yet.
+//   - Inside a transaction nothing is retried: the whole unit of work is
+//     the retry unit (package unitofwork).
+//   - An error in reply to COMMIT that proves no rollback is Ambiguous. On
+//     PostgreSQL the middleware resolves it with pg_xact_status on another
+//     connection: a transaction that committed makes Commit return nil; one
+//     that aborted returns a retryable Connection error.
+func Middleware(opts Options) bentodriver.Middleware {
+	if opts.Policy.MaxAttempts == 0 {
+		opts.Policy = DefaultPolicy()
+	}
+	if opts.ResolveTimeout == 0 {
+		opts.ResolveTimeout = 10 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	m := &middleware{opts: opts}
+	return bentodriver.Middleware{Name: "resilience", Statement: m.statement, Begin: m.begin, End: m.end}
+}
+
+type middleware struct{ opts Options }
+
+// policyFor returns the policy with the retry callback for op.
+func (m *middleware) policyFor(op string, retryable func(error) bool) Policy {
+	p := m.opts.Policy
+	p.Retryable = retryable
+	user := p.OnRetry
+	p.OnRetry = func(err error, attempt int, delay time.Duration) {
+		m.opts.Logger.Warn("bento: retrying", "op", op, "category", Classify(err).String(), "code", Code(err),
+			"attempt", attempt, "delay", delay, "error", err.Error())
+		if m.opts.OnRetry != nil {
+			m.opts.OnRetry(op, err, attempt, delay)
+		}
+		if user != nil {
+			user(err, attempt, delay)
+		}
+	}
+	return p
+}
+
+func (m *middleware) statement(next bentodriver.StatementHandler) bentodriver.StatementHandler {
+	return func(ctx context.Context, st bentodriver.Statement) error {
+		err := next(ctx, st)
+		if err == nil {
+			return nil
+		}
+		op := st.Kind.String()
+		if st.Tx != nil {
+			return Wrap(err, op)
+		}
+		read := st.ReadOnly()
+		if !safeToRepeat(read, err) {
+			return wrapStatement(err, op, read)
+		}
+		p := m.policyFor(op, func(err error) bool { return safeToRepeat(read, err) })
+		err = p.retry(ctx, err, func(ctx context.Context) error { return next(ctx, st) })
+		if err == nil {
+			return nil
+		}
+		return wrapStatement(err, op, read)
+	}
+}
+
+// wrapStatement classifies a failed statement outside a transaction: a
+// write is its own commit.
+func wrapStatement(err error, op string, read bool) error {
+	if read {
+		return Wrap(err, op)
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	_, code := classify(err)
+	return &Error{Category: ClassifyCommit(err), Code: code, Op: op, Err: err}
+}
+
+// safeToRepeat: a retryable error on a read, or on any statement that
+// provably never reached the server. A pool timeout is not repeated here:
+// it already waited the full pool timeout.
+func safeToRepeat(read bool, err error) bool {
+	if !IsRetryable(err) || errors.Is(err, bentodriver.ErrPoolTimeout) {
+		return false
+	}
+	return read || NotSent(err)
+}
+
+func (m *middleware) begin(next bentodriver.BeginHandler) bentodriver.BeginHandler {
+	return func(ctx context.Context, opts *sql.TxOptions) (*bentodriver.Tx, error) {
+		tx, err := next(ctx, opts)
+		if err == nil {
+			return tx, nil
+		}
+		retryable := func(err error) bool {
+			c := Classify(err)
+			return (c == Connection || c == Transient) && IsRetryable(err)
+		}
+		p := m.policyFor("begin", retryable)
+		err = p.retry(ctx, err, func(ctx context.Context) error {
+			var err error
+			tx, err = next(ctx, opts)
+			return err
+		})
+		if err != nil {
+			return nil, Wrap(err, "begin")
+		}
+		return tx, nil
+	}
+}
+
+func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
+	return func(ctx context.Context, tx *bentodriver.Tx, commit bool) error {
+		if !commit {
+			return Wrap(next(ctx, tx, false), "rollback")
+		}
+		if ctx.Err() != nil {
+			// database/sql does not send COMMIT on a done context: it rolls
+			// back. The outcome is certain.
+			err := next(ctx, tx, true)
+			if err == nil {
+				return nil
+			}
+			return &Error{Category: Timeout, Op: "commit", Err: fmt.Errorf("context ended before COMMIT; rolled back: %w", err)}
+		}
+		var xid string
+		if m.opts.ResolveTimeout > 0 && tx.Pool().Dialect() == "postgres" && tx.Wrote() {
+			xid = TxID(tx)
+			if xid == "" && !m.opts.TxIDOnlyFromOutbox {
+				var err error
+				if xid, err = CurrentTxID(ctx, tx); err != nil {
+					return errors.Join(Wrap(err, "commit"), next(ctx, tx, false))
+				}
+			}
+		}
+		err := next(ctx, tx, true)
+		if err == nil {
+			return nil
+		}
+		cat := ClassifyCommit(err)
+		_, code := classify(err)
+		if cat != Ambiguous || xid == "" {
+			if cat == Ambiguous && m.opts.OnAmbiguous != nil {
+				m.opts.OnAmbiguous(OutcomeUnknown)
+			}
+			return &Error{Category: cat, Code: code, Op: "commit", Err: err}
+		}
+		outcome, rerr := ResolveCommit(ctx, tx.Pool().DB(), xid, m.opts.ResolveTimeout)
+		if m.opts.OnAmbiguous != nil {
+			m.opts.OnAmbiguous(outcome)
+		}
+		m.opts.Logger.Warn("bento: ambiguous commit resolved", "xid", xid, "outcome", outcome.String(), "error", err.Error())
+		switch outcome {
+		case Committed:
+			return nil
+		case Aborted:
+			return &Error{Category: Connection, Code: code, Op: "commit",
+				Err: fmt.Errorf("%w (resolved: transaction %s aborted, nothing was committed)", err, xid)}
+		default:
+			return &Error{Category: Ambiguous, Code: code, Op: "commit", Err: errors.Join(err, rerr)}
+		}
+	}
+}
