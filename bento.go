@@ -152,13 +152,14 @@ func (db *DB) Pool() *driver.Pool { return db.pool }
 func (db *DB) Logger() *slog.Logger { return db.logger }
 
 // Health runs SELECT 1 on the primary within timeout (the connect timeout
-// plus one second when timeout <= 0). The error says what failed and where,
+// plus one second when timeout <= 0), once: a health check reports a fault
+// instead of retrying through it. The error says what failed and where,
 // with the URL redacted.
 func (db *DB) Health(ctx context.Context, timeout time.Duration) error {
 	if timeout <= 0 {
 		timeout = db.cfg.DB.ConnectTimeout + time.Second
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(resilience.WithoutRetry(ctx), timeout)
 	defer cancel()
 	var one int
 	rows, err := db.drv.QueryContext(ctx, "SELECT 1")
@@ -197,10 +198,10 @@ func (db *DB) Info(ctx context.Context) (Info, error) {
 		Dialect: db.db.Dialect, URL: db.cfg.DB.URL.String(), Pool: db.pool.Stats(),
 		Capabilities: db.db.Capabilities, Settings: map[string]string{},
 	}
-	for _, s := range config.Settings() {
-		info.Settings[s.Name] = settingValue(db.cfg, s.Name)
+	for _, a := range db.cfg.LogValue().Group() {
+		info.Settings[a.Key] = a.Value.String()
 	}
-	ctx, cancel := context.WithTimeout(ctx, db.cfg.DB.ConnectTimeout+time.Second)
+	ctx, cancel := context.WithTimeout(resilience.WithoutRetry(ctx), db.cfg.DB.ConnectTimeout+time.Second)
 	defer cancel()
 	rows, err := db.drv.QueryContext(ctx, db.db.VersionQuery)
 	if err != nil {
@@ -217,17 +218,6 @@ func (db *DB) Info(ctx context.Context) (Info, error) {
 	}
 	info.Pool = db.pool.Stats()
 	return info, nil
-}
-
-// settingValue renders one setting of cfg, redacted.
-func settingValue(cfg config.Config, name string) string {
-	v := cfg.LogValue()
-	for _, a := range v.Group() {
-		if a.Key == name {
-			return a.Value.String()
-		}
-	}
-	return ""
 }
 
 // Tables returns the framework tables registered with WithTables.

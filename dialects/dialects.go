@@ -13,9 +13,10 @@ package dialects
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
+	"strings"
 
 	"github.com/bento-go/bento/config"
 )
@@ -91,8 +92,28 @@ func Open(cfg config.DB, opts Options) (*Database, error) {
 	case config.SQLite:
 		return openSQLite(cfg, opts)
 	default:
-		return nil, fmt.Errorf("dialects: DB_URL %q: no dialect detected", cfg.URL)
+		return nil, urlError(cfg, "no dialect detected", "a URL that config.ParseURL accepts")
 	}
+}
+
+// urlError reports a DB_URL the driver refused as a *config.Error, so that
+// callers treat it as bad configuration.
+func urlError(cfg config.DB, problem, accepts string) error {
+	return &config.Error{Setting: "DB_URL", Source: "driver", Value: cfg.URL.String(), Problem: problem, Accepts: accepts}
+}
+
+// redactIn replaces the URL's password wherever a driver's message quotes it.
+func redactIn(msg string, user *url.Userinfo) string {
+	if user == nil {
+		return msg
+	}
+	if pw, ok := user.Password(); ok && pw != "" {
+		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		if esc := url.QueryEscape(pw); esc != pw {
+			msg = strings.ReplaceAll(msg, esc, "xxxxx")
+		}
+	}
+	return msg
 }
 
 // serverPool applies the server pool settings: max open = pool size +

@@ -34,11 +34,11 @@ const MySQLMaxLifetime = 4*time.Minute + 30*time.Second
 func MySQLConfig(cfg config.DB, opts Options) (*mysql.Config, error) {
 	u := cfg.URL.Server()
 	if u == nil {
-		return nil, fmt.Errorf("dialects: DB_URL %q is not a MySQL URL", cfg.URL)
+		return nil, urlError(cfg, "not a MySQL URL", "mysql://user:pass@host:3306/db")
 	}
 	mc, err := mysql.ParseDSN("/?" + u.RawQuery)
 	if err != nil {
-		return nil, fmt.Errorf("dialects: DB_URL %q: invalid parameter (%v); accepted: go-sql-driver/mysql DSN parameters", cfg.URL, err)
+		return nil, urlError(cfg, "invalid parameter: "+redactIn(err.Error(), u.User), "go-sql-driver/mysql DSN parameters such as tls=true, charset=utf8mb4")
 	}
 	mc.User = u.User.Username()
 	mc.Passwd, _ = u.User.Password()
@@ -74,7 +74,8 @@ func openMySQL(cfg config.DB, opts Options) (*Database, error) {
 	}
 	conn, err := mysql.NewConnector(mc)
 	if err != nil {
-		return nil, fmt.Errorf("dialects: DB_URL %q: %w", cfg.URL, err)
+		u := cfg.URL.Server()
+		return nil, urlError(cfg, redactIn(err.Error(), u.User), "mysql://user:pass@host:3306/db")
 	}
 	db := sql.OpenDB(&mysqlConnector{Connector: conn, timeout: cfg.CommandTimeout})
 	maxOpen := serverPool(db, cfg)

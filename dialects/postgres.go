@@ -2,7 +2,6 @@ package dialects
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -23,12 +22,14 @@ var postgresCapabilities = Capabilities{
 func PostgresConnConfig(cfg config.DB, opts Options) (*pgx.ConnConfig, error) {
 	u := cfg.URL.Server()
 	if u == nil {
-		return nil, fmt.Errorf("dialects: DB_URL %q is not a PostgreSQL URL", cfg.URL)
+		return nil, urlError(cfg, "not a PostgreSQL URL", "postgres://user:pass@host:5432/db")
 	}
 	cc, err := pgx.ParseConfig(u.String())
 	if err != nil {
-		// pgx's error may quote the DSN; show the redacted URL instead.
-		return nil, fmt.Errorf("dialects: DB_URL %q: pgx refused it; accepted: postgres://user:pass@host:5432/db?sslmode=disable", cfg.URL)
+		// pgx reads libpq's PG* environment variables too; its error may
+		// quote the DSN, so only its redacted text is shown.
+		return nil, urlError(cfg, "pgx refused the connection settings (DB_URL and any PG* environment variables): "+redactIn(err.Error(), u.User),
+			"postgres://user:pass@host:5432/db?sslmode=disable with libpq parameters")
 	}
 	cc.ConnectTimeout = cfg.ConnectTimeout
 	if cc.RuntimeParams == nil {

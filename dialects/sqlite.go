@@ -51,7 +51,7 @@ func SQLiteDSN(cfg config.DB) (string, error) {
 		path = u.Path()
 		if dir := filepath.Dir(path); dir != "." {
 			if _, err := os.Stat(dir); err != nil {
-				return "", fmt.Errorf("dialects: DB_URL %q: directory %s does not exist; accepted: a path in an existing directory", u, dir)
+				return "", urlError(cfg, fmt.Sprintf("directory %s does not exist", dir), "a file path in an existing directory")
 			}
 		}
 	}
@@ -74,11 +74,11 @@ func openSQLite(cfg config.DB, _ Options) (*Database, error) {
 		return nil, err
 	}
 	if _, err := url.Parse(dsn); err != nil {
-		return nil, fmt.Errorf("dialects: DB_URL %q: %w", cfg.URL, err)
+		return nil, urlError(cfg, err.Error(), "sqlite://path.db")
 	}
 	db, err := driver.Open(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("dialects: DB_URL %q: %w", cfg.URL, err)
+		return nil, urlError(cfg, err.Error(), "sqlite://path.db with ncruces/go-sqlite3 parameters (_pragma, _txlock, _timefmt)")
 	}
 	// Server pool knobs do not apply to an embedded file. Connections are
 	// kept (not closed after use: that made inserts 54x slower) and never

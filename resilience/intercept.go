@@ -27,8 +27,8 @@ func ReadRetry(p Policy) ent.Interceptor {
 		return ent.QuerierFunc(func(ctx context.Context, q ent.Query) (ent.Value, error) {
 			var probe bentodriver.Probe
 			v, err := next.Query(bentodriver.WithProbe(ctx, &probe), q)
-			if err == nil {
-				return v, nil
+			if err == nil || retryDisabled(ctx) {
+				return v, err
 			}
 			safe := func(err error) bool {
 				return probe.Statements > 0 && !probe.InTx && !probe.Writes && IsRetryable(err)

@@ -86,6 +86,21 @@ func (m *middleware) policyFor(op string, retryable func(error) bool) Policy {
 	return p
 }
 
+// noRetryKey marks a context whose work must not be retried.
+type noRetryKey struct{}
+
+// WithoutRetry returns a context under which the driver and ReadRetry run
+// work once: errors are still classified, nothing is repeated. Health
+// checks use it: they must report the fault, not ride it out.
+func WithoutRetry(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noRetryKey{}, true)
+}
+
+func retryDisabled(ctx context.Context) bool {
+	v, _ := ctx.Value(noRetryKey{}).(bool)
+	return v
+}
+
 func (m *middleware) statement(next bentodriver.StatementHandler) bentodriver.StatementHandler {
 	return func(ctx context.Context, st bentodriver.Statement) error {
 		err := next(ctx, st)
@@ -97,7 +112,7 @@ func (m *middleware) statement(next bentodriver.StatementHandler) bentodriver.St
 			return Wrap(err, op)
 		}
 		read := st.ReadOnly()
-		if !safeToRepeat(read, err) {
+		if !safeToRepeat(read, err) || retryDisabled(ctx) {
 			return wrapStatement(err, op, read)
 		}
 		p := m.policyFor(op, func(err error) bool { return safeToRepeat(read, err) })
@@ -138,6 +153,9 @@ func (m *middleware) begin(next bentodriver.BeginHandler) bentodriver.BeginHandl
 		tx, err := next(ctx, opts)
 		if err == nil {
 			return tx, nil
+		}
+		if retryDisabled(ctx) {
+			return nil, Wrap(err, "begin")
 		}
 		retryable := func(err error) bool {
 			c := Classify(err)

@@ -33,12 +33,15 @@ type command struct {
 	usage string // extra usage text
 	// flags adds the command's own flags to fs.
 	flags func(fs *flag.FlagSet)
-	run   func(ctx context.Context, inv *invocation) int
+	// noConfig: the command needs no configuration (version).
+	noConfig bool
+	run      func(ctx context.Context, inv *invocation) int
 }
 
 // invocation is one run of a command, with its parsed flags and config.
 type invocation struct {
 	env
+	name   string // the command's name
 	fs     *flag.FlagSet
 	cfg    config.Config
 	logger *slog.Logger
@@ -55,11 +58,15 @@ func commands() []command {
 
 func run(ctx context.Context, args []string, e env) int {
 	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
+		topUsage(e.stderr, cmds)
+		return exitConfig
+	}
+	if args[0] == "help" && len(args) > 1 {
+		args = []string{args[1], "--help"}
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		topUsage(e.stdout, cmds)
-		if len(args) == 0 {
-			return exitConfig
-		}
 		return exitOK
 	}
 	for _, c := range cmds {
@@ -122,6 +129,9 @@ func (c command) invoke(ctx context.Context, args []string, e env) int {
 			set[name] = f.Value.String()
 		}
 	})
+	if c.noConfig {
+		return c.run(ctx, &invocation{env: e, name: c.name, fs: fs, logger: slog.New(slog.DiscardHandler)})
+	}
 	level, err := parseLevel(*logLevel)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "bento %s: --log-level=%q: %v; accepted: debug, info, warn, error\n", c.name, *logLevel, err)
@@ -136,7 +146,7 @@ func (c command) invoke(ctx context.Context, args []string, e env) int {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	return c.run(ctx, &invocation{env: e, fs: fs, cfg: cfg, logger: logger})
+	return c.run(ctx, &invocation{env: e, name: c.name, fs: fs, cfg: cfg, logger: logger})
 }
 
 func (c command) printUsage(w io.Writer, fs *flag.FlagSet) {
@@ -177,11 +187,21 @@ func oneLine(err error) string {
 	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
 }
 
-// fail prints one line for a failed command and returns exitFail. The
-// library's "bento: " prefixes are dropped: the line already starts with
-// "bento <command>".
-func (inv *invocation) fail(format string, args ...any) int {
-	msg := strings.ReplaceAll(fmt.Sprintf(format, args...), "bento: ", "")
-	fmt.Fprintf(inv.stderr, "bento %s\n", strings.ReplaceAll(strings.ReplaceAll(msg, "\n\t", " "), "\n", "; "))
+// fail prints one line, "bento <command>: <what>: <error>", and returns
+// exitFail, or exitConfig when the error is a bad setting. The library's
+// own "bento: <command>: " prefix is dropped: the line already says it.
+func (inv *invocation) fail(what string, err error) int {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "bento: ")
+	msg = strings.TrimPrefix(msg, inv.name+": ")
+	if what != "" {
+		msg = what + ": " + msg
+	}
+	msg = strings.ReplaceAll(strings.ReplaceAll(msg, "\n\t", " "), "\n", "; ")
+	fmt.Fprintf(inv.stderr, "bento %s: %s\n", inv.name, msg)
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		return exitConfig
+	}
 	return exitFail
 }

@@ -26,12 +26,12 @@ func migrateCommand() command {
 		run: func(ctx context.Context, inv *invocation) int {
 			db, err := inv.openDB()
 			if err != nil {
-				return inv.fail("migrate: %v", err)
+				return inv.fail("", err)
 			}
 			defer db.Close()
 			start := time.Now()
 			if err := db.Migrate(ctx, migrate.Tables...); err != nil {
-				return inv.fail("migrate: %v", err)
+				return inv.fail("", err)
 			}
 			inv.logger.Info("bento: migrated", "dialect", db.Dialect(), "url", inv.cfg.DB.URL, "took", time.Since(start).Round(time.Millisecond))
 			return exitOK
@@ -51,11 +51,11 @@ func healthCommand() command {
 		run: func(ctx context.Context, inv *invocation) int {
 			db, err := inv.openDB()
 			if err != nil {
-				return inv.fail("health: %v", err)
+				return inv.fail("", err)
 			}
 			defer db.Close()
 			if err := db.Health(ctx, *timeout); err != nil {
-				return inv.fail("health: unhealthy: %v", err)
+				return inv.fail("unhealthy", err)
 			}
 			fmt.Fprintf(inv.stdout, "healthy: %s at %s\n", db.Dialect(), inv.cfg.DB.URL)
 			return exitOK
@@ -74,17 +74,17 @@ func infoCommand() command {
 		run: func(ctx context.Context, inv *invocation) int {
 			db, err := inv.openDB()
 			if err != nil {
-				return inv.fail("info: %v", err)
+				return inv.fail("", err)
 			}
 			defer db.Close()
 			info, err := db.Info(ctx)
 			if err != nil {
-				return inv.fail("info: %v", err)
+				return inv.fail("", err)
 			}
 			if *asJSON {
 				enc := json.NewEncoder(inv.stdout)
 				if err := enc.Encode(info); err != nil {
-					return inv.fail("info: %v", err)
+					return inv.fail("", err)
 				}
 				return exitOK
 			}
@@ -101,8 +101,9 @@ func infoCommand() command {
 
 func versionCommand() command {
 	return command{
-		name:  "version",
-		short: "print the version of this build",
+		name:     "version",
+		short:    "print the version of this build",
+		noConfig: true,
 		run: func(_ context.Context, inv *invocation) int {
 			fmt.Fprintln(inv.stdout, "bento", buildVersion())
 			return exitOK
