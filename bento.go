@@ -29,6 +29,7 @@ import (
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
+	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/resilience"
 )
 
@@ -41,6 +42,9 @@ type DB struct {
 	drv    *driver.Driver
 	logger *slog.Logger
 	tables []*schema.Table
+
+	names    outbox.Names
+	notifier *outbox.Notifier
 
 	migrateMu sync.Mutex // serialises Migrate within the process (SQLite has no advisory locks)
 	closeOnce sync.Once
@@ -85,8 +89,8 @@ func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, 
 	return func(o *options) { o.dial = dial }
 }
 
-// WithTables adds framework tables that Migrate creates and DropAll drops
-// along with the user's; packages such as outbox provide them.
+// WithTables adds tables that Migrate creates and DropAll drops along with
+// the user's and the outbox's.
 func WithTables(t ...*schema.Table) Option {
 	return func(o *options) { o.tables = append(o.tables, t...) }
 }
@@ -121,13 +125,19 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	if res.Logger == nil {
 		res.Logger = o.logger
 	}
+	names := outbox.NamesFor(cfg.Outbox.Table)
+	notifier := &outbox.Notifier{}
 	mw := append([]driver.Middleware(nil), o.middleware...)
+	// The outbox sits outside resilience: it records the transaction id
+	// from its insert before resilience needs it to resolve a COMMIT.
+	mw = append(mw, outbox.Middleware(outbox.WriterOptions{Names: names, Dialect: d.Dialect, Wakers: []outbox.Waker{notifier}}))
 	mw = append(mw, resilience.Middleware(res))
 	if cfg.DB.Echo {
 		mw = append(mw, driver.Echo(o.logger))
 	}
 	db := &DB{
-		cfg: cfg, db: d, pool: pool, logger: o.logger, tables: o.tables,
+		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier,
+		tables: append(outbox.Tables(names), o.tables...),
 		drv: driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}
 	return db, nil
@@ -220,7 +230,15 @@ func (db *DB) Info(ctx context.Context) (Info, error) {
 	return info, nil
 }
 
-// Tables returns the framework tables registered with WithTables.
+// Names returns the framework's table names (OUTBOX_TABLE).
+func (db *DB) Names() outbox.Names { return db.names }
+
+// Notifier is woken after every COMMIT that wrote outbox rows; relays in
+// this process subscribe to it.
+func (db *DB) Notifier() *outbox.Notifier { return db.notifier }
+
+// Tables returns the framework's tables (the outbox's and any registered
+// with WithTables).
 func (db *DB) Tables() []*schema.Table { return slices.Clone(db.tables) }
 
 // Close closes the pool. It does not drain in-flight work: see package

@@ -32,8 +32,16 @@ import (
 // works with no setup: an embedded SQLite file bento.db in the working
 // directory.
 type Config struct {
-	DB    DB
-	Retry Retry
+	DB     DB
+	Retry  Retry
+	Outbox Outbox
+}
+
+// Outbox holds the transactional outbox and relay settings (OUTBOX_*).
+type Outbox struct {
+	// Table is the outbox table's name; the framework's other tables are
+	// named after it (OUTBOX_TABLE).
+	Table string
 }
 
 // Retry holds the retry policy (DB_RETRY_*) for work that is safe to

@@ -95,6 +95,16 @@ func Settings() []Setting {
 			func(c *Config) *time.Duration { return &c.Retry.MaxDelay }),
 		durationSetting("DB_RETRY_MAX_ELAPSED", "30s", true, "bound on one operation with all its retries; 0 means only the caller's deadline",
 			func(c *Config) *time.Duration { return &c.Retry.MaxElapsed }),
+		{
+			Name: "OUTBOX_TABLE", Default: "bento_outbox",
+			Usage:   "outbox table name; the sequences, idempotency and inbox tables are named after it",
+			Accepts: "an SQL identifier: a letter or _, then letters, digits or _ (at most 48)",
+			apply: func(c *Config, v string) error {
+				c.Outbox.Table = v
+				return validIdentifier(v, 48)
+			},
+			get: func(c Config) string { return c.Outbox.Table },
+		},
 	}
 }
 
@@ -189,4 +199,20 @@ func ParseBool(v string) (bool, error) {
 		return false, nil
 	}
 	return false, errors.New("not a boolean")
+}
+
+// validIdentifier accepts a plain SQL identifier of at most max bytes.
+func validIdentifier(v string, max int) error {
+	if v == "" || len(v) > max {
+		return fmt.Errorf("must be 1-%d characters long", max)
+	}
+	for i, r := range v {
+		switch {
+		case r == '_', r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+		case r >= '0' && r <= '9' && i > 0:
+		default:
+			return fmt.Errorf("contains %q", r)
+		}
+	}
+	return nil
 }

@@ -298,6 +298,9 @@ func (tx *Tx) Options() sql.TxOptions { return tx.opts }
 // Pool returns the pool the transaction runs on.
 func (tx *Tx) Pool() *Pool { return tx.pool }
 
+// Driver returns the driver the transaction belongs to.
+func (tx *Tx) Driver() *Driver { return tx.drv }
+
 // Done reports whether the transaction was committed or rolled back.
 func (tx *Tx) Done() bool { return tx.done }
 

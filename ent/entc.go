@@ -9,6 +9,8 @@ import (
 
 	"entgo.io/ent/entc"
 	"entgo.io/ent/entc/gen"
+
+	"github.com/bento-go/bento/codegen"
 )
 
 func main() {
@@ -16,7 +18,7 @@ func main() {
 		Target:   ".",
 		Package:  "github.com/bento-go/bento/ent",
 		Features: []gen.Feature{gen.FeatureLock, gen.FeatureExecQuery, gen.FeatureModifier},
-	})
+	}, entc.Extensions(codegen.Extension{}))
 	if err != nil {
 		log.Fatalf("running ent codegen: %v", err)
 	}

@@ -18,6 +18,8 @@ type Order struct {
 	config `json:"-"`
 	// ID of the ent.
 	ID int `json:"id,omitempty"`
+	// optimistic concurrency: incremented by every update; an update of a stale version fails
+	Version int64 `json:"version,omitempty"`
 	// the customer's e-mail address
 	Customer string `json:"customer,omitempty"`
 	// Status holds the value of the "status" field.
@@ -61,7 +63,7 @@ func (*Order) scanValues(columns []string) ([]any, error) {
 		switch columns[i] {
 		case order.FieldMetadata:
 			values[i] = new([]byte)
-		case order.FieldID, order.FieldTotalCents:
+		case order.FieldID, order.FieldVersion, order.FieldTotalCents:
 			values[i] = new(sql.NullInt64)
 		case order.FieldCustomer, order.FieldStatus:
 			values[i] = new(sql.NullString)
@@ -88,6 +90,12 @@ func (_m *Order) assignValues(columns []string, values []any) error {
 				return fmt.Errorf("unexpected type %T for field id", value)
 			}
 			_m.ID = int(value.Int64)
+		case order.FieldVersion:
+			if value, ok := values[i].(*sql.NullInt64); !ok {
+				return fmt.Errorf("unexpected type %T for field version", values[i])
+			} else if value.Valid {
+				_m.Version = value.Int64
+			}
 		case order.FieldCustomer:
 			if value, ok := values[i].(*sql.NullString); !ok {
 				return fmt.Errorf("unexpected type %T for field customer", values[i])
@@ -167,6 +175,9 @@ func (_m *Order) String() string {
 	var builder strings.Builder
 	builder.WriteString("Order(")
 	builder.WriteString(fmt.Sprintf("id=%v, ", _m.ID))
+	builder.WriteString("version=")
+	builder.WriteString(fmt.Sprintf("%v", _m.Version))
+	builder.WriteString(", ")
 	builder.WriteString("customer=")
 	builder.WriteString(_m.Customer)
 	builder.WriteString(", ")

@@ -21,6 +21,20 @@ type OrderCreate struct {
 	hooks    []Hook
 }
 
+// SetVersion sets the "version" field.
+func (_c *OrderCreate) SetVersion(v int64) *OrderCreate {
+	_c.mutation.SetVersion(v)
+	return _c
+}
+
+// SetNillableVersion sets the "version" field if the given value is not nil.
+func (_c *OrderCreate) SetNillableVersion(v *int64) *OrderCreate {
+	if v != nil {
+		_c.SetVersion(*v)
+	}
+	return _c
+}
+
 // SetCustomer sets the "customer" field.
 func (_c *OrderCreate) SetCustomer(v string) *OrderCreate {
 	_c.mutation.SetCustomer(v)
@@ -131,6 +145,10 @@ func (_c *OrderCreate) ExecX(ctx context.Context) {
 
 // defaults sets the default values of the builder before save.
 func (_c *OrderCreate) defaults() {
+	if _, ok := _c.mutation.Version(); !ok {
+		v := order.DefaultVersion
+		_c.mutation.SetVersion(v)
+	}
 	if _, ok := _c.mutation.Status(); !ok {
 		v := order.DefaultStatus
 		_c.mutation.SetStatus(v)
@@ -147,6 +165,14 @@ func (_c *OrderCreate) defaults() {
 
 // check runs all checks and user-defined validators on the builder.
 func (_c *OrderCreate) check() error {
+	if _, ok := _c.mutation.Version(); !ok {
+		return &ValidationError{Name: "version", err: errors.New(`ent: missing required field "Order.version"`)}
+	}
+	if v, ok := _c.mutation.Version(); ok {
+		if err := order.VersionValidator(v); err != nil {
+			return &ValidationError{Name: "version", err: fmt.Errorf(`ent: validator failed for field "Order.version": %w`, err)}
+		}
+	}
 	if _, ok := _c.mutation.Customer(); !ok {
 		return &ValidationError{Name: "customer", err: errors.New(`ent: missing required field "Order.customer"`)}
 	}
@@ -203,6 +229,10 @@ func (_c *OrderCreate) createSpec() (*Order, *sqlgraph.CreateSpec) {
 		_node = &Order{config: _c.config}
 		_spec = sqlgraph.NewCreateSpec(order.Table, sqlgraph.NewFieldSpec(order.FieldID, field.TypeInt))
 	)
+	if value, ok := _c.mutation.Version(); ok {
+		_spec.SetField(order.FieldVersion, field.TypeInt64, value)
+		_node.Version = value
+	}
 	if value, ok := _c.mutation.Customer(); ok {
 		_spec.SetField(order.FieldCustomer, field.TypeString, value)
 		_node.Customer = value

@@ -302,12 +302,12 @@ func (_q *OrderQuery) WithLines(opts ...func(*OrderLineQuery)) *OrderQuery {
 // Example:
 //
 //	var v []struct {
-//		Customer string `json:"customer,omitempty"`
+//		Version int64 `json:"version,omitempty"`
 //		Count int `json:"count,omitempty"`
 //	}
 //
 //	client.Order.Query().
-//		GroupBy(order.FieldCustomer).
+//		GroupBy(order.FieldVersion).
 //		Aggregate(ent.Count()).
 //		Scan(ctx, &v)
 func (_q *OrderQuery) GroupBy(field string, fields ...string) *OrderGroupBy {
@@ -325,11 +325,11 @@ func (_q *OrderQuery) GroupBy(field string, fields ...string) *OrderGroupBy {
 // Example:
 //
 //	var v []struct {
-//		Customer string `json:"customer,omitempty"`
+//		Version int64 `json:"version,omitempty"`
 //	}
 //
 //	client.Order.Query().
-//		Select(order.FieldCustomer).
+//		Select(order.FieldVersion).
 //		Scan(ctx, &v)
 func (_q *OrderQuery) Select(fields ...string) *OrderSelect {
 	_q.ctx.Fields = append(_q.ctx.Fields, fields...)

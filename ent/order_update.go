@@ -30,6 +30,27 @@ func (_u *OrderUpdate) Where(ps ...predicate.Order) *OrderUpdate {
 	return _u
 }
 
+// SetVersion sets the "version" field.
+func (_u *OrderUpdate) SetVersion(v int64) *OrderUpdate {
+	_u.mutation.ResetVersion()
+	_u.mutation.SetVersion(v)
+	return _u
+}
+
+// SetNillableVersion sets the "version" field if the given value is not nil.
+func (_u *OrderUpdate) SetNillableVersion(v *int64) *OrderUpdate {
+	if v != nil {
+		_u.SetVersion(*v)
+	}
+	return _u
+}
+
+// AddVersion adds value to the "version" field.
+func (_u *OrderUpdate) AddVersion(v int64) *OrderUpdate {
+	_u.mutation.AddVersion(v)
+	return _u
+}
+
 // SetCustomer sets the "customer" field.
 func (_u *OrderUpdate) SetCustomer(v string) *OrderUpdate {
 	_u.mutation.SetCustomer(v)
@@ -176,6 +197,11 @@ func (_u *OrderUpdate) defaults() {
 
 // check runs all checks and user-defined validators on the builder.
 func (_u *OrderUpdate) check() error {
+	if v, ok := _u.mutation.Version(); ok {
+		if err := order.VersionValidator(v); err != nil {
+			return &ValidationError{Name: "version", err: fmt.Errorf(`ent: validator failed for field "Order.version": %w`, err)}
+		}
+	}
 	if v, ok := _u.mutation.Customer(); ok {
 		if err := order.CustomerValidator(v); err != nil {
 			return &ValidationError{Name: "customer", err: fmt.Errorf(`ent: validator failed for field "Order.customer": %w`, err)}
@@ -211,6 +237,12 @@ func (_u *OrderUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 				ps[i](selector)
 			}
 		}
+	}
+	if value, ok := _u.mutation.Version(); ok {
+		_spec.SetField(order.FieldVersion, field.TypeInt64, value)
+	}
+	if value, ok := _u.mutation.AddedVersion(); ok {
+		_spec.AddField(order.FieldVersion, field.TypeInt64, value)
 	}
 	if value, ok := _u.mutation.Customer(); ok {
 		_spec.SetField(order.FieldCustomer, field.TypeString, value)
@@ -298,6 +330,27 @@ type OrderUpdateOne struct {
 	hooks     []Hook
 	mutation  *OrderMutation
 	modifiers []func(*sql.UpdateBuilder)
+}
+
+// SetVersion sets the "version" field.
+func (_u *OrderUpdateOne) SetVersion(v int64) *OrderUpdateOne {
+	_u.mutation.ResetVersion()
+	_u.mutation.SetVersion(v)
+	return _u
+}
+
+// SetNillableVersion sets the "version" field if the given value is not nil.
+func (_u *OrderUpdateOne) SetNillableVersion(v *int64) *OrderUpdateOne {
+	if v != nil {
+		_u.SetVersion(*v)
+	}
+	return _u
+}
+
+// AddVersion adds value to the "version" field.
+func (_u *OrderUpdateOne) AddVersion(v int64) *OrderUpdateOne {
+	_u.mutation.AddVersion(v)
+	return _u
 }
 
 // SetCustomer sets the "customer" field.
@@ -459,6 +512,11 @@ func (_u *OrderUpdateOne) defaults() {
 
 // check runs all checks and user-defined validators on the builder.
 func (_u *OrderUpdateOne) check() error {
+	if v, ok := _u.mutation.Version(); ok {
+		if err := order.VersionValidator(v); err != nil {
+			return &ValidationError{Name: "version", err: fmt.Errorf(`ent: validator failed for field "Order.version": %w`, err)}
+		}
+	}
 	if v, ok := _u.mutation.Customer(); ok {
 		if err := order.CustomerValidator(v); err != nil {
 			return &ValidationError{Name: "customer", err: fmt.Errorf(`ent: validator failed for field "Order.customer": %w`, err)}
@@ -511,6 +569,12 @@ func (_u *OrderUpdateOne) sqlSave(ctx context.Context) (_node *Order, err error)
 				ps[i](selector)
 			}
 		}
+	}
+	if value, ok := _u.mutation.Version(); ok {
+		_spec.SetField(order.FieldVersion, field.TypeInt64, value)
+	}
+	if value, ok := _u.mutation.AddedVersion(); ok {
+		_spec.AddField(order.FieldVersion, field.TypeInt64, value)
 	}
 	if value, ok := _u.mutation.Customer(); ok {
 		_spec.SetField(order.FieldCustomer, field.TypeString, value)

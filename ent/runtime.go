@@ -14,8 +14,17 @@ import (
 // (default values, validators, hooks and policies) and stitches it
 // to their package variables.
 func init() {
+	orderMixin := schema.Order{}.Mixin()
+	orderMixinFields0 := orderMixin[0].Fields()
+	_ = orderMixinFields0
 	orderFields := schema.Order{}.Fields()
 	_ = orderFields
+	// orderDescVersion is the schema descriptor for version field.
+	orderDescVersion := orderMixinFields0[0].Descriptor()
+	// order.DefaultVersion holds the default value on creation for the version field.
+	order.DefaultVersion = orderDescVersion.Default.(int64)
+	// order.VersionValidator is a validator for the "version" field. It is called by the builders before save.
+	order.VersionValidator = orderDescVersion.Validators[0].(func(int64) error)
 	// orderDescCustomer is the schema descriptor for customer field.
 	orderDescCustomer := orderFields[0].Descriptor()
 	// order.CustomerValidator is a validator for the "customer" field. It is called by the builders before save.

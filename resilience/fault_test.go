@@ -62,7 +62,7 @@ func terminator(t *testing.T, admin *sql.DB, app string, interval time.Duration,
 }
 
 // TestReadsSurviveTerminatedConnections: invariant — while the server
-// terminates the pool's connections every 5 ms, reads outside a
+// terminates the pool's connections every 10 ms, reads outside a
 // transaction return no error to the caller: each is retried on a new
 // connection, by the driver when the statement fails and by the ReadRetry
 // interceptor when the connection is lost while rows are read.
@@ -73,7 +73,7 @@ func TestReadsSurviveTerminatedConnections(t *testing.T) {
 	seed := client.Order.Create().SetCustomer("seed@example.com").SetTotalCents(1).SaveX(ctx)
 
 	stop := make(chan struct{})
-	killed := terminator(t, admin, app, 5*time.Millisecond, stop)
+	killed := terminator(t, admin, app, 10*time.Millisecond, stop)
 	var reads, failures atomic.Int64
 	var mu sync.Mutex
 	var firstErr error

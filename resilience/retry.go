@@ -154,7 +154,7 @@ func (p Policy) retry(ctx context.Context, err error, op func(ctx context.Contex
 		return &RetryError{Attempts: attempt, Err: last}
 	case exhausted != nil:
 		return &RetryError{Attempts: attempt, Err: last, Stopped: exhausted}
-	case ctx.Err() != nil && rerr == ctx.Err():
+	case ctx.Err() != nil && (rerr == ctx.Err() || rerr == context.Cause(ctx)):
 		return &RetryError{Attempts: attempt, Err: last, Stopped: context.Cause(ctx)}
 	default:
 		return rerr // an error the policy does not retry

@@ -11,11 +11,19 @@ import (
 	"entgo.io/ent/schema/edge"
 	"entgo.io/ent/schema/field"
 	"entgo.io/ent/schema/index"
+
+	"github.com/bento-go/bento/aggregate"
 )
 
 // Order is an order a customer placed: the aggregate root.
 type Order struct {
 	ent.Schema
+}
+
+// Mixin makes Order an aggregate root: a version field for optimistic
+// concurrency, and events recorded against aggregate type "Order".
+func (Order) Mixin() []ent.Mixin {
+	return []ent.Mixin{aggregate.Mixin{Type: "Order"}}
 }
 
 // Fields of the Order.

@@ -11,6 +11,7 @@ var (
 	// OrdersColumns holds the columns for the "orders" table.
 	OrdersColumns = []*schema.Column{
 		{Name: "id", Type: field.TypeInt, Increment: true},
+		{Name: "version", Type: field.TypeInt64, Default: 1},
 		{Name: "customer", Type: field.TypeString, Size: 320},
 		{Name: "status", Type: field.TypeEnum, Enums: []string{"pending", "paid", "cancelled"}, Default: "pending"},
 		{Name: "total_cents", Type: field.TypeInt64},
@@ -27,7 +28,7 @@ var (
 			{
 				Name:    "order_customer",
 				Unique:  false,
-				Columns: []*schema.Column{OrdersColumns[1]},
+				Columns: []*schema.Column{OrdersColumns[2]},
 			},
 		},
 	}

@@ -15,6 +15,8 @@ const (
 	Label = "order"
 	// FieldID holds the string denoting the id field in the database.
 	FieldID = "id"
+	// FieldVersion holds the string denoting the version field in the database.
+	FieldVersion = "version"
 	// FieldCustomer holds the string denoting the customer field in the database.
 	FieldCustomer = "customer"
 	// FieldStatus holds the string denoting the status field in the database.
@@ -43,6 +45,7 @@ const (
 // Columns holds all SQL columns for order fields.
 var Columns = []string{
 	FieldID,
+	FieldVersion,
 	FieldCustomer,
 	FieldStatus,
 	FieldTotalCents,
@@ -62,6 +65,10 @@ func ValidColumn(column string) bool {
 }
 
 var (
+	// DefaultVersion holds the default value on creation for the "version" field.
+	DefaultVersion int64
+	// VersionValidator is a validator for the "version" field. It is called by the builders before save.
+	VersionValidator func(int64) error
 	// CustomerValidator is a validator for the "customer" field. It is called by the builders before save.
 	CustomerValidator func(string) error
 	// TotalCentsValidator is a validator for the "total_cents" field. It is called by the builders before save.
@@ -107,6 +114,11 @@ type OrderOption func(*sql.Selector)
 // ByID orders the results by the id field.
 func ByID(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldID, opts...).ToFunc()
+}
+
+// ByVersion orders the results by the version field.
+func ByVersion(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldVersion, opts...).ToFunc()
 }
 
 // ByCustomer orders the results by the customer field.

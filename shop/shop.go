@@ -1,0 +1,259 @@
+// Package shop is Bento's reference application: the use cases of an
+// ecommerce Order aggregate — place, pay, cancel — each run through a unit
+// of work, each recording its domain event (OrderPlaced, OrderPaid,
+// OrderCancelled; aggregate type "Order") in the outbox in the same
+// transaction as the change.
+//
+// It depends only on the unit-of-work port and the generated ent client;
+// package cmd/bento wires it to a database and serves it over HTTP.
+package shop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/ent/order"
+	"github.com/bento-go/bento/outbox"
+	"github.com/bento-go/bento/unitofwork"
+)
+
+// Limits of an order.
+const (
+	MaxLines         = 100
+	MaxQuantity      = 10_000
+	MaxUnitPrice     = 100_000_000 // cents
+	MaxCustomerBytes = 320
+	MaxSKUBytes      = 64
+)
+
+// Status values of an order.
+const (
+	StatusPending   = string(order.StatusPending)
+	StatusPaid      = string(order.StatusPaid)
+	StatusCancelled = string(order.StatusCancelled)
+)
+
+// Events.
+type (
+	// OrderPlaced is recorded when an order is placed.
+	OrderPlaced struct {
+		OrderID    int    `json:"order_id"`
+		Customer   string `json:"customer"`
+		TotalCents int64  `json:"total_cents"`
+		Lines      []Line `json:"lines"`
+	}
+	// OrderPaid is recorded when an order is paid.
+	OrderPaid struct {
+		OrderID    int   `json:"order_id"`
+		TotalCents int64 `json:"total_cents"`
+	}
+	// OrderCancelled is recorded when an order is cancelled.
+	OrderCancelled struct {
+		OrderID int `json:"order_id"`
+	}
+)
+
+// EventType implements outbox.Event.
+func (OrderPlaced) EventType() string { return "OrderPlaced" }
+
+// EventType implements outbox.Event.
+func (OrderPaid) EventType() string { return "OrderPaid" }
+
+// EventType implements outbox.Event.
+func (OrderCancelled) EventType() string { return "OrderCancelled" }
+
+// Events returns a registry of the shop's events, for consumers.
+func Events() *outbox.Registry { return outbox.NewRegistry(OrderPlaced{}, OrderPaid{}, OrderCancelled{}) }
+
+// Line is one line of an order.
+type Line struct {
+	SKU            string `json:"sku"`
+	Quantity       int    `json:"quantity"`
+	UnitPriceCents int64  `json:"unit_price_cents"`
+}
+
+// PlaceOrder is the command to place an order.
+type PlaceOrder struct {
+	Customer string `json:"customer"`
+	Lines    []Line `json:"lines"`
+}
+
+// Order is the view of an order the use cases return (and the HTTP API
+// serves).
+type Order struct {
+	ID         int       `json:"id"`
+	Customer   string    `json:"customer"`
+	Status     string    `json:"status"`
+	TotalCents int64     `json:"total_cents"`
+	Lines      []Line    `json:"lines"`
+	Version    int64     `json:"version"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// ValidationError says why a command was refused; nothing was changed.
+type ValidationError struct {
+	Field   string
+	Problem string
+}
+
+func (e *ValidationError) Error() string { return e.Field + ": " + e.Problem }
+
+// ErrNotFound is returned for an order that does not exist.
+var ErrNotFound = errors.New("order not found")
+
+// TransitionError is returned when an order cannot go to the requested
+// status from its current one; nothing was changed.
+type TransitionError struct {
+	ID       int
+	From, To string
+}
+
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("order %d is %s: it cannot become %s", e.ID, e.From, e.To)
+}
+
+// Service runs the use cases.
+type Service struct {
+	uow    unitofwork.Port[*ent.Client]
+	client *ent.Client
+}
+
+// NewService returns the service over a unit of work and the client used
+// for reads outside transactions.
+func NewService(uow unitofwork.Port[*ent.Client], client *ent.Client) *Service {
+	return &Service{uow: uow, client: client}
+}
+
+// Validate checks a PlaceOrder command and returns its total.
+func (cmd PlaceOrder) Validate() (int64, error) {
+	c := strings.TrimSpace(cmd.Customer)
+	if c == "" {
+		return 0, &ValidationError{"customer", "is required (an e-mail address)"}
+	}
+	if len(c) > MaxCustomerBytes {
+		return 0, &ValidationError{"customer", fmt.Sprintf("is longer than %d bytes", MaxCustomerBytes)}
+	}
+	if a, err := mail.ParseAddress(c); err != nil || a.Address != c {
+		return 0, &ValidationError{"customer", fmt.Sprintf("%q is not an e-mail address", c)}
+	}
+	if len(cmd.Lines) == 0 {
+		return 0, &ValidationError{"lines", "at least one line is required"}
+	}
+	if len(cmd.Lines) > MaxLines {
+		return 0, &ValidationError{"lines", fmt.Sprintf("at most %d lines are accepted", MaxLines)}
+	}
+	var total int64
+	for i, l := range cmd.Lines {
+		f := fmt.Sprintf("lines[%d]", i)
+		switch {
+		case strings.TrimSpace(l.SKU) == "" || len(l.SKU) > MaxSKUBytes:
+			return 0, &ValidationError{f + ".sku", fmt.Sprintf("must be 1-%d bytes", MaxSKUBytes)}
+		case l.Quantity < 1 || l.Quantity > MaxQuantity:
+			return 0, &ValidationError{f + ".quantity", fmt.Sprintf("must be 1-%d", MaxQuantity)}
+		case l.UnitPriceCents < 0 || l.UnitPriceCents > MaxUnitPrice:
+			return 0, &ValidationError{f + ".unit_price_cents", fmt.Sprintf("must be 0-%d", MaxUnitPrice)}
+		}
+		total += int64(l.Quantity) * l.UnitPriceCents
+	}
+	return total, nil
+}
+
+// Place places an order and records OrderPlaced. With a non-empty
+// idempotencyKey a repeated call returns the first call's order and places
+// nothing.
+func (s *Service) Place(ctx context.Context, cmd PlaceOrder, idempotencyKey string) (Order, error) {
+	total, err := cmd.Validate()
+	if err != nil {
+		return Order{}, err
+	}
+	var opts []unitofwork.Option
+	if idempotencyKey != "" {
+		opts = append(opts, unitofwork.IdempotencyKey("order:"+idempotencyKey))
+	}
+	return unitofwork.DoValue(ctx, s.uow, func(ctx context.Context, tx *ent.Client) (Order, error) {
+		o, err := tx.Order.Create().SetCustomer(strings.TrimSpace(cmd.Customer)).SetTotalCents(total).Save(ctx)
+		if err != nil {
+			return Order{}, err
+		}
+		builders := make([]*ent.OrderLineCreate, len(cmd.Lines))
+		for i, l := range cmd.Lines {
+			builders[i] = tx.OrderLine.Create().SetOrder(o).SetSku(l.SKU).SetQuantity(l.Quantity).SetUnitPriceCents(l.UnitPriceCents)
+		}
+		lines, err := tx.OrderLine.CreateBulk(builders...).Save(ctx)
+		if err != nil {
+			return Order{}, err
+		}
+		o.Edges.Lines = lines
+		if err := outbox.Raise(ctx, o, OrderPlaced{OrderID: o.ID, Customer: o.Customer, TotalCents: total, Lines: cmd.Lines}); err != nil {
+			return Order{}, err
+		}
+		return view(o), nil
+	}, opts...)
+}
+
+// Pay marks a pending order paid and records OrderPaid.
+func (s *Service) Pay(ctx context.Context, id int) (Order, error) {
+	return s.transition(ctx, id, order.StatusPaid, func(o *ent.Order) outbox.Event {
+		return OrderPaid{OrderID: o.ID, TotalCents: o.TotalCents}
+	})
+}
+
+// Cancel cancels a pending order and records OrderCancelled.
+func (s *Service) Cancel(ctx context.Context, id int) (Order, error) {
+	return s.transition(ctx, id, order.StatusCancelled, func(o *ent.Order) outbox.Event {
+		return OrderCancelled{OrderID: o.ID}
+	})
+}
+
+func (s *Service) transition(ctx context.Context, id int, to order.Status, event func(*ent.Order) outbox.Event) (Order, error) {
+	return unitofwork.DoValue(ctx, s.uow, func(ctx context.Context, tx *ent.Client) (Order, error) {
+		o, err := tx.Order.Query().Where(order.ID(id)).WithLines().Only(ctx)
+		if ent.IsNotFound(err) {
+			return Order{}, ErrNotFound
+		}
+		if err != nil {
+			return Order{}, err
+		}
+		if o.Status != order.StatusPending {
+			return Order{}, &TransitionError{ID: id, From: string(o.Status), To: string(to)}
+		}
+		// UpdateOne(o) checks o's version: a concurrent change fails this
+		// attempt with a conflict and the unit of work runs it again.
+		updated, err := tx.Order.UpdateOne(o).SetStatus(to).Save(ctx)
+		if err != nil {
+			return Order{}, err
+		}
+		updated.Edges.Lines = o.Edges.Lines
+		if err := outbox.Raise(ctx, updated, event(updated)); err != nil {
+			return Order{}, err
+		}
+		return view(updated), nil
+	})
+}
+
+// Get returns an order with its lines.
+func (s *Service) Get(ctx context.Context, id int) (Order, error) {
+	o, err := s.client.Order.Query().Where(order.ID(id)).WithLines().Only(ctx)
+	if ent.IsNotFound(err) {
+		return Order{}, ErrNotFound
+	}
+	if err != nil {
+		return Order{}, err
+	}
+	return view(o), nil
+}
+
+func view(o *ent.Order) Order {
+	v := Order{ID: o.ID, Customer: o.Customer, Status: string(o.Status), TotalCents: o.TotalCents,
+		Version: o.Version, CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt, Lines: make([]Line, len(o.Edges.Lines))}
+	for i, l := range o.Edges.Lines {
+		v.Lines[i] = Line{SKU: l.Sku, Quantity: l.Quantity, UnitPriceCents: l.UnitPriceCents}
+	}
+	return v
+}
