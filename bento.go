@@ -138,7 +138,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	db := &DB{
 		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier,
 		tables: append(outbox.Tables(names), o.tables...),
-		drv: driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
+		drv:    driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}
 	return db, nil
 }

@@ -68,7 +68,9 @@ func (OrderPaid) EventType() string { return "OrderPaid" }
 func (OrderCancelled) EventType() string { return "OrderCancelled" }
 
 // Events returns a registry of the shop's events, for consumers.
-func Events() *outbox.Registry { return outbox.NewRegistry(OrderPlaced{}, OrderPaid{}, OrderCancelled{}) }
+func Events() *outbox.Registry {
+	return outbox.NewRegistry(OrderPlaced{}, OrderPaid{}, OrderCancelled{})
+}
 
 // Line is one line of an order.
 type Line struct {
