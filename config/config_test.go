@@ -681,7 +681,7 @@ func TestConfigNeverShowsPassword(t *testing.T) {
 			}
 			assertNoSecret(t, "Config.String()", s)
 			assertNoSecret(t, "DB.String()", c.DB.String())
-			for _, verb := range []string{"%v", "%+v", "%s"} {
+			for _, verb := range []string{"%v", "%+v", "%s", "%#v"} {
 				assertNoSecret(t, "fmt "+verb+" Config", fmt.Sprintf(verb, c))
 				assertNoSecret(t, "fmt "+verb+" DB", fmt.Sprintf(verb, c.DB))
 				assertNoSecret(t, "fmt "+verb+" URL", fmt.Sprintf(verb, c.DB.URL))

@@ -201,6 +201,10 @@ func (u URL) String() string {
 	}
 }
 
+// GoString renders the redacted URL for %#v, which would otherwise print
+// the fields, the password among them.
+func (u URL) GoString() string { return fmt.Sprintf("config.URL(%q)", u.String()) }
+
 // MarshalText renders the redacted URL, so that encoding a Config never
 // leaks a password.
 func (u URL) MarshalText() ([]byte, error) { return []byte(u.String()), nil }

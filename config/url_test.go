@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -353,6 +354,9 @@ func TestURLStringRedacts(t *testing.T) {
 				t.Errorf("String() = %q, want %q", s, tt.want)
 			}
 			assertNoSecret(t, "String()", s)
+			if got, want := fmt.Sprintf("%#v", u), fmt.Sprintf("config.URL(%q)", s); got != want {
+				t.Errorf("%%#v = %s, want %s", got, want)
+			}
 			text, err := u.MarshalText()
 			if err != nil {
 				t.Fatal(err)
