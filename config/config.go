@@ -234,15 +234,15 @@ func (e *Error) Error() string {
 }
 
 // String renders the configuration on one line, with secrets redacted.
-func (c Config) String() string { return c.render("") }
+func (c Config) String() string { return c.render(all) }
 
 // LogValue renders the configuration for log/slog, with secrets redacted.
-func (c Config) LogValue() slog.Value { return c.logValue("") }
+func (c Config) LogValue() slog.Value { return c.logValue(all) }
 
-func (c Config) render(prefix string) string {
+func (c Config) render(include func(string) bool) string {
 	var b strings.Builder
 	for _, s := range Settings() {
-		if !strings.HasPrefix(s.Name, prefix) {
+		if !include(s.Name) {
 			continue
 		}
 		if b.Len() > 0 {
@@ -253,21 +253,30 @@ func (c Config) render(prefix string) string {
 	return b.String()
 }
 
-func (c Config) logValue(prefix string) slog.Value {
+func (c Config) logValue(include func(string) bool) slog.Value {
 	var attrs []slog.Attr
 	for _, s := range Settings() {
-		if strings.HasPrefix(s.Name, prefix) {
+		if include(s.Name) {
 			attrs = append(attrs, slog.String(s.Name, s.get(c)))
 		}
 	}
 	return slog.GroupValue(attrs...)
 }
 
-// String renders the database settings (DB_*) with the URL redacted.
-func (d DB) String() string { return Config{DB: d}.render("DB_") }
+// String renders the database settings (DB_*, retry excepted) with the
+// URL redacted.
+func (d DB) String() string { return Config{DB: d}.render(isDBSetting) }
 
-// LogValue renders the database settings (DB_*) with the URL redacted.
-func (d DB) LogValue() slog.Value { return Config{DB: d}.logValue("DB_") }
+// LogValue renders the database settings (DB_*, retry excepted) with the
+// URL redacted.
+func (d DB) LogValue() slog.Value { return Config{DB: d}.logValue(isDBSetting) }
+
+// isDBSetting selects the settings stored in DB.
+func isDBSetting(name string) bool {
+	return strings.HasPrefix(name, "DB_") && !strings.HasPrefix(name, "DB_RETRY_")
+}
+
+func all(string) bool { return true }
 
 var (
 	_ slog.LogValuer = Config{}

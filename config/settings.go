@@ -49,7 +49,12 @@ func Settings() []Setting {
 			apply: func(c *Config, v string) error {
 				u, err := ParseURL(v)
 				c.DB.URL = u
-				return err
+				if err != nil {
+					// The *Error lists what is accepted; say it once.
+					problem, _, _ := strings.Cut(err.Error(), "; accepted: ")
+					return errors.New(problem)
+				}
+				return nil
 			},
 			get: func(c Config) string { return c.DB.URL.String() },
 		},
