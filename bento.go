@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"entgo.io/ent/dialect"
 	"entgo.io/ent/dialect/sql/schema"
 
 	"github.com/bento-go/bento/config"
@@ -43,8 +44,9 @@ type DB struct {
 	logger *slog.Logger
 	tables []*schema.Table
 
-	names    outbox.Names
-	notifier *outbox.Notifier
+	names     outbox.Names
+	notifier  *outbox.Notifier
+	relayLock func() (func(), error) // SQLite: one relay per database
 
 	migrateMu sync.Mutex // serialises Migrate within the process (SQLite has no advisory locks)
 	closeOnce sync.Once
@@ -135,8 +137,12 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	if cfg.DB.Echo {
 		mw = append(mw, driver.Echo(o.logger))
 	}
+	relayLock := outbox.MutexLock()
+	if d.Dialect == dialect.SQLite && !cfg.DB.URL.Memory() {
+		relayLock = outbox.FileLock(cfg.DB.URL.AbsPath() + ".relay.lock")
+	}
 	db := &DB{
-		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier,
+		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier, relayLock: relayLock,
 		tables: append(outbox.Tables(names), o.tables...),
 		drv:    driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}

@@ -42,6 +42,33 @@ type Outbox struct {
 	// Table is the outbox table's name; the framework's other tables are
 	// named after it (OUTBOX_TABLE).
 	Table string
+	// Publisher is where the relay publishes: "log", "nats" or "none"
+	// (OUTBOX_PUBLISHER).
+	Publisher string
+	// NATSURL is the NATS server (OUTBOX_NATS_URL).
+	NATSURL string
+	// SubjectPrefix starts every NATS subject (OUTBOX_SUBJECT_PREFIX).
+	SubjectPrefix string
+	// Stream is the JetStream stream (OUTBOX_STREAM).
+	Stream string
+	// BatchSize is the most rows a relay claims at once (OUTBOX_BATCH_SIZE).
+	BatchSize int
+	// PollInterval is the longest a relay sleeps without a wake-up
+	// (OUTBOX_POLL_INTERVAL).
+	PollInterval time.Duration
+	// MaxAttempts bounds the publish attempts of an event before it is
+	// dead-lettered (OUTBOX_MAX_ATTEMPTS).
+	MaxAttempts int
+	// Backoff and BackoffMax bound the delay between publish attempts of an
+	// event (OUTBOX_BACKOFF, OUTBOX_BACKOFF_MAX).
+	Backoff    time.Duration
+	BackoffMax time.Duration
+	// Retention keeps published rows this long; 0 deletes them once
+	// published (OUTBOX_RETENTION).
+	Retention time.Duration
+	// Notify wakes relays in other processes with LISTEN/NOTIFY on
+	// PostgreSQL (OUTBOX_NOTIFY).
+	Notify bool
 }
 
 // Retry holds the retry policy (DB_RETRY_*) for work that is safe to

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -110,6 +111,81 @@ func Settings() []Setting {
 			},
 			get: func(c Config) string { return c.Outbox.Table },
 		},
+		{
+			Name: "OUTBOX_PUBLISHER", Default: "log",
+			Usage:   "where the relay publishes events: log (JSON lines through the logger), nats (JetStream) or none (no relay)",
+			Accepts: "log, nats or none",
+			apply: func(c *Config, v string) error {
+				c.Outbox.Publisher = strings.ToLower(strings.TrimSpace(v))
+				switch c.Outbox.Publisher {
+				case "log", "nats", "none":
+					return nil
+				}
+				return errors.New("unknown publisher")
+			},
+			get: func(c Config) string { return c.Outbox.Publisher },
+		},
+		{
+			Name: "OUTBOX_NATS_URL", Default: "nats://127.0.0.1:4222", secret: true,
+			Usage:   "NATS server of the nats publisher",
+			Accepts: "nats://[user:pass@]host:port (tls:// too), several separated by commas",
+			apply: func(c *Config, v string) error {
+				c.Outbox.NATSURL = strings.TrimSpace(v)
+				for _, part := range strings.Split(c.Outbox.NATSURL, ",") {
+					u, err := url.Parse(strings.TrimSpace(part))
+					if err != nil || u.Host == "" {
+						return errors.New("not a NATS URL")
+					}
+					switch u.Scheme {
+					case "nats", "tls", "ws", "wss":
+					default:
+						return fmt.Errorf("unknown scheme %q", u.Scheme)
+					}
+				}
+				return nil
+			},
+			get: func(c Config) string { return redactString(c.Outbox.NATSURL) },
+		},
+		{
+			Name: "OUTBOX_SUBJECT_PREFIX", Default: "bento",
+			Usage:   "first tokens of every NATS subject: <prefix>.<aggregate type>.<event type>",
+			Accepts: "NATS subject tokens separated by dots, without spaces or wildcards",
+			apply: func(c *Config, v string) error {
+				c.Outbox.SubjectPrefix = v
+				if v == "" || strings.ContainsAny(v, " \t*>") || strings.HasPrefix(v, ".") || strings.HasSuffix(v, ".") || strings.Contains(v, "..") {
+					return errors.New("not a subject prefix")
+				}
+				return nil
+			},
+			get: func(c Config) string { return c.Outbox.SubjectPrefix },
+		},
+		{
+			Name: "OUTBOX_STREAM", Default: "BENTO_OUTBOX",
+			Usage:   "JetStream stream of the events, created if missing",
+			Accepts: "a stream name: letters, digits, - and _",
+			apply: func(c *Config, v string) error {
+				c.Outbox.Stream = v
+				if v == "" || strings.ContainsAny(v, " \t.*>/\\") {
+					return errors.New("not a stream name")
+				}
+				return nil
+			},
+			get: func(c Config) string { return c.Outbox.Stream },
+		},
+		intRangeSetting("OUTBOX_BATCH_SIZE", 100, 1, 10000, "most outbox rows a relay claims and publishes at once",
+			func(c *Config) *int { return &c.Outbox.BatchSize }),
+		durationSetting("OUTBOX_POLL_INTERVAL", "1s", false, "longest a relay sleeps without a wake-up (commits in process and NOTIFY wake it at once)",
+			func(c *Config) *time.Duration { return &c.Outbox.PollInterval }),
+		intSetting("OUTBOX_MAX_ATTEMPTS", 10, 1, "publish attempts of an event before it is dead-lettered",
+			func(c *Config) *int { return &c.Outbox.MaxAttempts }),
+		durationSetting("OUTBOX_BACKOFF", "1s", false, "delay after an event's first failed publish; it doubles per failure",
+			func(c *Config) *time.Duration { return &c.Outbox.Backoff }),
+		durationSetting("OUTBOX_BACKOFF_MAX", "5m", false, "cap on the delay between publish attempts of an event",
+			func(c *Config) *time.Duration { return &c.Outbox.BackoffMax }),
+		durationSetting("OUTBOX_RETENTION", "0", true, "how long published rows are kept; 0 deletes a row once published",
+			func(c *Config) *time.Duration { return &c.Outbox.Retention }),
+		boolSetting("OUTBOX_NOTIFY", true, "wake relays in other processes with LISTEN/NOTIFY (PostgreSQL)",
+			func(c *Config) *bool { return &c.Outbox.Notify }),
 	}
 }
 
@@ -130,6 +206,22 @@ func intSetting(name string, def, min int, usage string, field func(*Config) *in
 		},
 		get: func(c Config) string { return strconv.Itoa(*field(&c)) },
 	}
+}
+
+func intRangeSetting(name string, def, min, max int, usage string, field func(*Config) *int) Setting {
+	s := intSetting(name, def, min, usage, field)
+	s.Accepts = fmt.Sprintf("an integer from %d to %d (default %d)", min, max, def)
+	inner := s.apply
+	s.apply = func(c *Config, v string) error {
+		if err := inner(c, v); err != nil {
+			return err
+		}
+		if *field(c) > max {
+			return fmt.Errorf("must be <= %d", max)
+		}
+		return nil
+	}
+	return s
 }
 
 func boolSetting(name string, def bool, usage string, field func(*Config) *bool) Setting {

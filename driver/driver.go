@@ -371,6 +371,15 @@ func WithTxSlot(ctx context.Context, slot *TxSlot) context.Context {
 	return context.WithValue(ctx, txSlotKey{}, slot)
 }
 
+// TxFromContext returns the Tx that BeginTx stored in the context's slot
+// (a unit of work's context), or nil.
+func TxFromContext(ctx context.Context) *Tx {
+	if slot, ok := ctx.Value(txSlotKey{}).(*TxSlot); ok {
+		return slot.Tx
+	}
+	return nil
+}
+
 // String describes the driver for logs.
 func (d *Driver) String() string { return fmt.Sprintf("bento driver (%s)", d.dialect) }
 

@@ -96,6 +96,18 @@ func WithoutRetry(ctx context.Context) context.Context {
 	return context.WithValue(ctx, noRetryKey{}, true)
 }
 
+// noResolveKey marks a transaction whose ambiguous COMMIT need not be
+// resolved.
+type noResolveKey struct{}
+
+// WithoutCommitResolution returns a context for BeginTx whose transaction
+// is not prepared for resolving an ambiguous COMMIT (no
+// pg_current_xact_id() round trip): for work that is safe to repeat
+// whatever its COMMIT did, such as the relay marking rows published.
+func WithoutCommitResolution(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noResolveKey{}, true)
+}
+
 func retryDisabled(ctx context.Context) bool {
 	v, _ := ctx.Value(noRetryKey{}).(bool)
 	return v
@@ -189,7 +201,8 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 			return &Error{Category: Timeout, Op: "commit", Err: fmt.Errorf("context ended before COMMIT; rolled back: %w", err)}
 		}
 		var xid string
-		if m.opts.ResolveTimeout > 0 && tx.Pool().Dialect() == "postgres" && tx.Wrote() {
+		resolve, _ := ctx.Value(noResolveKey{}).(bool)
+		if m.opts.ResolveTimeout > 0 && !resolve && tx.Pool().Dialect() == "postgres" && tx.Wrote() {
 			xid = TxID(tx)
 			if xid == "" && !m.opts.TxIDOnlyFromOutbox {
 				var err error

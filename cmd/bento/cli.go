@@ -35,13 +35,16 @@ type command struct {
 	flags func(fs *flag.FlagSet)
 	// noConfig: the command needs no configuration (version).
 	noConfig bool
-	run      func(ctx context.Context, inv *invocation) int
+	// args: the command takes positional arguments (inv.fs.Args()).
+	args bool
+	run  func(ctx context.Context, inv *invocation) int
 }
 
 // invocation is one run of a command, with its parsed flags and config.
 type invocation struct {
 	env
-	name   string // the command's name
+	name   string   // the command's name
+	args   []string // positional arguments (commands with args)
 	fs     *flag.FlagSet
 	cfg    config.Config
 	logger *slog.Logger
@@ -52,6 +55,8 @@ func commands() []command {
 		migrateCommand(),
 		healthCommand(),
 		infoCommand(),
+		relayCommand(),
+		outboxCommand(),
 		versionCommand(),
 	}
 }
@@ -107,15 +112,24 @@ func (c command) invoke(ctx context.Context, args []string, e env) int {
 	if c.flags != nil {
 		c.flags(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			c.printUsage(e.stdout, fs)
-			return exitOK
+	// Flags may come before and after positional arguments.
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				c.printUsage(e.stdout, fs)
+				return exitOK
+			}
+			fmt.Fprintf(e.stderr, "bento %s: %v (see bento %s --help)\n", c.name, err, c.name)
+			return exitConfig
 		}
-		fmt.Fprintf(e.stderr, "bento %s: %v (see bento %s --help)\n", c.name, err, c.name)
-		return exitConfig
+		if fs.NArg() == 0 || !c.args {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 && !c.args {
 		fmt.Fprintf(e.stderr, "bento %s: unexpected argument %q (see bento %s --help)\n", c.name, fs.Arg(0), c.name)
 		return exitConfig
 	}
@@ -130,7 +144,7 @@ func (c command) invoke(ctx context.Context, args []string, e env) int {
 		}
 	})
 	if c.noConfig {
-		return c.run(ctx, &invocation{env: e, name: c.name, fs: fs, logger: slog.New(slog.DiscardHandler)})
+		return c.run(ctx, &invocation{env: e, name: c.name, args: positional, fs: fs, logger: slog.New(slog.DiscardHandler)})
 	}
 	level, err := parseLevel(*logLevel)
 	if err != nil {
@@ -146,11 +160,15 @@ func (c command) invoke(ctx context.Context, args []string, e env) int {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	return c.run(ctx, &invocation{env: e, name: c.name, fs: fs, cfg: cfg, logger: logger})
+	return c.run(ctx, &invocation{env: e, name: c.name, args: positional, fs: fs, cfg: cfg, logger: logger})
 }
 
 func (c command) printUsage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "bento %s: %s\n\nUsage:\n  bento %s [flags]\n", c.name, c.short, c.name)
+	args := ""
+	if c.args {
+		args = " <subcommand>"
+	}
+	fmt.Fprintf(w, "bento %s: %s\n\nUsage:\n  bento %s%s [flags]\n", c.name, c.short, c.name, args)
 	if c.usage != "" {
 		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.usage))
 	}

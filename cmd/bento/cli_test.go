@@ -425,7 +425,7 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{"unknown command", []string{"frobnicate"}, []string{"frobnicate", "migrate, health, info, version"}},
+		{"unknown command", []string{"frobnicate"}, []string{"frobnicate", commandNames(commands())}},
 		{"unknown command with flags", []string{"frobnicate", "--db-url", "x"}, []string{"frobnicate"}},
 		{"positional after info", []string{"info", "extra"}, []string{"bento info:", `"extra"`}},
 		{"positional after flags", []string{"health", "--timeout=1s", "now"}, []string{"bento health:", `"now"`}},

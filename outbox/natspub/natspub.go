@@ -1,0 +1,202 @@
+// Package natspub publishes Bento outbox messages to NATS JetStream.
+//
+// Each message goes to subject <prefix>.<aggregate type>.<event type>
+// (bento.Order.OrderPlaced) with the header Nats-Msg-Id set to the event
+// id, so the stream drops a message published twice within its duplicate
+// window (a relay that crashed between publish and mark publishes again).
+// Publishes are asynchronous with a bound on the acks in flight; a message
+// counts as published only when its PubAck arrives.
+package natspub
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/bento-go/bento/outbox"
+)
+
+// Config configures a Publisher. Zero fields take the defaults shown.
+type Config struct {
+	// URL of the NATS server (nats://127.0.0.1:4222).
+	URL string
+	// SubjectPrefix starts every subject ("bento").
+	SubjectPrefix string
+	// Stream is the JetStream stream the subjects belong to
+	// ("BENTO_OUTBOX"); with CreateStream it is created (or updated) to
+	// capture <prefix>.> with a duplicate window of Duplicates.
+	Stream       string
+	CreateStream bool
+	// Duplicates is the stream's duplicate window (2 min, JetStream's
+	// default).
+	Duplicates time.Duration
+	// MaxInFlight bounds the publishes awaiting their ack (256).
+	MaxInFlight int
+	// Subject, if set, replaces the subject naming.
+	Subject func(m outbox.Message) string
+	// Name is the NATS connection's name ("bento-relay").
+	Name string
+}
+
+// Publisher is an outbox.Publisher to JetStream. It is safe for
+// concurrent use.
+type Publisher struct {
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	cfg Config
+}
+
+// Connect connects to NATS and, with CreateStream, makes sure the stream
+// exists. The connection reconnects on its own for ever; publishes fail
+// (and are retried by the relay) while it is down.
+func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
+	if cfg.URL == "" {
+		cfg.URL = nats.DefaultURL
+	}
+	if cfg.SubjectPrefix == "" {
+		cfg.SubjectPrefix = "bento"
+	}
+	if cfg.Stream == "" {
+		cfg.Stream = "BENTO_OUTBOX"
+	}
+	if cfg.Duplicates <= 0 {
+		cfg.Duplicates = 2 * time.Minute
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 256
+	}
+	if cfg.Name == "" {
+		cfg.Name = "bento-relay"
+	}
+	nc, err := nats.Connect(cfg.URL, nats.Name(cfg.Name), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(false))
+	if err != nil {
+		return nil, fmt.Errorf("natspub: connecting to %s: %w", redact(cfg.URL), err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight))
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("natspub: %w", err)
+	}
+	p := &Publisher{nc: nc, js: js, cfg: cfg}
+	if cfg.CreateStream {
+		if err := p.EnsureStream(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// EnsureStream creates or updates the stream to capture <prefix>.>.
+func (p *Publisher) EnsureStream(ctx context.Context) error {
+	_, err := p.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       p.cfg.Stream,
+		Subjects:   []string{p.cfg.SubjectPrefix + ".>"},
+		Duplicates: p.cfg.Duplicates,
+		Storage:    jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("natspub: stream %s: %w", p.cfg.Stream, err)
+	}
+	return nil
+}
+
+// JetStream returns the JetStream context (tests read the stream with it).
+func (p *Publisher) JetStream() jetstream.JetStream { return p.js }
+
+// Close drains the connection.
+func (p *Publisher) Close() error {
+	if err := p.nc.Drain(); err != nil {
+		p.nc.Close()
+		return err
+	}
+	return nil
+}
+
+// Subject returns the subject of m.
+func (p *Publisher) Subject(m outbox.Message) string {
+	if p.cfg.Subject != nil {
+		return p.cfg.Subject(m)
+	}
+	return p.cfg.SubjectPrefix + "." + token(m.AggregateType) + "." + token(m.Type)
+}
+
+// token makes s a valid subject token: no dots, spaces or wildcards.
+func token(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '.', ' ', '*', '>', '\t', '\r', '\n':
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+// Header names set on every message besides Nats-Msg-Id.
+const (
+	HeaderAggregateType = "Bento-Aggregate-Type"
+	HeaderAggregateID   = "Bento-Aggregate-Id"
+	HeaderEventType     = "Bento-Event-Type"
+	HeaderSequence      = "Bento-Sequence"
+	HeaderOccurredAt    = "Bento-Occurred-At"
+)
+
+// Publish sends the messages asynchronously and waits for every PubAck
+// (or ctx). A duplicate ack (the stream already had the event id) counts as
+// published.
+func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error {
+	out := make([]error, len(msgs))
+	futures := make([]jetstream.PubAckFuture, len(msgs))
+	for i, m := range msgs {
+		nm := nats.NewMsg(p.Subject(m))
+		nm.Data = m.Payload
+		nm.Header.Set(HeaderAggregateType, m.AggregateType)
+		nm.Header.Set(HeaderAggregateID, m.AggregateID)
+		nm.Header.Set(HeaderEventType, m.Type)
+		nm.Header.Set(HeaderSequence, strconv.FormatInt(m.Sequence, 10))
+		nm.Header.Set(HeaderOccurredAt, m.OccurredAt.UTC().Format(time.RFC3339Nano))
+		for k, v := range m.Headers {
+			nm.Header.Set(k, v)
+		}
+		f, err := p.js.PublishMsgAsync(nm, jetstream.WithMsgID(m.ID.String()), jetstream.WithExpectStream(p.cfg.Stream))
+		if err != nil {
+			out[i] = fmt.Errorf("natspub: publishing %s to %s: %w", m.ID, nm.Subject, err)
+			continue
+		}
+		futures[i] = f
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			out[i] = fmt.Errorf("natspub: %s: %w", msgs[i].ID, err)
+		case <-ctx.Done():
+			out[i] = fmt.Errorf("natspub: %s: no ack: %w", msgs[i].ID, ctx.Err())
+		}
+	}
+	return out
+}
+
+// redact hides a password in a NATS URL.
+func redact(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		rest := u[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			if c := strings.Index(rest[:at], ":"); c >= 0 {
+				return u[:i+3] + rest[:c+1] + "xxxxx" + rest[at:]
+			}
+		}
+	}
+	return u
+}
+
+var _ outbox.Publisher = (*Publisher)(nil)

@@ -1,0 +1,610 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"entgo.io/ent/dialect"
+	"github.com/google/uuid"
+
+	"github.com/bento-go/bento/driver"
+	"github.com/bento-go/bento/resilience"
+)
+
+// RelayConfig configures a Relay. Zero fields take the defaults shown.
+type RelayConfig struct {
+	// Names of the framework's tables (NamesFor("")).
+	Names Names
+	// BatchSize is the most rows claimed and published at once (100).
+	BatchSize int
+	// PollInterval is the longest the relay sleeps without a wake-up (1 s).
+	PollInterval time.Duration
+	// MaxAttempts bounds the publish attempts of a row; after the last
+	// failure it is dead-lettered (10).
+	MaxAttempts int
+	// Backoff is the delay after a row's first failed publish; it doubles
+	// per failure (with ±20% jitter) up to MaxBackoff (1 s, 5 min).
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+	// PublishTimeout bounds one batch's publish (10 s).
+	PublishTimeout time.Duration
+	// Retention keeps published rows this long, marked published, before
+	// deleting them in bounded batches; 0 deletes a row as soon as the
+	// broker acknowledged it.
+	Retention time.Duration
+	// Wake, if set, wakes the relay at once (DB.Notifier().Subscribe()).
+	Wake <-chan struct{}
+	// Logger gets one line per dead letter and per failed batch.
+	Logger *slog.Logger
+	// Observer, if set, is told about every batch (metrics).
+	Observer RelayObserver
+	// Lock is how a SQLite relay makes sure it is the only one on its
+	// database (nil: NewRelay takes a lock file next to the database).
+	Lock func() (release func(), err error)
+}
+
+// RelayObserver is told what each batch did.
+type RelayObserver interface {
+	// Batch reports a batch: rows claimed, published, failed (to retry)
+	// and dead-lettered, and how long it took.
+	Batch(claimed, published, failed, dead int, took time.Duration)
+	// Published reports one published message.
+	Published(m Message, at time.Time)
+}
+
+// BatchResult is what one batch did.
+type BatchResult struct {
+	Claimed, Published, Failed, Dead int
+}
+
+// Relay publishes the outbox: it claims pending rows in batches, publishes
+// them, and marks them published only after the broker acknowledged them.
+//
+//   - On PostgreSQL and MySQL/MariaDB (10.6+) rows are claimed with SELECT
+//     … FOR UPDATE SKIP LOCKED in a transaction held while they are
+//     published, so any number of relays can run side by side without
+//     publishing a row twice (a relay that crashes after publishing and
+//     before COMMIT leaves its rows pending: they are published again, and
+//     the broker drops the duplicate by event id). On SQLite one relay per
+//     database runs, enforced by a lock file.
+//   - Rows are claimed by status, never by an "id greater than the last"
+//     cursor.
+//   - Only the first pending event of an aggregate is claimable: a later
+//     event is not published while an earlier one is pending or waiting to
+//     be retried. Other aggregates are not held up.
+//   - A failed publish is retried after a backoff (next_attempt_at); after
+//     MaxAttempts it is dead-lettered with its last error, and the
+//     aggregate's later events go on. Requeue puts dead letters back.
+type Relay struct {
+	drv     *driver.Driver
+	dialect string
+	pub     Publisher
+	cfg     RelayConfig
+	q       relayQueries
+	release func()
+	rng     *rand.Rand
+	mu      sync.Mutex
+}
+
+// NewRelay returns a relay that reads the outbox through drv (a Bento
+// driver) and publishes with pub. On SQLite it takes the single-relay lock
+// and fails if another relay holds it; Close releases it.
+func NewRelay(drv *driver.Driver, pub Publisher, cfg RelayConfig) (*Relay, error) {
+	if cfg.Names.Outbox == "" {
+		cfg.Names = NamesFor("")
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 100
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 10
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Minute
+	}
+	if cfg.PublishTimeout <= 0 {
+		cfg.PublishTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Relay{drv: drv, dialect: drv.Dialect(), pub: pub, cfg: cfg,
+		q: newRelayQueries(drv.Dialect(), cfg.Names), rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x62656e746f))}
+	if r.dialect == dialect.SQLite {
+		lock := cfg.Lock
+		if lock == nil {
+			return nil, errors.New("outbox: a SQLite relay needs RelayConfig.Lock (bento's NewRelay sets a lock file)")
+		}
+		release, err := lock()
+		if err != nil {
+			return nil, err
+		}
+		r.release = release
+	}
+	return r, nil
+}
+
+// Close releases the single-relay lock (SQLite). It does not stop Run:
+// cancel Run's context.
+func (r *Relay) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.release != nil {
+		r.release()
+		r.release = nil
+	}
+	return nil
+}
+
+// Run publishes until ctx is cancelled, then returns after finishing the
+// batch in progress (its rows are marked, or left pending if the publish
+// was cut short). It wakes on RelayConfig.Wake, on extra (a LISTEN on
+// PostgreSQL, say), and every PollInterval.
+func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
+	var listen <-chan struct{}
+	if len(extra) > 0 {
+		listen = extra[0]
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	lastCleanup := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-r.cfg.Wake:
+		case <-listen:
+		}
+		// Drain: batch after batch while they come back full.
+		for {
+			res, err := r.Batch(context.WithoutCancel(ctx))
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				r.cfg.Logger.Warn("bento: relay batch failed", "error", err.Error())
+				break
+			}
+			if res.Claimed < r.cfg.BatchSize || ctx.Err() != nil {
+				break
+			}
+		}
+		if r.cfg.Retention > 0 && time.Since(lastCleanup) > r.cfg.PollInterval {
+			if _, err := r.Cleanup(ctx); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn("bento: relay retention cleanup failed", "error", err.Error())
+			}
+			lastCleanup = time.Now()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(r.cfg.PollInterval)
+	}
+}
+
+// RunOnce publishes batches until nothing is claimable now (pending rows
+// waiting for a retry later stay pending) and returns the totals.
+func (r *Relay) RunOnce(ctx context.Context) (BatchResult, error) {
+	var total BatchResult
+	for {
+		res, err := r.Batch(ctx)
+		total.Claimed += res.Claimed
+		total.Published += res.Published
+		total.Failed += res.Failed
+		total.Dead += res.Dead
+		if err != nil || res.Claimed == 0 || ctx.Err() != nil {
+			return total, err
+		}
+		if res.Published == 0 && res.Dead == 0 && res.Claimed < r.cfg.BatchSize {
+			return total, nil // all failed: they wait for their backoff
+		}
+	}
+}
+
+// Batch claims, publishes and marks one batch.
+func (r *Relay) Batch(ctx context.Context) (BatchResult, error) {
+	start := time.Now()
+	var res BatchResult
+	var err error
+	if r.dialect == dialect.SQLite {
+		res, err = r.batchSingle(ctx)
+	} else {
+		res, err = r.batchLocked(ctx)
+	}
+	if r.cfg.Observer != nil && (res.Claimed > 0 || err != nil) {
+		r.cfg.Observer.Batch(res.Claimed, res.Published, res.Failed, res.Dead, time.Since(start))
+	}
+	return res, err
+}
+
+// batchLocked claims with FOR UPDATE SKIP LOCKED and holds the lock while
+// publishing.
+func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
+	// A lost COMMIT of a batch needs no resolution: rows it did not mark
+	// stay pending and are published again, which the broker dedupes.
+	ctx = resilience.WithoutCommitResolution(ctx)
+	tx, err := r.drv.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return res, fmt.Errorf("outbox: relay: begin: %w", err)
+	}
+	dtx := tx.(*driver.Tx)
+	defer func() {
+		if err != nil {
+			_ = dtx.Rollback()
+		}
+	}()
+	msgs, attempts, err := r.claim(ctx, dtx)
+	if err != nil || len(msgs) == 0 {
+		if err == nil {
+			err = dtx.Rollback()
+		}
+		return res, err
+	}
+	res.Claimed = len(msgs)
+	results := r.publish(ctx, msgs)
+	if err := r.mark(ctx, dtx, msgs, attempts, results, &res); err != nil {
+		return res, err
+	}
+	if err := dtx.Commit(); err != nil {
+		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
+	}
+	r.observePublished(msgs, results)
+	return res, nil
+}
+
+// batchSingle is SQLite's batch: the only relay reads, publishes, then
+// marks in a short write transaction, never holding the write lock while
+// publishing.
+func (r *Relay) batchSingle(ctx context.Context) (res BatchResult, err error) {
+	msgs, attempts, err := r.claim(ctx, nil)
+	if err != nil || len(msgs) == 0 {
+		return res, err
+	}
+	res.Claimed = len(msgs)
+	results := r.publish(ctx, msgs)
+	tx, err := r.drv.BeginTx(resilience.WithoutCommitResolution(ctx), nil)
+	if err != nil {
+		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: begin: %w", err)
+	}
+	dtx := tx.(*driver.Tx)
+	if err := r.mark(ctx, dtx, msgs, attempts, results, &res); err != nil {
+		_ = dtx.Rollback()
+		return res, err
+	}
+	if err := dtx.Commit(); err != nil {
+		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
+	}
+	r.observePublished(msgs, results)
+	return res, nil
+}
+
+func (r *Relay) observePublished(msgs []Message, results []error) {
+	if r.cfg.Observer == nil {
+		return
+	}
+	now := time.Now()
+	for i, m := range msgs {
+		if results[i] == nil {
+			r.cfg.Observer.Published(m, now)
+		}
+	}
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// claim reads the claimable heads: in tx with row locks, or (SQLite)
+// without a transaction.
+func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, error) {
+	var q querier = r.drv
+	if tx != nil {
+		q = tx
+	}
+	rows, err := q.QueryContext(ctx, r.q.claim, time.Now().UnixMicro(), r.cfg.BatchSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
+	}
+	defer rows.Close()
+	msgs := make([]Message, 0, r.cfg.BatchSize)
+	var attempts []int
+	for rows.Next() {
+		var (
+			m        Message
+			id       string
+			payload  string
+			headers  sql.NullString
+			attempt  int
+			occurred sql.NullTime
+		)
+		if err := rows.Scan(&id, &m.AggregateType, &m.AggregateID, &m.Type, &payload, &m.Sequence, &headers, &occurred, &attempt); err != nil {
+			return nil, nil, fmt.Errorf("outbox: relay: reading a claimed row: %w", err)
+		}
+		if m.ID, err = uuid.Parse(id); err != nil {
+			return nil, nil, fmt.Errorf("outbox: relay: row id %q: %w", id, err)
+		}
+		m.Payload = json.RawMessage(payload)
+		m.OccurredAt = occurred.Time
+		if headers.Valid && headers.String != "" && headers.String != "null" {
+			if err := json.Unmarshal([]byte(headers.String), &m.Headers); err != nil {
+				return nil, nil, fmt.Errorf("outbox: relay: row %s headers: %w", id, err)
+			}
+		}
+		msgs = append(msgs, m)
+		attempts = append(attempts, attempt)
+	}
+	return msgs, attempts, rows.Err()
+}
+
+// publish runs the publisher with a timeout; a publisher that returns the
+// wrong number of results fails them all.
+func (r *Relay) publish(ctx context.Context, msgs []Message) []error {
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	defer cancel()
+	results := r.pub.Publish(pctx, msgs)
+	if len(results) != len(msgs) {
+		return errorsFor(len(msgs), fmt.Errorf("outbox: publisher returned %d results for %d messages", len(results), len(msgs)))
+	}
+	return results
+}
+
+// mark records each message's fate in tx.
+func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempts []int, results []error, res *BatchResult) error {
+	now := time.Now().UTC()
+	var done []string
+	for i, m := range msgs {
+		if results[i] == nil {
+			done = append(done, m.ID.String())
+			continue
+		}
+		n := attempts[i] + 1
+		status := StatusPending
+		var permanent *PermanentError
+		if n >= r.cfg.MaxAttempts || errors.As(results[i], &permanent) {
+			status = StatusDead
+			res.Dead++
+			r.cfg.Logger.Error("bento: event dead-lettered", "event_id", m.ID.String(), "aggregate_type", m.AggregateType,
+				"aggregate_id", m.AggregateID, "type", m.Type, "attempts", n, "error", results[i].Error())
+		} else {
+			res.Failed++
+		}
+		next := now.Add(r.backoff(n)).UnixMicro()
+		lastErr := results[i].Error()
+		if len(lastErr) > 2000 {
+			lastErr = lastErr[:2000]
+		}
+		if _, err := tx.ExecContext(ctx, r.q.fail, n, next, lastErr, status, m.ID.String()); err != nil {
+			return fmt.Errorf("outbox: relay: recording a failed publish: %w", err)
+		}
+	}
+	res.Published = len(done)
+	for len(done) > 0 {
+		chunk := done
+		if len(chunk) > 1000 {
+			chunk = chunk[:1000]
+		}
+		done = done[len(chunk):]
+		var query string
+		args := make([]any, 0, len(chunk)+1)
+		if r.cfg.Retention > 0 {
+			query = r.q.markPublished(len(chunk))
+			args = append(args, now)
+		} else {
+			query = r.q.deletePublished(len(chunk))
+		}
+		if r.dialect == dialect.Postgres {
+			args = append(args, chunk)
+		} else {
+			for _, id := range chunk {
+				args = append(args, id)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+			return fmt.Errorf("outbox: relay: marking %d rows published: %w", len(chunk), err)
+		}
+	}
+	return nil
+}
+
+// backoff is the delay after the n-th failed attempt.
+func (r *Relay) backoff(n int) time.Duration {
+	d := r.cfg.Backoff
+	for i := 1; i < n && d < r.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	if d > r.cfg.MaxBackoff {
+		d = r.cfg.MaxBackoff
+	}
+	r.mu.Lock()
+	j := 0.8 + 0.4*r.rng.Float64()
+	r.mu.Unlock()
+	return time.Duration(float64(d) * j)
+}
+
+// Cleanup deletes published rows older than the retention, at most 1000
+// per statement, until none is left; it returns how many it deleted.
+func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
+	if r.cfg.Retention <= 0 {
+		return 0, nil
+	}
+	var total int64
+	for {
+		res, err := r.drv.ExecContext(ctx, r.q.cleanup, time.Now().Add(-r.cfg.Retention).UTC())
+		if err != nil {
+			return total, fmt.Errorf("outbox: relay: retention: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		if n < 1000 || ctx.Err() != nil {
+			return total, nil
+		}
+	}
+}
+
+// Stats describe the outbox's backlog.
+type Stats struct {
+	Pending   int64         `json:"pending"`
+	Dead      int64         `json:"dead"`
+	Published int64         `json:"published"` // kept by the retention
+	OldestAge time.Duration `json:"oldest_pending_age_ns"`
+	Oldest    time.Time     `json:"oldest_pending_at,omitzero"`
+}
+
+// ReadStats counts the outbox rows by status and finds the oldest pending.
+func ReadStats(ctx context.Context, drv *driver.Driver, names Names) (Stats, error) {
+	q := newRelayQueries(drv.Dialect(), names)
+	var st Stats
+	rows, err := drv.QueryContext(ctx, q.stats)
+	if err != nil {
+		return st, fmt.Errorf("outbox: stats: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var status string
+		var n int64
+		var oldest sql.NullTime
+		if err := rows.Scan(&status, &n, &oldest); err != nil {
+			return st, fmt.Errorf("outbox: stats: %w", err)
+		}
+		switch status {
+		case StatusPending:
+			st.Pending = n
+			if oldest.Valid {
+				st.Oldest = oldest.Time
+				st.OldestAge = time.Since(oldest.Time)
+			}
+		case StatusDead:
+			st.Dead = n
+		case StatusPublished:
+			st.Published = n
+		}
+	}
+	return st, rows.Err()
+}
+
+// Requeue makes dead letters pending again with fresh attempts: the given
+// ids, or every dead letter when ids is empty. It returns how many rows it
+// requeued.
+func Requeue(ctx context.Context, drv *driver.Driver, names Names, ids ...uuid.UUID) (int64, error) {
+	q := newRelayQueries(drv.Dialect(), names)
+	args := []any{time.Now().UnixMicro()}
+	query := q.requeueAll
+	if len(ids) > 0 {
+		query = q.requeueIDs(len(ids))
+		if drv.Dialect() == dialect.Postgres {
+			s := make([]string, len(ids))
+			for i, id := range ids {
+				s[i] = id.String()
+			}
+			args = append(args, s)
+		} else {
+			for _, id := range ids {
+				args = append(args, id.String())
+			}
+		}
+	}
+	res, err := drv.ExecContext(ctx, query, args...)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: requeue: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// relayQueries are the relay's statements for one dialect.
+type relayQueries struct {
+	dialect, table             string
+	claim, fail, cleanup       string
+	stats, requeueAll, ph, col string
+}
+
+func newRelayQueries(d string, n Names) relayQueries {
+	q := relayQueries{dialect: d}
+	quote := func(s string) string { return `"` + s + `"` }
+	if d == dialect.MySQL {
+		quote = func(s string) string { return "`" + s + "`" }
+	}
+	t := quote(n.Outbox)
+	q.table = t
+	typ, seq := quote("type"), quote("sequence")
+	p := func(i int) string {
+		if d == dialect.Postgres {
+			return fmt.Sprintf("$%d", i)
+		}
+		return "?"
+	}
+	idText, payloadText, headersText := "o.id", "o.payload", "o.headers"
+	if d == dialect.Postgres {
+		idText, payloadText, headersText = "o.id::text", "o.payload::text", "o.headers::text"
+	}
+	q.claim = "SELECT " + idText + ", o.aggregatetype, o.aggregateid, o." + typ + ", " + payloadText + ", o." + seq + ", " + headersText +
+		", o.occurred_at, o.attempts FROM " + t + " o WHERE o.status = '" + StatusPending + "' AND o.next_attempt_at <= " + p(1) +
+		" AND NOT EXISTS (SELECT 1 FROM " + t + " e WHERE e.aggregatetype = o.aggregatetype AND e.aggregateid = o.aggregateid" +
+		" AND e.status = '" + StatusPending + "' AND e." + seq + " < o." + seq + ")" +
+		" ORDER BY o.next_attempt_at LIMIT " + p(2)
+	switch d {
+	case dialect.Postgres:
+		q.claim += " FOR UPDATE OF o SKIP LOCKED"
+	case dialect.MySQL:
+		q.claim += " FOR UPDATE SKIP LOCKED"
+	}
+	q.fail = "UPDATE " + t + " SET attempts = " + p(1) + ", next_attempt_at = " + p(2) + ", last_error = " + p(3) +
+		", status = " + p(4) + " WHERE id = " + p(5)
+	sub := "SELECT id FROM " + t + " WHERE status = '" + StatusPublished + "' AND published_at < " + p(1) + " LIMIT 1000"
+	switch d {
+	case dialect.MySQL:
+		q.cleanup = "DELETE FROM " + t + " WHERE status = '" + StatusPublished + "' AND published_at < ? LIMIT 1000"
+	default:
+		q.cleanup = "DELETE FROM " + t + " WHERE id IN (" + sub + ")"
+	}
+	q.stats = "SELECT status, COUNT(*), MIN(occurred_at) FROM " + t + " GROUP BY status"
+	q.requeueAll = "UPDATE " + t + " SET status = '" + StatusPending + "', attempts = 0, last_error = NULL, next_attempt_at = " + p(1) +
+		" WHERE status = '" + StatusDead + "'"
+	return q
+}
+
+// idList renders the id list of a statement: = ANY($n::uuid[]) on
+// PostgreSQL, IN (?, ?, …) elsewhere.
+func (q relayQueries) idList(first, n int) string {
+	if q.dialect == dialect.Postgres {
+		return fmt.Sprintf("id = ANY($%d::uuid[])", first)
+	}
+	return "id IN (" + strings.TrimSuffix(strings.Repeat("?, ", n), ", ") + ")"
+}
+
+func (q relayQueries) markPublished(n int) string {
+	p1 := "?"
+	if q.dialect == dialect.Postgres {
+		p1 = "$1"
+	}
+	return "UPDATE " + q.table + " SET status = '" + StatusPublished + "', published_at = " + p1 + " WHERE " + q.idList(2, n)
+}
+
+func (q relayQueries) deletePublished(n int) string {
+	return "DELETE FROM " + q.table + " WHERE " + q.idList(1, n)
+}
+
+func (q relayQueries) requeueIDs(n int) string {
+	return q.requeueAll + " AND " + q.idList(2, n)
+}

@@ -1,0 +1,81 @@
+package bento
+
+import (
+	"context"
+	"fmt"
+
+	"entgo.io/ent/dialect"
+
+	"github.com/bento-go/bento/config"
+	"github.com/bento-go/bento/dialects"
+	"github.com/bento-go/bento/outbox"
+	"github.com/bento-go/bento/outbox/natspub"
+)
+
+// RelayConfig returns the relay settings of the OUTBOX_* configuration for
+// this database: table names, batch size, polling, attempts, backoff,
+// retention, the in-process wake-up and (SQLite) the single-relay lock.
+// Callers may adjust it before NewRelay.
+func (db *DB) RelayConfig() outbox.RelayConfig {
+	c := db.cfg.Outbox
+	wake, _ := db.notifier.Subscribe()
+	return outbox.RelayConfig{
+		Names: db.names, BatchSize: c.BatchSize, PollInterval: c.PollInterval, MaxAttempts: c.MaxAttempts,
+		Backoff: c.Backoff, MaxBackoff: c.BackoffMax, Retention: c.Retention,
+		Wake: wake, Logger: db.logger, Lock: db.relayLock,
+	}
+}
+
+// NewRelay returns a relay over this database publishing with pub, with
+// RelayConfig's settings. On SQLite it fails if another relay runs on the
+// same database.
+func (db *DB) NewRelay(pub outbox.Publisher, cfg outbox.RelayConfig) (*outbox.Relay, error) {
+	return outbox.NewRelay(db.drv, pub, cfg)
+}
+
+// Publisher builds the publisher OUTBOX_PUBLISHER names: a log publisher,
+// a NATS JetStream one (connected, its stream created if missing), or nil
+// for "none". close releases it.
+func Publisher(ctx context.Context, c config.Outbox, db *DB) (pub outbox.Publisher, close func() error, err error) {
+	switch c.Publisher {
+	case "log":
+		return outbox.LogPublisher{Logger: db.logger}, func() error { return nil }, nil
+	case "nats":
+		p, err := natspub.Connect(ctx, natspub.Config{URL: c.NATSURL, SubjectPrefix: c.SubjectPrefix, Stream: c.Stream, CreateStream: true})
+		if err != nil {
+			return nil, nil, err
+		}
+		return p, p.Close, nil
+	case "none":
+		return nil, func() error { return nil }, nil
+	}
+	return nil, nil, &config.Error{Setting: "OUTBOX_PUBLISHER", Source: "config", Value: c.Publisher, Problem: "unknown publisher", Accepts: "log, nats or none"}
+}
+
+// RunNotify sends NOTIFY after each commit that wrote outbox rows, so that
+// relays in other processes wake at once (PostgreSQL with OUTBOX_NOTIFY).
+// It returns when ctx ends; elsewhere it returns at once.
+func (db *DB) RunNotify(ctx context.Context) {
+	if db.Dialect() != dialect.Postgres || !db.cfg.Outbox.Notify {
+		return
+	}
+	wake, stop := db.notifier.Subscribe()
+	defer stop()
+	outbox.NewPGNotifier(db.drv, outbox.DefaultChannel, db.logger).Run(ctx, wake)
+}
+
+// Listen starts listening for other processes' NOTIFY (PostgreSQL with
+// OUTBOX_NOTIFY) until ctx ends and returns the channel to pass to
+// Relay.Run; it returns nil elsewhere.
+func (db *DB) Listen(ctx context.Context) (<-chan struct{}, error) {
+	if db.Dialect() != dialect.Postgres || !db.cfg.Outbox.Notify {
+		return nil, nil
+	}
+	cc, err := dialects.PostgresConnConfig(db.cfg.DB, dialects.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("bento: listen: %w", err)
+	}
+	l := outbox.NewPGListener(cc, outbox.DefaultChannel, db.logger)
+	go l.Run(ctx)
+	return l.C(), nil
+}
