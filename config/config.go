@@ -34,7 +34,22 @@ import (
 type Config struct {
 	DB     DB
 	Retry  Retry
+	Drain  Drain
 	Outbox Outbox
+}
+
+// Drain holds the shutdown settings (DB_DRAIN_*).
+type Drain struct {
+	// Mode is graceful, immediate or force (DB_DRAIN_MODE).
+	Mode string
+	// Timeout bounds the wait for in-flight work (DB_DRAIN_TIMEOUT).
+	Timeout time.Duration
+	// CheckInterval is how often the drain looks at in-flight work
+	// (DB_DRAIN_CHECK_INTERVAL).
+	CheckInterval time.Duration
+	// PreStopDelay keeps serving, not ready, this long after SIGTERM
+	// (DB_DRAIN_PRESTOP_DELAY).
+	PreStopDelay time.Duration
 }
 
 // Outbox holds the transactional outbox and relay settings (OUTBOX_*).
@@ -290,17 +305,17 @@ func (c Config) logValue(include func(string) bool) slog.Value {
 	return slog.GroupValue(attrs...)
 }
 
-// String renders the database settings (DB_*, retry excepted) with the
-// URL redacted.
+// String renders the database settings (DB_*, retry and drain excepted)
+// with the URL redacted.
 func (d DB) String() string { return Config{DB: d}.render(isDBSetting) }
 
-// LogValue renders the database settings (DB_*, retry excepted) with the
-// URL redacted.
+// LogValue renders the database settings (DB_*, retry and drain excepted)
+// with the URL redacted.
 func (d DB) LogValue() slog.Value { return Config{DB: d}.logValue(isDBSetting) }
 
 // isDBSetting selects the settings stored in DB.
 func isDBSetting(name string) bool {
-	return strings.HasPrefix(name, "DB_") && !strings.HasPrefix(name, "DB_RETRY_")
+	return strings.HasPrefix(name, "DB_") && !strings.HasPrefix(name, "DB_RETRY_") && !strings.HasPrefix(name, "DB_DRAIN_")
 }
 
 func all(string) bool { return true }

@@ -102,6 +102,26 @@ func Settings() []Setting {
 		durationSetting("DB_RETRY_MAX_ELAPSED", "30s", true, "bound on one operation with all its retries; 0 means only the caller's deadline",
 			func(c *Config) *time.Duration { return &c.Retry.MaxElapsed }),
 		{
+			Name: "DB_DRAIN_MODE", Default: "graceful",
+			Usage:   "shutdown: graceful (wait for in-flight work), immediate (close the pool now) or force (cancel in-flight work)",
+			Accepts: "graceful, immediate or force",
+			apply: func(c *Config, v string) error {
+				c.Drain.Mode = strings.ToLower(strings.TrimSpace(v))
+				switch c.Drain.Mode {
+				case "graceful", "immediate", "force":
+					return nil
+				}
+				return errors.New("unknown drain mode")
+			},
+			get: func(c Config) string { return c.Drain.Mode },
+		},
+		durationSetting("DB_DRAIN_TIMEOUT", "30s", false, "longest wait for in-flight work on shutdown before it is cancelled",
+			func(c *Config) *time.Duration { return &c.Drain.Timeout }),
+		durationSetting("DB_DRAIN_CHECK_INTERVAL", "50ms", false, "how often a drain checks in-flight work",
+			func(c *Config) *time.Duration { return &c.Drain.CheckInterval }),
+		durationSetting("DB_DRAIN_PRESTOP_DELAY", "0", true, "after SIGTERM, keep serving (not ready) this long before stopping intake (Kubernetes)",
+			func(c *Config) *time.Duration { return &c.Drain.PreStopDelay }),
+		{
 			Name: "OUTBOX_TABLE", Default: "bento_outbox",
 			Usage:   "outbox table name; the sequences, idempotency and inbox tables are named after it",
 			Accepts: "an SQL identifier: a letter or _, then letters, digits or _ (at most 48)",

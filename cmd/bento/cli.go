@@ -55,6 +55,7 @@ func commands() []command {
 		migrateCommand(),
 		healthCommand(),
 		infoCommand(),
+		serveCommand(),
 		relayCommand(),
 		outboxCommand(),
 		versionCommand(),

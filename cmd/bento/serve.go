@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bento-go/bento"
+	"github.com/bento-go/bento/drain"
+	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/ent/migrate"
+	"github.com/bento-go/bento/metrics"
+	"github.com/bento-go/bento/resilience"
+	"github.com/bento-go/bento/shop"
+	"github.com/bento-go/bento/unitofwork"
+)
+
+// stack is a database opened with every Bento layer, as a service runs
+// it: drain, metrics, outbox, resilience.
+type stack struct {
+	db      *bento.DB
+	client  *ent.Client
+	uow     *ent.UnitOfWork
+	drainer *drain.Drainer
+	metrics *metrics.Metrics
+	reg     *prometheus.Registry
+}
+
+// openStack opens the database with all layers and migrates it.
+func (inv *invocation) openStack(ctx context.Context, migrateSchema bool) (*stack, error) {
+	cfg := inv.cfg
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+	mode, err := drain.ParseMode(cfg.Drain.Mode)
+	if err != nil {
+		return nil, err
+	}
+	d := drain.New(drain.Config{Mode: mode, Timeout: cfg.Drain.Timeout, CheckInterval: cfg.Drain.CheckInterval,
+		Logger: inv.logger, Observer: m})
+	policy := bento.RetryPolicy(cfg.Retry)
+	db, err := bento.Open(cfg, bento.WithLogger(inv.logger),
+		bento.WithMiddleware(d.Middleware(), m.Middleware()),
+		bento.WithResilience(resilience.Options{Policy: policy, Logger: inv.logger, OnRetry: m.Retry, OnAmbiguous: m.Ambiguous}))
+	if err != nil {
+		return nil, err
+	}
+	d.SetPool(db.Pool(), db.Close)
+	m.WatchPool(db.Pool())
+	m.WatchOutbox(db.Driver(), db.Names(), 2*time.Second)
+	if migrateSchema {
+		if err := db.Migrate(ctx, migrate.Tables...); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	client := ent.NewClient(ent.Driver(db.Driver()))
+	unitPolicy := policy
+	unitPolicy.OnRetry = m.UnitRetry
+	uow := ent.NewUnitOfWork(client, unitofwork.Retry(unitPolicy), unitofwork.WithObserver(m), unitofwork.Logger(inv.logger),
+		unitofwork.Tables(db.Names()))
+	return &stack{db: db, client: client, uow: uow, drainer: d, metrics: m, reg: reg}, nil
+}
+
+func serveCommand() command {
+	var addr *string
+	return command{
+		name:  "serve",
+		short: "run the reference ecommerce HTTP service with its outbox relay",
+		usage: `Serves the reference HTTP API (POST /orders, GET /orders/{id}, POST /orders/{id}/pay,
+POST /orders/{id}/cancel, GET /healthz, GET /readyz, GET /metrics) on --addr, migrates the
+schema on start, and runs the outbox relay in process (OUTBOX_PUBLISHER: log by default, nats).
+With no configuration it uses the SQLite file bento.db in the working directory.
+
+On SIGTERM or SIGINT: /readyz turns 503, DB_DRAIN_PRESTOP_DELAY passes, the listener stops
+taking requests, the relay finishes its batch, the database drains (DB_DRAIN_MODE) and the
+process exits 0. A second signal forces the drain.`,
+		flags: func(fs *flag.FlagSet) {
+			addr = fs.String("addr", "127.0.0.1:8080", "listen address HOST:PORT")
+		},
+		run: func(ctx context.Context, inv *invocation) int {
+			// ctx ends at the first signal; the service's own life is
+			// governed by the shutdown sequence below.
+			base := context.WithoutCancel(ctx)
+			st, err := inv.openStack(base, true)
+			if err != nil {
+				return inv.fail("", err)
+			}
+			db := st.db
+			svc := shop.NewService(st.uow, st.client)
+
+			workers, stopWorkers := context.WithCancel(base)
+			defer stopWorkers()
+			var wg sync.WaitGroup
+			pub, closePub, err := bento.Publisher(base, inv.cfg.Outbox, db)
+			if err != nil {
+				db.Close()
+				return inv.fail("", err)
+			}
+			if pub != nil {
+				rc := db.RelayConfig()
+				rc.Observer = st.metrics
+				relay, err := db.NewRelay(pub, rc)
+				if err != nil {
+					closePub()
+					db.Close()
+					return inv.fail("", err)
+				}
+				defer relay.Close()
+				listen, err := db.Listen(workers)
+				if err != nil {
+					closePub()
+					db.Close()
+					return inv.fail("", err)
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := relay.Run(workers, listen); err != nil {
+						inv.logger.Error("bento: relay stopped", "error", err.Error())
+					}
+				}()
+			}
+			defer closePub()
+			wg.Add(1)
+			go func() { defer wg.Done(); db.RunNotify(workers) }()
+
+			var notReady bool
+			var mu sync.Mutex
+			handler := shop.NewHandler(svc, shop.HTTPOptions{
+				Logger:  inv.logger,
+				Metrics: promhttp.HandlerFor(st.reg, promhttp.HandlerOpts{}),
+				Ready: func(ctx context.Context) error {
+					mu.Lock()
+					nr := notReady
+					mu.Unlock()
+					if nr || st.drainer.Draining() {
+						return drain.ErrDraining
+					}
+					return db.Health(ctx, 2*time.Second)
+				},
+			})
+			ln, err := net.Listen("tcp", *addr)
+			if err != nil {
+				stopWorkers()
+				wg.Wait()
+				db.Close()
+				return inv.fail("", fmt.Errorf("listening on %s: %w", *addr, err))
+			}
+			srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(ln) }()
+			inv.logger.Info("bento: serving", "addr", ln.Addr().String(), "dialect", db.Dialect(), "url", inv.cfg.DB.URL,
+				"publisher", inv.cfg.Outbox.Publisher, "drain_mode", inv.cfg.Drain.Mode)
+			fmt.Fprintf(inv.stdout, "listening on http://%s\n", ln.Addr())
+
+			shutdown := &drain.Shutdown{
+				NotReady:     func() { mu.Lock(); notReady = true; mu.Unlock() },
+				PreStopDelay: inv.cfg.Drain.PreStopDelay,
+				StopIntake:   srv.Shutdown,
+				StopWorkers: func(ctx context.Context) error {
+					stopWorkers()
+					done := make(chan struct{})
+					go func() { wg.Wait(); close(done) }()
+					select {
+					case <-done:
+						return nil
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				},
+				Drainer: st.drainer,
+				Logger:  inv.logger,
+			}
+			waitCtx, cancelWait := context.WithCancel(base)
+			go func() {
+				if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+					inv.logger.Error("bento: server failed", "error", err.Error())
+					cancelWait()
+				}
+			}()
+			stats := shutdown.Wait(waitCtx)
+			cancelWait()
+			inv.logger.Info("bento: stopped", "drain_success", stats.Success, "in_flight_end", stats.InFlightEnd,
+				"rejected", stats.Rejected, "took", stats.Took.Round(time.Millisecond))
+			return exitOK
+		},
+	}
+}
