@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# test.sh is Bento's test command (the README's, and CI's): it starts the
+# services the tests need, makes the PostgreSQL streaming replica, checks
+# that generated code is up to date, vets, and runs every test against the
+# real servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+scripts/replica.sh
+
+echo "test: go generate leaves no diff"
+go generate ./...
+if ! git diff --exit-code --stat -- ent/; then
+  echo "test: go generate ./... changed generated code: run it and commit the result" >&2
+  exit 1
+fi
+echo "test: gofmt and go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "test: gofmt would change: $unformatted" >&2
+  exit 1
+fi
+go vet ./...
+echo "test: go test"
+go test -count=1 -timeout 25m ${BENTO_TEST_FLAGS:-} ./...
