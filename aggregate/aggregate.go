@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 
 	"entgo.io/ent"
 	"entgo.io/ent/dialect/sql"
@@ -117,11 +118,15 @@ var ErrConflict = errors.New("aggregate: version conflict")
 func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // Changed is the payload of the automatic events: the aggregate's id and,
-// for created and updated events, the fields the mutation set.
+// for created and updated events, what the mutation changed: the fields it
+// set (new values), the numeric fields it incremented (by how much) and the
+// fields it cleared.
 type Changed struct {
-	typ    string
-	ID     string         `json:"id"`
-	Fields map[string]any `json:"fields,omitempty"`
+	typ     string
+	ID      string         `json:"id"`
+	Fields  map[string]any `json:"fields,omitempty"`
+	Added   map[string]any `json:"added,omitempty"`
+	Cleared []string       `json:"cleared,omitempty"`
 }
 
 // EventType implements outbox.Event.
@@ -170,6 +175,14 @@ func mutate(ctx context.Context, spec Spec, next ent.Mutator, m ent.Mutation) (e
 		ids      []string
 		err      error
 	)
+	if spec.AutoEvents {
+		// Refuse before anything is written: a change whose event cannot
+		// be recorded must not happen (Record of no events only checks
+		// that ctx has a collector bound to a transaction still open).
+		if err := outbox.Record(ctx, spec.Type, spec.Type); err != nil {
+			return nil, fmt.Errorf("aggregate: %s %s: %w", spec.Type, op, err)
+		}
+	}
 	_, versionSet := m.Field(VersionField)
 	switch {
 	case op.Is(ent.OpUpdateOne) && !versionSet:
@@ -199,9 +212,9 @@ func mutate(ctx context.Context, spec Spec, next ent.Mutator, m ent.Mutation) (e
 			return nil, fmt.Errorf("aggregate: %s: reading the affected ids: %w", spec.Type, err)
 		}
 	}
-	var fields map[string]any
+	var change Changed
 	if spec.AutoEvents && !op.Is(ent.OpDelete|ent.OpDeleteOne) {
-		fields = changedFields(m)
+		change = changedFields(m)
 	}
 	v, err := next.Mutate(ctx, m)
 	if err != nil {
@@ -211,6 +224,18 @@ func mutate(ctx context.Context, spec Spec, next ent.Mutator, m ent.Mutation) (e
 				Err: &ConflictError{Type: spec.Type, ID: id, Version: expected}}
 		}
 		return nil, err
+	}
+	if checked {
+		// Under MySQL/MariaDB REPEATABLE READ the UPDATE matches no row
+		// when the version changed, but ent's existence check and its
+		// read-back are snapshot reads that still see the old row, so no
+		// error comes back. The entity read back tells: our own update is
+		// visible to our snapshot, a skipped one is not.
+		if got, ok := versionOf(v); ok && got != expected+1 {
+			id, _ := spec.MutationID(m)
+			return nil, &resilience.Error{Category: resilience.Transient, Code: "version_conflict", Op: "update",
+				Err: &ConflictError{Type: spec.Type, ID: id, Version: expected}}
+		}
 	}
 	if !spec.AutoEvents {
 		return v, nil
@@ -230,27 +255,51 @@ func mutate(ctx context.Context, spec Spec, next ent.Mutator, m ent.Mutation) (e
 		}
 	}
 	for _, id := range ids {
-		if err := outbox.Record(ctx, spec.Type, id, Changed{typ: typ, ID: id, Fields: fields}); err != nil {
+		if err := outbox.Record(ctx, spec.Type, id, Changed{typ: typ, ID: id, Fields: change.Fields, Added: change.Added, Cleared: change.Cleared}); err != nil {
 			return nil, fmt.Errorf("aggregate: %s %s: %w", spec.Type, id, err)
 		}
 	}
 	return v, nil
 }
 
-// changedFields returns the fields a mutation sets, the version excepted.
-func changedFields(m ent.Mutation) map[string]any {
-	names := m.Fields()
-	if len(names) == 0 {
-		return nil
+// versionOf returns the version field of an entity an UpdateOne returned
+// (the generated struct's Version field, which the Mixin adds).
+func versionOf(v ent.Value) (int64, bool) {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
+		return 0, false
 	}
-	out := make(map[string]any, len(names))
-	for _, n := range names {
-		if n == VersionField {
-			continue
-		}
-		if v, ok := m.Field(n); ok {
-			out[n] = v
+	f := rv.Elem().FieldByName("Version")
+	if !f.IsValid() || f.Kind() != reflect.Int64 {
+		return 0, false
+	}
+	return f.Int(), true
+}
+
+// changedFields returns what a mutation changes — the fields it sets, the
+// ones it adds to and the ones it clears — the version excepted.
+func changedFields(m ent.Mutation) Changed {
+	var c Changed
+	for _, n := range m.Fields() {
+		if v, ok := m.Field(n); ok && n != VersionField {
+			if c.Fields == nil {
+				c.Fields = map[string]any{}
+			}
+			c.Fields[n] = v
 		}
 	}
-	return out
+	for _, n := range m.AddedFields() {
+		if v, ok := m.AddedField(n); ok && n != VersionField {
+			if c.Added == nil {
+				c.Added = map[string]any{}
+			}
+			c.Added[n] = v
+		}
+	}
+	for _, n := range m.ClearedFields() {
+		if n != VersionField {
+			c.Cleared = append(c.Cleared, n)
+		}
+	}
+	return c
 }
