@@ -31,6 +31,7 @@ import (
 	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/outbox"
+	"github.com/bento-go/bento/replica"
 	"github.com/bento-go/bento/resilience"
 )
 
@@ -48,6 +49,10 @@ type DB struct {
 	notifier  *outbox.Notifier
 	relayLock func() (func(), error) // SQLite: one relay per database
 
+	router       *replica.Router
+	replicaDBs   []*dialects.Database
+	stopReplicas context.CancelFunc
+
 	migrateMu sync.Mutex // serialises Migrate within the process (SQLite has no advisory locks)
 	closeOnce sync.Once
 	closeErr  error
@@ -57,6 +62,7 @@ type options struct {
 	logger     *slog.Logger
 	middleware []driver.Middleware
 	resilience resilience.Options
+	replicaObs replica.Observer
 	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 	tables     []*schema.Table
 }
@@ -83,6 +89,12 @@ func RetryPolicy(c config.Retry) resilience.Policy {
 	p := resilience.DefaultPolicy()
 	p.MaxAttempts, p.BaseDelay, p.MaxDelay, p.MaxElapsed = c.Attempts, c.BaseDelay, c.MaxDelay, c.MaxElapsed
 	return p
+}
+
+// WithReplicaObserver sets the observer of replica routing and health
+// (metrics).
+func WithReplicaObserver(obs replica.Observer) Option {
+	return func(o *options) { o.replicaObs = obs }
 }
 
 // WithDialer replaces how connections to a server are dialed (PostgreSQL,
@@ -134,6 +146,15 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	// from its insert before resilience needs it to resolve a COMMIT.
 	mw = append(mw, outbox.Middleware(outbox.WriterOptions{Names: names, Dialect: d.Dialect, Wakers: []outbox.Waker{notifier}}))
 	mw = append(mw, resilience.Middleware(res))
+	router, replicaDBs, err := openReplicas(cfg, d.Dialect, pool, o)
+	if err != nil {
+		d.DB.Close()
+		return nil, err
+	}
+	if router != nil {
+		// Inside resilience: a retried read is routed afresh.
+		mw = append(mw, router.Middleware())
+	}
 	if cfg.DB.Echo {
 		mw = append(mw, driver.Echo(o.logger))
 	}
@@ -143,11 +164,60 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	db := &DB{
 		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier, relayLock: relayLock,
+		router: router, replicaDBs: replicaDBs,
 		tables: append(outbox.Tables(names), o.tables...),
 		drv:    driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}
+	if router != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		db.stopReplicas = cancel
+		go router.Run(ctx)
+	}
 	return db, nil
 }
+
+// openReplicas opens the DB_REPLICA_URLS pools, each sized like the
+// primary unless DB_REPLICA_POOL_SIZE/MAX_OVERFLOW say otherwise.
+func openReplicas(cfg config.Config, dialectName string, primary *driver.Pool, o options) (*replica.Router, []*dialects.Database, error) {
+	if len(cfg.DB.ReplicaURLs) == 0 {
+		return nil, nil, nil
+	}
+	var (
+		pools []*driver.Pool
+		urls  []string
+		dbs   []*dialects.Database
+	)
+	for i, u := range cfg.DB.ReplicaURLs {
+		rc := cfg.DB
+		rc.URL = u
+		if rc.ReplicaPoolSize >= 0 {
+			rc.PoolSize = rc.ReplicaPoolSize
+		}
+		if rc.ReplicaMaxOverflow >= 0 {
+			rc.MaxOverflow = rc.ReplicaMaxOverflow
+		}
+		rd, err := dialects.Open(rc, dialects.Options{DialContext: o.dial, Logger: o.logger})
+		if err != nil {
+			for _, d := range dbs {
+				d.DB.Close()
+			}
+			return nil, nil, fmt.Errorf("bento: replica %d: %w", i+1, err)
+		}
+		dbs = append(dbs, rd)
+		pools = append(pools, driver.NewPool(driver.PoolConfig{
+			Role: fmt.Sprintf("replica-%d", i+1), Dialect: rd.Dialect, DB: rd.DB, MaxOpen: rd.MaxOpen, Timeout: cfg.DB.PoolTimeout,
+		}))
+		urls = append(urls, u.String())
+	}
+	router := replica.New(dialectName, primary, pools, urls, replica.Config{
+		MaxLag: cfg.DB.ReplicaMaxLag, CheckInterval: cfg.DB.ReplicaCheckInterval,
+		ReadYourWritesWindow: cfg.DB.ReadYourWritesWindow, Logger: o.logger, Observer: o.replicaObs,
+	})
+	return router, dbs, nil
+}
+
+// Replicas returns the replica router, or nil without DB_REPLICA_URLS.
+func (db *DB) Replicas() *replica.Router { return db.router }
 
 // Driver returns the ent driver: ent.NewClient(ent.Driver(db.Driver())).
 func (db *DB) Driver() *driver.Driver { return db.drv }
@@ -199,13 +269,20 @@ func (db *DB) Health(ctx context.Context, timeout time.Duration) error {
 
 // Info describes the database for operators; it never contains a password.
 type Info struct {
-	Dialect       string                 `json:"dialect"`
-	ServerVersion string                 `json:"server_version"`
-	URL           string                 `json:"url"`
-	Pool          driver.PoolStats       `json:"pool"`
-	Capabilities  dialects.Capabilities  `json:"capabilities"`
-	Settings      map[string]string      `json:"settings"`
-	Extra         map[string]interface{} `json:"extra,omitempty"`
+	Dialect       string                `json:"dialect"`
+	ServerVersion string                `json:"server_version"`
+	URL           string                `json:"url"`
+	Pool          driver.PoolStats      `json:"pool"`
+	Capabilities  dialects.Capabilities `json:"capabilities"`
+	Settings      map[string]string     `json:"settings"`
+	// Replicas lists each replica with its state, lag and pool.
+	Replicas []ReplicaInfo `json:"replicas,omitempty"`
+}
+
+// ReplicaInfo is one replica in Info.
+type ReplicaInfo struct {
+	replica.State
+	Pool driver.PoolStats `json:"pool"`
 }
 
 // Info asks the server for its version and reports the pool's statistics.
@@ -233,6 +310,13 @@ func (db *DB) Info(ctx context.Context) (Info, error) {
 		return info, fmt.Errorf("bento: info: reading the server version: %w", err)
 	}
 	info.Pool = db.pool.Stats()
+	if db.router != nil {
+		db.router.CheckNow(ctx)
+		pools := db.router.Pools()
+		for i, st := range db.router.States() {
+			info.Replicas = append(info.Replicas, ReplicaInfo{State: st, Pool: pools[i].Stats()})
+		}
+	}
 	return info, nil
 }
 
@@ -250,6 +334,15 @@ func (db *DB) Tables() []*schema.Table { return slices.Clone(db.tables) }
 // Close closes the pool. It does not drain in-flight work: see package
 // drain. Calling it again returns the first call's result.
 func (db *DB) Close() error {
-	db.closeOnce.Do(func() { db.closeErr = db.drv.Close() })
+	db.closeOnce.Do(func() {
+		if db.stopReplicas != nil {
+			db.stopReplicas()
+		}
+		errs := []error{db.drv.Close()}
+		for _, r := range db.replicaDBs {
+			errs = append(errs, r.DB.Close())
+		}
+		db.closeErr = errors.Join(errs...)
+	})
 	return db.closeErr
 }

@@ -129,6 +129,22 @@ type DB struct {
 	Echo bool
 	// ApplicationName is reported to the server (DB_APPLICATION_NAME).
 	ApplicationName string
+	// ReplicaURLs are streaming replicas that take reads (DB_REPLICA_URLS).
+	ReplicaURLs []URL
+	// ReplicaMaxLag takes a replica out of rotation when it is further
+	// behind (DB_REPLICA_MAX_LAG).
+	ReplicaMaxLag time.Duration
+	// ReplicaCheckInterval is how often replicas are checked
+	// (DB_REPLICA_CHECK_INTERVAL).
+	ReplicaCheckInterval time.Duration
+	// ReplicaPoolSize and ReplicaMaxOverflow size each replica's pool; -1
+	// follows the primary's (DB_REPLICA_POOL_SIZE, DB_REPLICA_MAX_OVERFLOW).
+	ReplicaPoolSize    int
+	ReplicaMaxOverflow int
+	// ReadYourWritesWindow bounds how long after a commit a request's reads
+	// avoid replicas that have not replayed it; 0: the whole request
+	// (DB_READ_YOUR_WRITES_WINDOW).
+	ReadYourWritesWindow time.Duration
 }
 
 // MaxOpen is the most connections the pool may hold: PoolSize+MaxOverflow.

@@ -20,6 +20,7 @@ type Setting struct {
 	Accepts string // accepted values, as shown in errors
 
 	secret bool
+	list   bool // a comma-separated list of secrets, redacted one by one
 	apply  func(c *Config, v string) error
 	get    func(c Config) string
 }
@@ -32,6 +33,19 @@ func (s Setting) Flag() string {
 
 // show returns v as it may be displayed: secrets redacted.
 func (s Setting) show(v string) string {
+	if s.secret && s.list {
+		// A part without a scheme may be the tail of a password that held
+		// a comma: show none of it.
+		parts := strings.Split(v, ",")
+		for i, p := range parts {
+			if p = strings.TrimSpace(p); p != "" && !strings.Contains(p, "://") {
+				parts[i] = redacted
+				continue
+			}
+			parts[i] = redactString(p)
+		}
+		return strings.Join(parts, ",")
+	}
 	if s.secret {
 		// One URL: splitting it (on ",", say) would cut a password that
 		// contains the separator out of its user:pass@ and show it.
@@ -93,6 +107,49 @@ func Settings() []Setting {
 			},
 			get: func(c Config) string { return c.DB.ApplicationName },
 		},
+		{
+			Name: "DB_REPLICA_URLS", Default: "", secret: true, list: true,
+			Usage:   "streaming replicas that take reads outside transactions, comma-separated (same dialect as DB_URL)",
+			Accepts: "empty, or database URLs of DB_URL's dialect separated by commas",
+			apply: func(c *Config, v string) error {
+				c.DB.ReplicaURLs = nil
+				for i, part := range strings.Split(v, ",") {
+					if strings.TrimSpace(part) == "" {
+						continue
+					}
+					u, err := ParseURL(part)
+					if err != nil {
+						problem, _, _ := strings.Cut(err.Error(), "; accepted: ")
+						return fmt.Errorf("replica %d: %s", i+1, problem)
+					}
+					switch {
+					case u.Dialect() == SQLite:
+						return fmt.Errorf("replica %d: SQLite has no replicas", i+1)
+					case c.DB.URL.Dialect() != "" && u.Dialect() != c.DB.URL.Dialect():
+						return fmt.Errorf("replica %d is %s but DB_URL is %s", i+1, u.Dialect(), c.DB.URL.Dialect())
+					}
+					c.DB.ReplicaURLs = append(c.DB.ReplicaURLs, u)
+				}
+				return nil
+			},
+			get: func(c Config) string {
+				parts := make([]string, len(c.DB.ReplicaURLs))
+				for i, u := range c.DB.ReplicaURLs {
+					parts[i] = u.String()
+				}
+				return strings.Join(parts, ",")
+			},
+		},
+		durationSetting("DB_REPLICA_MAX_LAG", "5s", false, "a replica further behind than this is taken out of rotation until it catches up",
+			func(c *Config) *time.Duration { return &c.DB.ReplicaMaxLag }),
+		durationSetting("DB_REPLICA_CHECK_INTERVAL", "1s", false, "how often each replica's health and lag are checked",
+			func(c *Config) *time.Duration { return &c.DB.ReplicaCheckInterval }),
+		optionalIntSetting("DB_REPLICA_POOL_SIZE", 1, "connections kept open per replica; empty follows DB_POOL_SIZE",
+			func(c *Config) *int { return &c.DB.ReplicaPoolSize }),
+		optionalIntSetting("DB_REPLICA_MAX_OVERFLOW", 0, "connections per replica beyond its pool size; empty follows DB_MAX_OVERFLOW",
+			func(c *Config) *int { return &c.DB.ReplicaMaxOverflow }),
+		durationSetting("DB_READ_YOUR_WRITES_WINDOW", "0", true, "after a commit, how long a request's reads avoid replicas that have not replayed it; 0 means for the whole request",
+			func(c *Config) *time.Duration { return &c.DB.ReadYourWritesWindow }),
 		intSetting("DB_RETRY_ATTEMPTS", 10, 1, "attempts at work that is safe to repeat, the first included; 1 disables retries",
 			func(c *Config) *int { return &c.Retry.Attempts }),
 		durationSetting("DB_RETRY_BASE_DELAY", "10ms", true, "first retry delay; each later one doubles (with ±50% jitter)",
@@ -225,6 +282,36 @@ func intSetting(name string, def, min int, usage string, field func(*Config) *in
 			return nil
 		},
 		get: func(c Config) string { return strconv.Itoa(*field(&c)) },
+	}
+}
+
+// optionalIntSetting is an integer >= min, or empty for -1 ("follow the
+// primary's").
+func optionalIntSetting(name string, min int, usage string, field func(*Config) *int) Setting {
+	return Setting{
+		Name: name, Default: "", Usage: usage,
+		Accepts: fmt.Sprintf("empty, or an integer >= %d", min),
+		apply: func(c *Config, v string) error {
+			if strings.TrimSpace(v) == "" {
+				*field(c) = -1
+				return nil
+			}
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return errors.New("not an integer")
+			}
+			if n < min {
+				return fmt.Errorf("must be >= %d", min)
+			}
+			*field(c) = n
+			return nil
+		},
+		get: func(c Config) string {
+			if *field(&c) < 0 {
+				return ""
+			}
+			return strconv.Itoa(*field(&c))
+		},
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/metrics"
+	"github.com/bento-go/bento/replica"
 	"github.com/bento-go/bento/resilience"
 	"github.com/bento-go/bento/shop"
 	"github.com/bento-go/bento/unitofwork"
@@ -49,7 +50,7 @@ func (inv *invocation) openStack(ctx context.Context, migrateSchema bool) (*stac
 		Logger: inv.logger, Observer: m})
 	policy := bento.RetryPolicy(cfg.Retry)
 	db, err := bento.Open(cfg, bento.WithLogger(inv.logger),
-		bento.WithMiddleware(d.Middleware(), m.Middleware()),
+		bento.WithMiddleware(d.Middleware(), m.Middleware()), bento.WithReplicaObserver(m),
 		bento.WithResilience(resilience.Options{Policy: policy, Logger: inv.logger, OnRetry: m.Retry, OnAmbiguous: m.Ambiguous}))
 	if err != nil {
 		return nil, err
@@ -156,7 +157,12 @@ process exits 0. A second signal forces the drain.`,
 				db.Close()
 				return inv.fail("", fmt.Errorf("listening on %s: %w", *addr, err))
 			}
-			srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
+			// Each request is a read-your-writes session: after it commits,
+			// its reads see the commit even with replicas behind.
+			sessions := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				handler.ServeHTTP(w, r.WithContext(replica.WithSession(r.Context())))
+			})
+			srv := &http.Server{Handler: sessions, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
 			served := make(chan error, 1)
 			go func() { served <- srv.Serve(ln) }()
 			inv.logger.Info("bento: serving", "addr", ln.Addr().String(), "dialect", db.Dialect(), "url", inv.cfg.DB.URL,
