@@ -344,4 +344,3 @@ func startReplica(t *testing.T) {
 	}
 	pgctl(t, "-l", replicaDir()+"/replica.log", "-w", "-t", "60", "start")
 }
-
