@@ -1,0 +1,3 @@
+package configdoc
+
+//go:generate go run ./cmd ../../README.md
