@@ -1,0 +1,945 @@
+package outbox_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/bento-go/bento"
+	"github.com/bento-go/bento/config"
+	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/internal/testnats"
+	"github.com/bento-go/bento/outbox"
+	"github.com/bento-go/bento/outbox/natspub"
+	"github.com/bento-go/bento/shop"
+)
+
+// stepped is the event the relay tests raise on aggregates of their own.
+type stepped struct {
+	N int `json:"n"`
+}
+
+func (stepped) EventType() string { return "Stepped" }
+
+// testStream is the JetStream stream of the relay tests (on a private
+// server, so it never collides with anyone's).
+const testStream = "BENTO_TEST"
+
+// relayEnv is a migrated test database with the shop service over it, and
+// a sink that records what was published: the channel publisher on SQLite,
+// a private JetStream server elsewhere.
+type relayEnv struct {
+	*writeEnv
+	uow  *ent.UnitOfWork
+	svc  *shop.Service
+	sink *sink
+}
+
+func openRelayEnv(t *testing.T, cfg config.Config) *relayEnv {
+	t.Helper()
+	w := openWriteEnv(t, cfg)
+	uow := ent.NewUnitOfWork(w.client)
+	return &relayEnv{writeEnv: w, uow: uow, svc: shop.NewService(uow, w.client), sink: newSink(t, w.db.Dialect())}
+}
+
+// relay returns a relay over e's database publishing to the sink, with
+// the default settings adjusted by adjust.
+func (e *relayEnv) relay(adjust func(*outbox.RelayConfig)) *outbox.Relay {
+	e.t.Helper()
+	return newRelay(e.t, e.db, e.sink, adjust)
+}
+
+func newRelay(t testing.TB, db *bento.DB, pub outbox.Publisher, adjust func(*outbox.RelayConfig)) *outbox.Relay {
+	t.Helper()
+	cfg := db.RelayConfig()
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	r, err := db.NewRelay(pub, cfg)
+	if err != nil {
+		t.Fatalf("NewRelay: %v", err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// place places n orders and returns their ids.
+func (e *relayEnv) place(ctx context.Context, n int) []int {
+	e.t.Helper()
+	ids := make([]int, n)
+	for i := range ids {
+		o, err := e.svc.Place(ctx, shop.PlaceOrder{Customer: fmt.Sprintf("c%d@example.com", i),
+			Lines: []shop.Line{{SKU: "SKU-" + strconv.Itoa(i), Quantity: i%3 + 1, UnitPriceCents: 250}}}, "")
+		if err != nil {
+			e.t.Fatalf("Place: %v", err)
+		}
+		ids[i] = o.ID
+	}
+	return ids
+}
+
+// record commits one unit of work recording events on aggregates of type
+// aggType: for each id, the given number of stepped events.
+func (e *relayEnv) record(ctx context.Context, aggType string, events map[string][]int) {
+	e.t.Helper()
+	err := e.uow.Do(ctx, func(ctx context.Context, _ *ent.Client) error {
+		for _, id := range slices.Sorted(maps.Keys(events)) {
+			evs := make([]outbox.Event, len(events[id]))
+			for i, n := range events[id] {
+				evs[i] = stepped{n}
+			}
+			if err := outbox.Record(ctx, aggType, id, evs...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Fatalf("recording events: %v", err)
+	}
+}
+
+func (e *relayEnv) stats() outbox.Stats {
+	e.t.Helper()
+	st, err := outbox.ReadStats(context.Background(), e.db.Driver(), e.db.Names())
+	if err != nil {
+		e.t.Fatalf("ReadStats: %v", err)
+	}
+	return st
+}
+
+// outboxRow is an outbox row with the relay's columns.
+type outboxRow struct {
+	ID, AggregateType, AggregateID, Status string
+	Sequence                               int64
+	Attempts                               int
+	LastError                              *string
+}
+
+// outboxRows returns the rows of the outbox matching where (a condition
+// written with ? and `quotes`), by aggregate and sequence.
+func (e *relayEnv) outboxRows(where string, args ...any) []outboxRow {
+	e.t.Helper()
+	id := "id"
+	if e.db.Dialect() == testdb.Postgres {
+		id = "id::text"
+	}
+	q := "SELECT " + id + ", aggregatetype, aggregateid, status, `sequence`, attempts, last_error FROM bento_outbox"
+	if where != "" {
+		q += " WHERE " + where
+	}
+	rs, err := e.db.Driver().DB().Query(e.q(q+" ORDER BY aggregatetype, aggregateid, `sequence`"), args...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer rs.Close()
+	var out []outboxRow
+	for rs.Next() {
+		var r outboxRow
+		if err := rs.Scan(&r.ID, &r.AggregateType, &r.AggregateID, &r.Status, &r.Sequence, &r.Attempts, &r.LastError); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	if err := rs.Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// auditRow is an event as the audit trigger saw it committed.
+type auditRow struct {
+	ID, AggregateType, AggregateID string
+	Sequence                       int64
+}
+
+// audit installs a trigger that copies every outbox row inserted into
+// bento_test_audit, so a test knows every committed event id even after
+// the relay deleted the row. It counts what committed, not what Bento
+// reports.
+func audit(t testing.TB, w *writeEnv) {
+	t.Helper()
+	var stmts []string
+	switch w.db.Dialect() {
+	case testdb.Postgres:
+		stmts = []string{
+			`CREATE TABLE bento_test_audit (id uuid PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL, seq bigint NOT NULL)`,
+			`CREATE FUNCTION bento_test_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN INSERT INTO bento_test_audit VALUES (NEW.id, NEW.aggregatetype, NEW.aggregateid, NEW.sequence); RETURN NEW; END $$`,
+			`CREATE TRIGGER bento_test_audit AFTER INSERT ON bento_outbox FOR EACH ROW EXECUTE FUNCTION bento_test_audit()`,
+		}
+	case testdb.MySQL:
+		stmts = []string{
+			"CREATE TABLE bento_test_audit (id char(36) PRIMARY KEY, aggregatetype varchar(255) NOT NULL, aggregateid varchar(255) NOT NULL, seq bigint NOT NULL)",
+			"CREATE TRIGGER bento_test_audit AFTER INSERT ON bento_outbox FOR EACH ROW " +
+				"INSERT INTO bento_test_audit VALUES (NEW.id, NEW.aggregatetype, NEW.aggregateid, NEW.`sequence`)",
+		}
+	default:
+		stmts = []string{
+			`CREATE TABLE bento_test_audit (id text PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL, seq integer NOT NULL)`,
+			`CREATE TRIGGER bento_test_audit AFTER INSERT ON bento_outbox BEGIN
+			INSERT INTO bento_test_audit VALUES (NEW.id, NEW.aggregatetype, NEW.aggregateid, NEW."sequence"); END`,
+		}
+	}
+	for _, s := range stmts {
+		if _, err := w.db.Driver().DB().Exec(s); err != nil {
+			t.Fatalf("audit trigger: %s: %v", s, err)
+		}
+	}
+}
+
+// audited returns every committed event, by id.
+func audited(t testing.TB, w *writeEnv) map[string]auditRow {
+	t.Helper()
+	id := "id"
+	if w.db.Dialect() == testdb.Postgres {
+		id = "id::text"
+	}
+	rs, err := w.db.Driver().DB().Query("SELECT " + id + ", aggregatetype, aggregateid, seq FROM bento_test_audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	out := map[string]auditRow{}
+	for rs.Next() {
+		var r auditRow
+		if err := rs.Scan(&r.ID, &r.AggregateType, &r.AggregateID, &r.Sequence); err != nil {
+			t.Fatal(err)
+		}
+		out[r.ID] = r
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// delivery is one message as the broker got it.
+type delivery struct {
+	ID                         uuid.UUID
+	Subject                    string
+	AggregateType, AggregateID string
+	Type                       string
+	Sequence                   int64
+	Payload                    json.RawMessage
+	Headers                    map[string]string // the event's own headers
+}
+
+// sink is the tests' publisher: the channel publisher on SQLite, or a
+// natspub publisher on a private JetStream server. reject, if set, fails
+// the messages it returns an error for (through ChannelPublisher.Reject on
+// SQLite, before the broker elsewhere).
+type sink struct {
+	t      testing.TB
+	ch     *outbox.ChannelPublisher
+	srv    *testnats.Server
+	js     *natspub.Publisher
+	mu     sync.Mutex
+	reject func(outbox.Message) error
+	got    []delivery // channel deliveries drained so far
+}
+
+func newSink(t testing.TB, dialect string) *sink {
+	t.Helper()
+	s := &sink{t: t}
+	if dialect == testdb.SQLite {
+		s.ch = outbox.NewChannelPublisher(1 << 15)
+		s.ch.Reject = s.rejected
+		return s
+	}
+	s.srv = testnats.Start(t)
+	s.js = connectJS(t, s.srv.URL())
+	return s
+}
+
+// connectJS connects a natspub publisher to a private server and creates
+// the test stream.
+func connectJS(t testing.TB, url string) *natspub.Publisher {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := natspub.Connect(ctx, natspub.Config{URL: url, Stream: testStream, CreateStream: true})
+	if err != nil {
+		t.Fatalf("natspub.Connect: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func (s *sink) setReject(f func(outbox.Message) error) {
+	s.mu.Lock()
+	s.reject = f
+	s.mu.Unlock()
+}
+
+func (s *sink) rejected(m outbox.Message) error {
+	s.mu.Lock()
+	f := s.reject
+	s.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f(m)
+}
+
+// Publish implements outbox.Publisher.
+func (s *sink) Publish(ctx context.Context, msgs []outbox.Message) []error {
+	if s.ch != nil {
+		return s.ch.Publish(ctx, msgs)
+	}
+	out := make([]error, len(msgs))
+	var pass []outbox.Message
+	var at []int
+	for i, m := range msgs {
+		if out[i] = s.rejected(m); out[i] == nil {
+			pass = append(pass, m)
+			at = append(at, i)
+		}
+	}
+	if len(pass) > 0 {
+		for j, err := range s.js.Publish(ctx, pass) {
+			out[at[j]] = err
+		}
+	}
+	return out
+}
+
+// deliveries returns everything the broker stored so far, in order.
+func (s *sink) deliveries() []delivery {
+	s.t.Helper()
+	if s.ch != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for {
+			select {
+			case m := <-s.ch.C():
+				s.got = append(s.got, delivery{ID: m.ID, AggregateType: m.AggregateType, AggregateID: m.AggregateID,
+					Type: m.Type, Sequence: m.Sequence, Payload: m.Payload, Headers: m.Headers})
+			default:
+				return slices.Clone(s.got)
+			}
+		}
+	}
+	return readStream(s.t, s.js.JetStream(), testStream)
+}
+
+// count returns how many messages the broker stored.
+func (s *sink) count() int {
+	s.t.Helper()
+	if s.ch != nil {
+		return len(s.deliveries())
+	}
+	return streamCount(s.t, s.js.JetStream(), testStream)
+}
+
+func streamCount(t testing.TB, js jetstream.JetStream, stream string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	return int(info.State.Msgs)
+}
+
+// readStream reads the whole stream with an ordered consumer.
+func readStream(t testing.TB, js jetstream.JetStream, stream string) []delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	n := int(info.State.Msgs)
+	if n == 0 {
+		return nil
+	}
+	c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+	if err != nil {
+		t.Fatalf("ordered consumer on %s: %v", stream, err)
+	}
+	out := make([]delivery, 0, n)
+	for len(out) < n {
+		batch, err := c.Fetch(min(n-len(out), 1000), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatalf("reading %s: %v", stream, err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			out = append(out, decodeNATS(t, m.Subject(), m.Headers(), m.Data()))
+			got++
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatalf("reading %s after %d of %d messages: %v", stream, len(out), n, err)
+		}
+		if got == 0 {
+			t.Fatalf("reading %s: no message after %d of %d", stream, len(out), n)
+		}
+	}
+	return out
+}
+
+// decodeNATS turns a stored message back into a delivery; every message
+// must carry Nats-Msg-Id and the Bento-* headers.
+func decodeNATS(t testing.TB, subject string, h nats.Header, data []byte) delivery {
+	t.Helper()
+	d := delivery{Subject: subject, Payload: json.RawMessage(data), AggregateType: h.Get(natspub.HeaderAggregateType),
+		AggregateID: h.Get(natspub.HeaderAggregateID), Type: h.Get(natspub.HeaderEventType)}
+	var err error
+	if d.ID, err = uuid.Parse(h.Get(jetstream.MsgIDHeader)); err != nil {
+		t.Fatalf("message on %s: Nats-Msg-Id %q: %v", subject, h.Get(jetstream.MsgIDHeader), err)
+	}
+	if d.Sequence, err = strconv.ParseInt(h.Get(natspub.HeaderSequence), 10, 64); err != nil {
+		t.Fatalf("message %s: %s %q: %v", d.ID, natspub.HeaderSequence, h.Get(natspub.HeaderSequence), err)
+	}
+	for k := range h {
+		if !strings.HasPrefix(k, "Nats-") && !strings.HasPrefix(k, "Bento-") {
+			if d.Headers == nil {
+				d.Headers = map[string]string{}
+			}
+			d.Headers[k] = h.Get(k)
+		}
+	}
+	return d
+}
+
+// exactlyOnce checks that every audited event was delivered exactly once
+// and nothing else was, and that each aggregate's events arrived in
+// sequence order.
+func exactlyOnce(t testing.TB, want map[string]auditRow, got []delivery) {
+	t.Helper()
+	seen := map[uuid.UUID]int{}
+	for _, d := range got {
+		seen[d.ID]++
+	}
+	missing, dups, unknown := 0, 0, 0
+	for id := range want {
+		switch n := seen[uuid.MustParse(id)]; {
+		case n == 0:
+			missing++
+			if missing <= 3 {
+				t.Errorf("event %s (%+v) was never delivered", id, want[id])
+			}
+		case n > 1:
+			dups++
+			if dups <= 3 {
+				t.Errorf("event %s was delivered %d times", id, n)
+			}
+		}
+	}
+	for id := range seen {
+		if _, ok := want[id.String()]; !ok {
+			unknown++
+		}
+	}
+	if missing+dups+unknown > 0 || len(got) != len(want) {
+		t.Fatalf("%d events committed, %d messages delivered: %d missing, %d delivered more than once, %d unknown ids",
+			len(want), len(got), missing, dups, unknown)
+	}
+	inOrder(t, got)
+}
+
+// inOrder checks that each aggregate's deliveries have increasing
+// sequences, starting where that aggregate's first delivery starts.
+func inOrder(t testing.TB, got []delivery) {
+	t.Helper()
+	last := map[[2]string]int64{}
+	bad := 0
+	for i, d := range got {
+		k := [2]string{d.AggregateType, d.AggregateID}
+		if prev, ok := last[k]; ok && d.Sequence <= prev {
+			bad++
+			if bad <= 3 {
+				t.Errorf("delivery %d: %s %s sequence %d after %d", i, d.AggregateType, d.AggregateID, d.Sequence, prev)
+			}
+		}
+		last[k] = d.Sequence
+	}
+	if bad > 0 {
+		t.Fatalf("%d deliveries out of per-aggregate order", bad)
+	}
+}
+
+// waitFor polls cond every few milliseconds until it holds or timeout
+// passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func byAggregate(ds []delivery) map[string][]delivery {
+	out := map[string][]delivery{}
+	for _, d := range ds {
+		k := d.AggregateType + "/" + d.AggregateID
+		out[k] = append(out[k], d)
+	}
+	return out
+}
+
+func sequences(ds []delivery) []int64 {
+	out := make([]int64, len(ds))
+	for i, d := range ds {
+		out[i] = d.Sequence
+	}
+	return out
+}
+
+// TestRelayPublishes: placed orders are published by one RunOnce, each
+// with its event id, aggregate, type, sequence, payload and headers, and
+// the outbox is empty afterwards.
+func TestRelayPublishes(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		e := openRelayEnv(t, cfg)
+		ctx := outbox.WithCorrelationID(context.Background(), "corr-42")
+		const n = 25
+		ids := e.place(ctx, n)
+		rows := e.outboxRows("")
+		if len(rows) != n {
+			t.Fatalf("%d outbox rows after placing %d orders", len(rows), n)
+		}
+		if st := e.stats(); st.Pending != n || st.Dead != 0 || st.OldestAge <= 0 {
+			t.Fatalf("stats before the relay: %+v, want %d pending with an age", st, n)
+		}
+		r := e.relay(nil)
+		start := time.Now()
+		res, err := r.RunOnce(context.Background())
+		if err != nil {
+			t.Fatalf("RunOnce: %v", err)
+		}
+		t.Logf("RunOnce published %d in %s", res.Published, time.Since(start))
+		if res.Published != n || res.Failed != 0 || res.Dead != 0 {
+			t.Errorf("RunOnce = %+v, want %d published", res, n)
+		}
+		if st := e.stats(); st.Pending != 0 || st.Dead != 0 || st.Published != 0 {
+			t.Errorf("stats after the relay: %+v, want all zero", st)
+		}
+		if c := e.count("SELECT COUNT(*) FROM bento_outbox"); c != 0 {
+			t.Errorf("%d outbox rows left; without retention published rows are deleted", c)
+		}
+
+		got := e.sink.deliveries()
+		if len(got) != n {
+			t.Fatalf("%d messages delivered, want %d", len(got), n)
+		}
+		rowByID := map[uuid.UUID]outboxRow{}
+		for _, r := range rows {
+			rowByID[uuid.MustParse(r.ID)] = r
+		}
+		orders := map[string]bool{}
+		for _, id := range ids {
+			orders[strconv.Itoa(id)] = true
+		}
+		for _, d := range got {
+			row, ok := rowByID[d.ID]
+			if !ok {
+				t.Fatalf("delivered event id %s is no outbox row's", d.ID)
+			}
+			delete(rowByID, d.ID)
+			if d.AggregateType != "Order" || d.AggregateID != row.AggregateID || !orders[d.AggregateID] ||
+				d.Type != "OrderPlaced" || d.Sequence != 1 {
+				t.Errorf("delivery %+v does not match its row %+v", d, row)
+			}
+			var ev shop.OrderPlaced
+			if err := json.Unmarshal(d.Payload, &ev); err != nil {
+				t.Fatalf("payload %s: %v", d.Payload, err)
+			}
+			if strconv.Itoa(ev.OrderID) != d.AggregateID || len(ev.Lines) != 1 || ev.TotalCents <= 0 ||
+				!strings.HasSuffix(ev.Customer, "@example.com") {
+				t.Errorf("payload %s does not describe order %s", d.Payload, d.AggregateID)
+			}
+			if d.Headers[outbox.HeaderCorrelationID] != "corr-42" {
+				t.Errorf("delivery %s headers %v, want correlation_id corr-42", d.ID, d.Headers)
+			}
+			if e.sink.js != nil && d.Subject != "bento.Order.OrderPlaced" {
+				t.Errorf("subject %q, want bento.Order.OrderPlaced", d.Subject)
+			}
+		}
+
+		// Nothing pending: another run claims nothing.
+		if res, err := r.RunOnce(context.Background()); err != nil || res.Claimed != 0 {
+			t.Errorf("second RunOnce = %+v, %v; want nothing claimed", res, err)
+		}
+	})
+}
+
+// TestRelayPerAggregateOrder: invariant — an aggregate's events reach the
+// broker in sequence order, whether raised in one unit of work or several;
+// while an aggregate's head event fails, none of its later events is
+// published, and other aggregates are not held up.
+func TestRelayPerAggregateOrder(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		e := openRelayEnv(t, cfg)
+		ctx := context.Background()
+		orders := e.place(ctx, 3) // each order: OrderPlaced, sequence 1
+		// Three more events per order: two in one unit of work, one in
+		// another, all through outbox.Raise on the loaded aggregate.
+		for _, batch := range [][]int{{2, 3}, {4}} {
+			err := e.uow.Do(ctx, func(ctx context.Context, tx *ent.Client) error {
+				for _, id := range orders {
+					o, err := tx.Order.Get(ctx, id)
+					if err != nil {
+						return err
+					}
+					for _, n := range batch {
+						if err := outbox.Raise(ctx, o, stepped{n}); err != nil {
+							return err
+						}
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("raising events: %v", err)
+			}
+		}
+		held := strconv.Itoa(orders[0])
+		var rejections atomic.Int64
+		e.sink.setReject(func(m outbox.Message) error {
+			if m.AggregateID == held {
+				if m.Sequence != 1 {
+					t.Errorf("event %d of the held order was offered before its head was published", m.Sequence)
+				}
+				rejections.Add(1)
+				return errors.New("broker says no")
+			}
+			return nil
+		})
+		r := e.relay(func(c *outbox.RelayConfig) { c.Backoff, c.MaxBackoff = 20*time.Millisecond, 20*time.Millisecond })
+		for range 3 {
+			if _, err := r.RunOnce(ctx); err != nil {
+				t.Fatalf("RunOnce: %v", err)
+			}
+			time.Sleep(30 * time.Millisecond)
+		}
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatalf("RunOnce: %v", err)
+		}
+		got := byAggregate(e.sink.deliveries())
+		if d := got["Order/"+held]; len(d) != 0 {
+			t.Fatalf("the held order had %d events published while its head failed", len(d))
+		}
+		for _, id := range orders[1:] {
+			if s := sequences(got["Order/"+strconv.Itoa(id)]); !slices.Equal(s, []int64{1, 2, 3, 4}) {
+				t.Fatalf("order %d: published sequences %v while another order was held, want [1 2 3 4]", id, s)
+			}
+		}
+		head := e.outboxRows("aggregateid = ? AND `sequence` = 1", held)
+		if len(head) != 1 || head[0].Status != outbox.StatusPending || head[0].Attempts < 3 ||
+			head[0].LastError == nil || !strings.Contains(*head[0].LastError, "broker says no") {
+			t.Fatalf("held head row %+v: want pending, >= 3 attempts, last_error set", head)
+		}
+		if int64(head[0].Attempts) != rejections.Load() {
+			t.Errorf("attempts %d, but the publisher rejected %d times", head[0].Attempts, rejections.Load())
+		}
+		if n := len(e.outboxRows("aggregateid = ? AND attempts > 0 AND `sequence` > 1", held)); n != 0 {
+			t.Errorf("%d later events of the held order were attempted", n)
+		}
+
+		e.sink.setReject(nil)
+		time.Sleep(30 * time.Millisecond)
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatalf("RunOnce: %v", err)
+		}
+		all := e.sink.deliveries()
+		got = byAggregate(all)
+		if s := sequences(got["Order/"+held]); !slices.Equal(s, []int64{1, 2, 3, 4}) {
+			t.Fatalf("held order after recovery: sequences %v, want [1 2 3 4]", s)
+		}
+		if len(all) != 12 {
+			t.Fatalf("%d deliveries, want 12", len(all))
+		}
+		for _, d := range got["Order/"+held][1:] {
+			var ev stepped
+			if err := json.Unmarshal(d.Payload, &ev); err != nil || int64(ev.N) != d.Sequence || d.Type != "Stepped" {
+				t.Errorf("event %d of the held order: type %s payload %s", d.Sequence, d.Type, d.Payload)
+			}
+		}
+		if st := e.stats(); st.Pending != 0 || st.Dead != 0 {
+			t.Errorf("stats %+v, want nothing pending or dead", st)
+		}
+	})
+}
+
+// TestRelayPoison: invariant — an event the broker always rejects is
+// dead-lettered after MaxAttempts with its last error, while 2,000 other
+// events flow past it and are each published exactly once; its
+// aggregate's later events go on; Requeue makes it pending again with
+// fresh attempts.
+func TestRelayPoison(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		e := openRelayEnv(t, cfg)
+		audit(t, e.writeEnv)
+		ctx := context.Background()
+		// The poison events come first, so they are in the first batch and
+		// are retried while the rest is published.
+		e.record(ctx, "Poison", map[string][]int{"P1": {1, 2, 3}, "P2": {1}})
+		const others = 2000
+		start := time.Now()
+		for u := 0; u < others/100; u++ {
+			evs := map[string][]int{}
+			for i := 0; i < 100; i++ {
+				evs[strconv.Itoa(u*100+i)] = []int{1}
+			}
+			e.record(ctx, "Item", evs)
+		}
+		t.Logf("wrote %d events in %s", others+4, time.Since(start))
+		poison := map[string]bool{}
+		for _, r := range e.outboxRows("aggregatetype = 'Poison' AND `sequence` = 1") {
+			poison[r.ID] = true
+		}
+		if len(poison) != 2 {
+			t.Fatalf("%d poison rows", len(poison))
+		}
+		e.sink.setReject(func(m outbox.Message) error {
+			if poison[m.ID.String()] {
+				return fmt.Errorf("poison %s", m.ID)
+			}
+			return nil
+		})
+		const maxAttempts = 3
+		r := e.relay(func(c *outbox.RelayConfig) {
+			c.MaxAttempts, c.Backoff, c.MaxBackoff = maxAttempts, time.Millisecond, time.Millisecond
+		})
+		start = time.Now()
+		waitFor(t, 60*time.Second, "the outbox to have nothing pending", func() bool {
+			if _, err := r.RunOnce(ctx); err != nil {
+				t.Fatalf("RunOnce: %v", err)
+			}
+			return e.stats().Pending == 0
+		})
+		t.Logf("relayed %d events past the poison in %s", others+2, time.Since(start))
+
+		dead := e.outboxRows("status = 'dead'")
+		if len(dead) != 2 {
+			t.Fatalf("%d dead rows, want the 2 poison events: %+v", len(dead), dead)
+		}
+		for _, d := range dead {
+			if !poison[d.ID] || d.Attempts != maxAttempts || d.LastError == nil || *d.LastError != "poison "+d.ID {
+				t.Errorf("dead row %+v: want a poison event, %d attempts, its last error", d, maxAttempts)
+			}
+		}
+		if st := e.stats(); st.Dead != 2 || st.Pending != 0 {
+			t.Errorf("stats %+v, want 2 dead letters and nothing pending", st)
+		}
+		want := audited(t, e.writeEnv)
+		for id := range poison {
+			delete(want, id)
+		}
+		got := e.sink.deliveries()
+		exactlyOnce(t, want, got)
+		if s := sequences(byAggregate(got)["Poison/P1"]); !slices.Equal(s, []int64{2, 3}) {
+			t.Errorf("after its head was dead-lettered, P1 published %v, want [2 3]", s)
+		}
+
+		// Requeue one by id, then the rest; each gets fresh attempts.
+		ids := slices.Sorted(maps.Keys(poison))
+		n, err := outbox.Requeue(ctx, e.db.Driver(), e.db.Names(), uuid.MustParse(ids[0]))
+		if err != nil || n != 1 {
+			t.Fatalf("Requeue(%s) = %d, %v; want 1", ids[0], n, err)
+		}
+		if rows := e.outboxRows("status = 'pending'"); len(rows) != 1 || rows[0].ID != ids[0] || rows[0].Attempts != 0 || rows[0].LastError != nil {
+			t.Fatalf("after Requeue: pending rows %+v, want %s with 0 attempts and no error", rows, ids[0])
+		}
+		if st := e.stats(); st.Dead != 1 || st.Pending != 1 {
+			t.Errorf("stats after one requeue %+v, want 1 dead, 1 pending", st)
+		}
+		if n, err := outbox.Requeue(ctx, e.db.Driver(), e.db.Names()); err != nil || n != 1 {
+			t.Fatalf("Requeue() = %d, %v; want the 1 remaining dead letter", n, err)
+		}
+		if n, err := outbox.Requeue(ctx, e.db.Driver(), e.db.Names()); err != nil || n != 0 {
+			t.Fatalf("Requeue() with no dead letters = %d, %v; want 0", n, err)
+		}
+		e.sink.setReject(nil)
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		exactlyOnceIDs(t, audited(t, e.writeEnv), e.sink.deliveries())
+		if st := e.stats(); st.Dead != 0 || st.Pending != 0 {
+			t.Errorf("stats after requeue and relay %+v, want all zero", st)
+		}
+	})
+}
+
+// exactlyOnceIDs is exactlyOnce without the order check (a requeued dead
+// letter is published after its aggregate's later events, by design).
+func exactlyOnceIDs(t testing.TB, want map[string]auditRow, got []delivery) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, d := range got {
+		seen[d.ID.String()]++
+	}
+	for id := range want {
+		if seen[id] != 1 {
+			t.Errorf("event %s delivered %d times, want once", id, seen[id])
+		}
+	}
+	if len(got) != len(want) || len(seen) != len(want) {
+		t.Fatalf("%d events committed; %d messages delivered with %d distinct ids", len(want), len(got), len(seen))
+	}
+}
+
+// TestRelaySQLiteSingle: a second relay on the same SQLite database fails
+// with a clear error, whether from the same bento.DB or another one on the
+// same file; after Close of the first, it starts.
+func TestRelaySQLiteSingle(t *testing.T) {
+	cfg := testdb.Config(t, testdb.SQLite)
+	w := openWriteEnv(t, cfg)
+	pub := outbox.NewChannelPublisher(1)
+	first, err := w.db.NewRelay(pub, w.db.RelayConfig())
+	if err != nil {
+		t.Fatalf("first relay: %v", err)
+	}
+	other, err := bento.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for name, db := range map[string]*bento.DB{"same DB": w.db, "another DB on the file": other} {
+		r, err := db.NewRelay(pub, db.RelayConfig())
+		if err == nil {
+			r.Close()
+			t.Fatalf("%s: a second relay started while the first runs", name)
+		}
+		if !strings.Contains(err.Error(), "another relay is running on this SQLite database") ||
+			!strings.Contains(err.Error(), "pid") {
+			t.Errorf("%s: error %q does not say another relay runs, and which process", name, err)
+		}
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := other.NewRelay(pub, other.RelayConfig())
+	if err != nil {
+		t.Fatalf("a relay after the first closed: %v", err)
+	}
+	second.Close()
+
+	// An in-memory database: one relay per database too.
+	mem := config.Default()
+	if mem.DB.URL, err = config.ParseURL(":memory:"); err != nil {
+		t.Fatal(err)
+	}
+	mdb, err := bento.Open(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mdb.Close()
+	r1, err := mdb.NewRelay(pub, mdb.RelayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := mdb.NewRelay(pub, mdb.RelayConfig()); err == nil || !strings.Contains(err.Error(), "another relay") {
+		if r != nil {
+			r.Close()
+		}
+		t.Fatalf("second relay on an in-memory database: %v, want an error", err)
+	}
+	r1.Close()
+	r2, err := mdb.NewRelay(pub, mdb.RelayConfig())
+	if err != nil {
+		t.Fatalf("relay after Close on an in-memory database: %v", err)
+	}
+	r2.Close()
+}
+
+// TestRelayRetention: with a retention, published rows stay, marked
+// published with their time, and Cleanup deletes those older than the
+// retention (in batches of at most 1000, all of them), never a pending
+// row or a dead letter.
+func TestRelayRetention(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		e := openRelayEnv(t, cfg)
+		ctx := context.Background()
+		const retention = 700 * time.Millisecond
+		const old = 1200
+		for u := 0; u < old/200; u++ {
+			evs := map[string][]int{}
+			for i := 0; i < 200; i++ {
+				evs[fmt.Sprint(u*200+i)] = []int{1}
+			}
+			e.record(ctx, "Old", evs)
+		}
+		e.record(ctx, "Dead", map[string][]int{"D": {1}})
+		e.sink.setReject(func(m outbox.Message) error {
+			if m.AggregateType == "Dead" {
+				return &outbox.PermanentError{Err: errors.New("unroutable")}
+			}
+			return nil
+		})
+		r := e.relay(func(c *outbox.RelayConfig) { c.Retention, c.BatchSize = retention, 500 })
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st := e.stats(); st.Published != old || st.Pending != 0 || st.Dead != 1 {
+			t.Fatalf("stats %+v, want %d published rows kept, 1 dead (a permanent error dead-letters at once)", st, old)
+		}
+		if n := e.count("SELECT COUNT(*) FROM bento_outbox WHERE status = 'published' AND published_at IS NOT NULL"); n != old {
+			t.Fatalf("%d published rows with published_at, want %d", n, old)
+		}
+		if n, err := r.Cleanup(ctx); err != nil || n != 0 {
+			t.Fatalf("Cleanup right after publishing = %d, %v; want nothing older than the retention", n, err)
+		}
+		time.Sleep(retention + 100*time.Millisecond)
+		e.record(ctx, "New", map[string][]int{"N1": {1}, "N2": {1}})
+		e.record(ctx, "Waiting", map[string][]int{"W": {1}})
+		e.sink.setReject(func(m outbox.Message) error {
+			if m.AggregateType == "Waiting" {
+				return errors.New("not now")
+			}
+			return nil
+		})
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		n, err := r.Cleanup(ctx)
+		if err != nil || n != old {
+			t.Fatalf("Cleanup = %d, %v; want the %d rows older than the retention", n, err, old)
+		}
+		t.Logf("Cleanup deleted %d rows in %s", n, time.Since(start))
+		rows := e.outboxRows("")
+		kinds := map[string]string{}
+		for _, r := range rows {
+			kinds[r.AggregateType+"/"+r.AggregateID] = r.Status
+		}
+		want := map[string]string{"New/N1": "published", "New/N2": "published", "Dead/D": "dead", "Waiting/W": "pending"}
+		if !maps.Equal(kinds, want) {
+			t.Fatalf("rows after Cleanup %v, want %v", kinds, want)
+		}
+		// Without a retention, Cleanup has nothing to do.
+		r.Close() // SQLite: one relay at a time
+		if n, err := e.relay(nil).Cleanup(ctx); err != nil || n != 0 {
+			t.Fatalf("Cleanup without retention = %d, %v", n, err)
+		}
+	})
+}
