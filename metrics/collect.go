@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,8 +14,18 @@ import (
 
 // WatchPool exports the pool's statistics under its role (primary,
 // replica-N): connections open/in use/idle, the limit, waits and timeouts.
+// Call it once per pool (the primary and each replica); the pools' roles
+// must differ. Watching the same pool again does nothing.
 func (m *Metrics) WatchPool(p *driver.Pool) {
-	m.reg.MustRegister(&poolCollector{pool: p})
+	m.poolsMu.Lock()
+	defer m.poolsMu.Unlock()
+	if m.pools == nil {
+		// One collector for every pool: a collector per pool would
+		// describe the same metrics twice, which the registry refuses.
+		m.pools = &poolCollector{}
+		m.reg.MustRegister(m.pools)
+	}
+	m.pools.add(p)
 }
 
 var (
@@ -25,7 +37,18 @@ var (
 	poolTimeouts = prometheus.NewDesc(Namespace+"_pool_timeouts_total", "Waits that ended in a pool timeout.", []string{"role"}, nil)
 )
 
-type poolCollector struct{ pool *driver.Pool }
+type poolCollector struct {
+	mu    sync.Mutex
+	pools []*driver.Pool
+}
+
+func (c *poolCollector) add(p *driver.Pool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !slices.Contains(c.pools, p) {
+		c.pools = append(c.pools, p)
+	}
+}
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolBusy, poolWaits, poolWaitTime, poolTimeouts} {
@@ -34,7 +57,15 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.pool.Stats()
+	c.mu.Lock()
+	pools := slices.Clone(c.pools)
+	c.mu.Unlock()
+	for _, p := range pools {
+		collectPool(ch, p.Stats())
+	}
+}
+
+func collectPool(ch chan<- prometheus.Metric, s driver.PoolStats) {
 	r := s.Role
 	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.Open), r, "open")
 	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.InUse), r, "in_use")

@@ -15,6 +15,7 @@ package metrics
 import (
 	"context"
 	"database/sql"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,9 @@ type Metrics struct {
 	drainState  prometheus.Gauge
 	drainTook   prometheus.Gauge
 	drainReject prometheus.Gauge
+
+	poolsMu sync.Mutex
+	pools   *poolCollector // every pool WatchPool was given
 
 	// pre-resolved hot-path observers
 	okExec, okQuery prometheus.Observer
@@ -215,9 +219,10 @@ func (m *Metrics) Published(msg outbox.Message, at time.Time) {
 	}
 }
 
-// Routed counts a statement routed to target ("primary" or "replica") for
-// reason (a bounded word such as "read", "write", "tx", "forced",
-// "read_your_writes", "no_healthy_replica").
+// Routed counts a statement outside a transaction routed to target
+// ("primary" or "replica") for reason, a bounded word: "read", "write",
+// "forced", "read_your_writes", "no_healthy_replica" (package replica).
+// Statements in transactions always go to the primary and are not counted.
 func (m *Metrics) Routed(target, reason string) { m.routed.WithLabelValues(target, reason).Inc() }
 
 // Fallback counts a read that left its first target, for reason.
