@@ -1,0 +1,216 @@
+package unitofwork_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	entsql "entgo.io/ent/dialect/sql"
+	"github.com/google/uuid"
+
+	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/shop"
+)
+
+// baseline places an order the way a team would write it by hand with
+// ent and no framework: a plain ent client over entsql.OpenDB on the same
+// *sql.DB, client.Tx, the order, its line, and the outbox row with its
+// per-aggregate sequence taken with the same upsert outbox/write.go uses
+// (on PostgreSQL the upsert and the insert in one statement, as there).
+type baseline struct {
+	dialect string
+	client  *ent.Client
+	seq     string // SQLite: upsert RETURNING; MySQL: upsert with LAST_INSERT_ID
+	insert  string // SQLite, MySQL: the outbox insert
+	pg      string // PostgreSQL: upsert and insert in one statement
+}
+
+func newBaseline(e *env) *baseline {
+	b := &baseline{dialect: e.dialect, client: ent.NewClient(ent.Driver(entsql.OpenDB(e.dialect, e.raw)))}
+	switch e.dialect {
+	case testdb.Postgres:
+		b.pg = `WITH s AS (INSERT INTO bento_outbox_sequences (aggregatetype, aggregateid, last_sequence) VALUES ($1, $2, 1)
+			ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = bento_outbox_sequences.last_sequence + EXCLUDED.last_sequence
+			RETURNING last_sequence)
+			INSERT INTO bento_outbox (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at)
+			SELECT $3::uuid, $1, $2, $4, $5::jsonb, s.last_sequence, NULL, $6, 'pending', 0, $7 FROM s`
+	case testdb.MySQL:
+		b.seq = "INSERT INTO `bento_outbox_sequences` (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, LAST_INSERT_ID(1)) " +
+			"ON DUPLICATE KEY UPDATE last_sequence = LAST_INSERT_ID(last_sequence + VALUES(last_sequence))"
+		b.insert = "INSERT INTO `bento_outbox` (id, aggregatetype, aggregateid, `type`, payload, `sequence`, headers, occurred_at, status, attempts, next_attempt_at) " +
+			"VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'pending', 0, ?)"
+	default:
+		b.seq = `INSERT INTO "bento_outbox_sequences" (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, 1)
+			ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = last_sequence + excluded.last_sequence RETURNING last_sequence`
+		b.insert = `INSERT INTO "bento_outbox" (id, aggregatetype, aggregateid, "type", payload, "sequence", headers, occurred_at, status, attempts, next_attempt_at)
+			VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'pending', 0, ?)`
+	}
+	return b
+}
+
+// place writes the same rows as the unit of work's place.
+func (b *baseline) place(ctx context.Context, customer string) (err error) {
+	tx, err := b.client.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	o, err := tx.Order.Create().SetCustomer(customer).SetTotalCents(2500).Save(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.OrderLine.Create().SetOrder(o).SetSku("SKU-1").SetQuantity(2).SetUnitPriceCents(1250).Save(ctx); err != nil {
+		return err
+	}
+	ev := shop.OrderPlaced{OrderID: o.ID, Customer: customer, TotalCents: 2500,
+		Lines: []shop.Line{{SKU: "SKU-1", Quantity: 2, UnitPriceCents: 1250}}}
+	payload, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	aggID, now := o.AggregateID(), time.Now().UTC()
+	switch b.dialect {
+	case testdb.Postgres:
+		if _, err := tx.ExecContext(ctx, b.pg, "Order", aggID, id.String(), ev.EventType(), string(payload), now, now.UnixMicro()); err != nil {
+			return err
+		}
+	case testdb.MySQL:
+		res, err := tx.ExecContext(ctx, b.seq, "Order", aggID)
+		if err != nil {
+			return err
+		}
+		seq, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, b.insert, id.String(), "Order", aggID, ev.EventType(), string(payload), seq, now, now.UnixMicro()); err != nil {
+			return err
+		}
+	default:
+		rows, err := tx.QueryContext(ctx, b.seq, "Order", aggID)
+		if err != nil {
+			return err
+		}
+		var seq int64
+		if rows.Next() {
+			err = rows.Scan(&seq)
+		}
+		if cerr := rows.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, b.insert, id.String(), "Order", aggID, ev.EventType(), string(payload), seq, now, now.UnixMicro()); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// batch runs n operations on workers goroutines and returns how long
+// they took.
+func batch(workers, n int, op func() error) (time.Duration, error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if err := op(); err != nil {
+					once.Do(func() { first = err })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start), first
+}
+
+// BenchmarkUoWPlaceOrder compares placing an order with one event through
+// the unit of work (Bento's driver, outbox write path, resilience layer)
+// against the hand-written ent transaction that inserts the same rows
+// (order, line, outbox row, sequence upsert) on a plain ent client over
+// the same *sql.DB, at the same (default) isolation. The arms run
+// interleaved in batches of 200 operations, alternating which goes first,
+// so machine drift hits both; b.N is the operations per arm. It reports
+// each arm's throughput and ratio = uow-ops/s ÷ base-ops/s (target ≥ 0.95
+// on PostgreSQL).
+//
+//	go test ./unitofwork -run '^$' -bench UoW -benchtime 4000x
+func BenchmarkUoWPlaceOrder(b *testing.B) {
+	const per = 200
+	for _, d := range testdb.Dialects() {
+		b.Run(d, func(b *testing.B) {
+			e := openEnv(b, testdb.Config(b, d))
+			base := newBaseline(e)
+			ctx := context.Background()
+			uowOp := func() error {
+				return e.uow.Do(ctx, func(ctx context.Context, tx *ent.Client) error {
+					_, err := place(ctx, tx, "bench@example.com")
+					return err
+				})
+			}
+			baseOp := func() error { return base.place(ctx, "bench@example.com") }
+			for _, workers := range []int{1, 16} {
+				b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+					for _, op := range []func() error{uowOp, baseOp} { // warm both pools' paths
+						if _, err := batch(workers, 2*workers, op); err != nil {
+							b.Fatal(err)
+						}
+					}
+					var tUoW, tBase time.Duration
+					done := 0
+					b.ResetTimer()
+					for round := 0; done < b.N; round++ {
+						n := min(per, b.N-done)
+						arms := []struct {
+							op func() error
+							t  *time.Duration
+						}{{uowOp, &tUoW}, {baseOp, &tBase}}
+						if round%2 == 1 {
+							arms[0], arms[1] = arms[1], arms[0]
+						}
+						for _, a := range arms {
+							took, err := batch(workers, n, a.op)
+							if err != nil {
+								b.Fatal(err)
+							}
+							*a.t += took
+						}
+						done += n
+					}
+					b.StopTimer()
+					uowRate := float64(b.N) / tUoW.Seconds()
+					baseRate := float64(b.N) / tBase.Seconds()
+					b.ReportMetric(uowRate, "uow-ops/s")
+					b.ReportMetric(baseRate, "base-ops/s")
+					b.ReportMetric(uowRate/baseRate, "ratio")
+				})
+			}
+			// Both arms wrote an event per operation.
+			if o, ev := e.totals(); o != ev {
+				b.Fatalf("%d orders but %d outbox rows", o, ev)
+			}
+		})
+	}
+}
+
