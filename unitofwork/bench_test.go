@@ -213,4 +213,3 @@ func BenchmarkUoWPlaceOrder(b *testing.B) {
 		})
 	}
 }
-
