@@ -488,13 +488,21 @@ func inOrder(t testing.TB, got []delivery) {
 // passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !waitUntil(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
+}
+
+// waitUntil reports whether cond held within timeout.
+func waitUntil(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+			return false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return true
 }
 
 func byAggregate(ds []delivery) map[string][]delivery {
@@ -942,4 +950,292 @@ func TestRelayRetention(t *testing.T) {
 			t.Fatalf("Cleanup without retention = %d, %v", n, err)
 		}
 	})
+}
+
+// openDB opens another handle on cfg's database, as another process
+// would.
+func openDB(t testing.TB, cfg config.Config) *bento.DB {
+	t.Helper()
+	db, err := bento.Open(cfg)
+	if err != nil {
+		t.Fatalf("bento.Open: %v", err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// runRelay runs r until the test ends (or stop is called).
+func runRelay(t testing.TB, r *outbox.Relay, listen <-chan struct{}) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, listen) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("Run did not return within 30s of its context's end")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// publishedCounter is a RelayObserver counting published messages.
+type publishedCounter struct{ n atomic.Int64 }
+
+func (c *publishedCounter) Batch(claimed, published, failed, dead int, took time.Duration) {}
+func (c *publishedCounter) Published(m outbox.Message, at time.Time)                       { c.n.Add(1) }
+
+// slowestBatch is a RelayObserver keeping the longest batch.
+type slowestBatch struct{ ns atomic.Int64 }
+
+func (s *slowestBatch) Batch(claimed, published, failed, dead int, took time.Duration) {
+	for {
+		cur := s.ns.Load()
+		if int64(took) <= cur || s.ns.CompareAndSwap(cur, int64(took)) {
+			return
+		}
+	}
+}
+func (s *slowestBatch) Published(m outbox.Message, at time.Time) {}
+func (s *slowestBatch) get() time.Duration                       { return time.Duration(s.ns.Load()) }
+
+// TestRelayExactlyOnceConcurrent: invariant — with three relays (three
+// pools and three NATS connections, as three processes would have) running
+// while eight writers commit 20,000 events, the stream holds every
+// committed event exactly once, each aggregate's in sequence order, and
+// nothing stays pending. A tenth of the events go to 16 shared aggregates,
+// so the relays compete for the heads of the same aggregates.
+func TestRelayExactlyOnceConcurrent(t *testing.T) {
+	for _, d := range []string{testdb.Postgres, testdb.MySQL} {
+		t.Run(d, func(t *testing.T) {
+			cfg := testdb.Config(t, d)
+			w := openWriteEnv(t, cfg)
+			audit(t, w)
+			srv := testnats.Start(t)
+			reader := connectJS(t, srv.URL())
+			uow := ent.NewUnitOfWork(w.client)
+
+			var counters [3]publishedCounter
+			var stops []func()
+			for i := range counters {
+				db := openDB(t, cfg)
+				r := newRelay(t, db, connectJS(t, srv.URL()), func(c *outbox.RelayConfig) {
+					c.PollInterval, c.Backoff, c.Observer = 20*time.Millisecond, 50*time.Millisecond, &counters[i]
+				})
+				stops = append(stops, runRelay(t, r, nil))
+			}
+
+			const total, writers = 20000, 8
+			start := time.Now()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			errs := make(chan error, writers)
+			for range writers {
+				wg.Go(func() {
+					ctx := context.Background()
+					for {
+						i := next.Add(1)
+						if i > total {
+							return
+						}
+						err := uow.Do(ctx, func(ctx context.Context, tx *ent.Client) error {
+							if i%10 == 0 {
+								return outbox.Record(ctx, "Counter", strconv.Itoa(int(i/10%16)), stepped{int(i)})
+							}
+							o, err := tx.Order.Create().SetCustomer("w@example.com").SetTotalCents(i).Save(ctx)
+							if err != nil {
+								return err
+							}
+							return outbox.Raise(ctx, o, shop.OrderPlaced{OrderID: o.ID, Customer: o.Customer, TotalCents: i})
+						})
+						if err != nil {
+							errs <- fmt.Errorf("unit %d: %w", i, err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatalf("writer: %v", err)
+			}
+			wrote := time.Since(start)
+			waitFor(t, 60*time.Second, "the relays to empty the outbox", func() bool {
+				return w.count("SELECT COUNT(*) FROM bento_outbox") == 0
+			})
+			drained := time.Since(start)
+			for _, stop := range stops {
+				stop()
+			}
+			want := audited(t, w)
+			if len(want) != total {
+				t.Fatalf("%d events committed, want %d", len(want), total)
+			}
+			readStart := time.Now()
+			got := readStream(t, reader.JetStream(), testStream)
+			t.Logf("%d events: written by %d writers in %s (%.0f/s), all published %s after the start; relays published %d, %d, %d (duplicates dropped by the stream); stream read in %s",
+				total, writers, wrote.Round(time.Millisecond), total/wrote.Seconds(), drained.Round(time.Millisecond),
+				counters[0].n.Load(), counters[1].n.Load(), counters[2].n.Load(), time.Since(readStart).Round(time.Millisecond))
+			exactlyOnce(t, want, got)
+			for i := range counters {
+				if counters[i].n.Load() == 0 {
+					t.Errorf("relay %d published nothing: the relays did not run side by side", i+1)
+				}
+			}
+		})
+	}
+}
+
+// TestRelayBrokerDown: invariant — while the broker is down, commits
+// succeed and their events stay pending (attempts grow, nothing is
+// dead-lettered under a high MaxAttempts); once it is back, every event is
+// published exactly once, each aggregate's in sequence order.
+func TestRelayBrokerDown(t *testing.T) {
+	for _, d := range []string{testdb.Postgres, testdb.MySQL} {
+		t.Run(d, func(t *testing.T) {
+			e := openRelayEnv(t, testdb.Config(t, d))
+			audit(t, e.writeEnv)
+			ctx := context.Background()
+			var slowest slowestBatch
+			r := e.relay(func(c *outbox.RelayConfig) {
+				c.PollInterval, c.Backoff, c.MaxBackoff = 50*time.Millisecond, 100*time.Millisecond, 400*time.Millisecond
+				c.MaxAttempts, c.PublishTimeout, c.Observer = 1000, time.Second, &slowest
+			})
+			stop := runRelay(t, r, nil)
+			before := e.place(ctx, 20)
+			waitFor(t, 10*time.Second, "the first orders to be published", func() bool { return e.sink.count() == 20 })
+
+			e.sink.srv.Stop()
+			start := time.Now()
+			placed := e.place(ctx, 100)
+			for _, id := range append(before[:10], placed[:50]...) {
+				if _, err := e.svc.Pay(ctx, id); err != nil {
+					t.Fatalf("Pay while the broker is down: %v", err)
+				}
+			}
+			for k := 1; k <= 5; k++ {
+				chains := map[string][]int{}
+				for c := range 10 {
+					chains[fmt.Sprintf("C%d", c)] = []int{k}
+				}
+				e.record(ctx, "Chain", chains)
+			}
+			const down = 100 + 60 + 50
+			t.Logf("committed %d events with the broker down in %s", down, time.Since(start).Round(time.Millisecond))
+			// Six attempts of 210 events: more publishes than the publisher
+			// keeps acks in flight (256), so a publisher that queued them
+			// for later would stall here.
+			if !waitUntil(20*time.Second, func() bool { return e.count("SELECT COUNT(*) FROM bento_outbox WHERE attempts >= 6") > 0 }) {
+				t.Fatalf("after 20s with the broker down, the most attempts of an event is %d, want 6; slowest batch %s (PublishTimeout 1s)",
+					e.count("SELECT MAX(attempts) FROM bento_outbox"), slowest.get())
+			}
+			if st := e.stats(); st.Pending != down || st.Dead != 0 {
+				t.Fatalf("stats with the broker down: %+v, want %d pending, none dead", st, down)
+			}
+			if n := e.count("SELECT COUNT(*) FROM bento_outbox WHERE attempts > 0 AND last_error IS NOT NULL"); n == 0 {
+				t.Fatalf("no failed attempt recorded while the broker was down")
+			}
+			t.Logf("broker down for %s; max attempts %d; slowest batch %s", time.Since(start).Round(time.Millisecond),
+				e.count("SELECT MAX(attempts) FROM bento_outbox"), slowest.get())
+			// A batch is bounded by PublishTimeout: the relay holds its
+			// claim (row locks) and its shutdown waits for no longer.
+			if s := slowest.get(); s > 2*time.Second {
+				t.Fatalf("a batch took %s with the broker down; PublishTimeout is 1s", s)
+			}
+
+			e.sink.srv.Restart()
+			up := time.Now()
+			waitFor(t, 60*time.Second, "the backlog to be published after the restart", func() bool {
+				return e.count("SELECT COUNT(*) FROM bento_outbox") == 0
+			})
+			t.Logf("backlog published %s after the restart", time.Since(up).Round(time.Millisecond))
+			stop()
+			got := e.sink.deliveries()
+			exactlyOnce(t, audited(t, e.writeEnv), got)
+			if s := sequences(byAggregate(got)["Chain/C3"]); !slices.Equal(s, []int64{1, 2, 3, 4, 5}) {
+				t.Errorf("chain C3 arrived as %v, want [1 2 3 4 5]", s)
+			}
+			if s := sequences(byAggregate(got)["Order/"+strconv.Itoa(before[0])]); !slices.Equal(s, []int64{1, 2}) {
+				t.Errorf("order %d arrived as %v, want [1 2]", before[0], s)
+			}
+		})
+	}
+}
+
+// TestRelayWakeLatency: with a 10 s poll interval, an event committed in
+// the relay's process is published within 500 ms: the commit wakes the
+// relay (RelayConfig.Wake from db.Notifier()).
+func TestRelayWakeLatency(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		e := openRelayEnv(t, cfg)
+		r := e.relay(func(c *outbox.RelayConfig) { c.PollInterval = 10 * time.Second })
+		runRelay(t, r, nil)
+		time.Sleep(200 * time.Millisecond) // past the first poll
+		worst := latencies(t, e, 5)
+		t.Logf("worst wake-up latency in process: %s", worst)
+	})
+}
+
+// latencies places n orders one at a time and returns the longest time
+// from a commit to its event in the sink; more than 500 ms fails.
+func latencies(t *testing.T, e *relayEnv, n int) time.Duration {
+	t.Helper()
+	base := e.sink.count()
+	var worst time.Duration
+	for i := 1; i <= n; i++ {
+		e.place(context.Background(), 1)
+		committed := time.Now()
+		waitFor(t, 2*time.Second, "the event to be published", func() bool { return e.sink.count() == base+i })
+		if l := time.Since(committed); l > worst {
+			worst = l
+		}
+	}
+	if worst > 500*time.Millisecond {
+		t.Fatalf("an event committed was published %s later; want within 500ms of the commit", worst)
+	}
+	return worst
+}
+
+// TestRelayWakeAcrossProcesses: on PostgreSQL a relay on another DB (as in
+// another process), with a 10 s poll interval, is woken by the writer's
+// NOTIFY (db.RunNotify, after commit) through db.Listen and publishes
+// within 500 ms.
+func TestRelayWakeAcrossProcesses(t *testing.T) {
+	cfg := testdb.Config(t, testdb.Postgres)
+	e := openRelayEnv(t, cfg) // the writer: it runs no relay
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	notifyDone := make(chan struct{})
+	go func() { e.db.RunNotify(ctx); close(notifyDone) }()
+	t.Cleanup(func() { cancel(); <-notifyDone })
+
+	other := openDB(t, cfg)
+	listen, err := other.Listen(ctx)
+	if err != nil || listen == nil {
+		t.Fatalf("Listen = %v, %v; want a channel on PostgreSQL", listen, err)
+	}
+	r := newRelay(t, other, e.sink, func(c *outbox.RelayConfig) { c.PollInterval = 10 * time.Second })
+	runRelay(t, r, listen)
+	time.Sleep(300 * time.Millisecond) // the listener connects, the first poll passes
+	worst := latencies(t, e, 5)
+	t.Logf("worst wake-up latency through LISTEN/NOTIFY: %s", worst)
+
+	// Without RunNotify, nothing wakes it before the poll interval.
+	cancel()
+	<-notifyDone
+	base := e.sink.count()
+	e.place(context.Background(), 1)
+	time.Sleep(time.Second)
+	if n := e.sink.count(); n != base {
+		t.Fatalf("published without a NOTIFY (%d new): the test does not measure the wake-up", n-base)
+	}
 }

@@ -73,8 +73,12 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 	if cfg.Name == "" {
 		cfg.Name = "bento-relay"
 	}
+	// No reconnect buffer: the outbox is the buffer. A publish while
+	// disconnected fails at once (the relay retries the row later) rather
+	// than waiting in memory for an ack that cannot come before the
+	// reconnect.
 	nc, err := nats.Connect(cfg.URL, nats.Name(cfg.Name), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
-		nats.RetryOnFailedConnect(false))
+		nats.RetryOnFailedConnect(false), nats.ReconnectBufSize(-1))
 	if err != nil {
 		return nil, fmt.Errorf("natspub: connecting to %s: %w", redact(cfg.URL), err)
 	}
@@ -149,11 +153,29 @@ const (
 
 // Publish sends the messages asynchronously and waits for every PubAck
 // (or ctx). A duplicate ack (the stream already had the event id) counts as
-// published.
+// published. While the connection is down every message fails at once;
+// waiting for room among the acks in flight is bounded by ctx too.
 func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error {
 	out := make([]error, len(msgs))
+	if !p.nc.IsConnected() {
+		err := fmt.Errorf("natspub: not connected to NATS (%s): %w", p.nc.Status(), nats.ErrDisconnected)
+		for i := range out {
+			out[i] = err
+		}
+		return out
+	}
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, m := range msgs {
+		if err := ctx.Err(); err != nil {
+			for j := i; j < len(msgs); j++ {
+				out[j] = fmt.Errorf("natspub: %s: not sent: %w", msgs[j].ID, err)
+			}
+			break
+		}
+		opts := []jetstream.PublishOpt{jetstream.WithMsgID(m.ID.String()), jetstream.WithExpectStream(p.cfg.Stream)}
+		if deadline, ok := ctx.Deadline(); ok {
+			opts = append(opts, jetstream.WithStallWait(max(time.Until(deadline), time.Millisecond)))
+		}
 		nm := nats.NewMsg(p.Subject(m))
 		nm.Data = m.Payload
 		nm.Header.Set(HeaderAggregateType, m.AggregateType)
@@ -164,7 +186,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 		for k, v := range m.Headers {
 			nm.Header.Set(k, v)
 		}
-		f, err := p.js.PublishMsgAsync(nm, jetstream.WithMsgID(m.ID.String()), jetstream.WithExpectStream(p.cfg.Stream))
+		f, err := p.js.PublishMsgAsync(nm, opts...)
 		if err != nil {
 			out[i] = fmt.Errorf("natspub: publishing %s to %s: %w", m.ID, nm.Subject, err)
 			continue
