@@ -9,8 +9,10 @@
 //
 //   - Graceful: refuse new work, wait for in-flight work up to the
 //     timeout, then close (escalating to Force if the timeout passes).
-//   - Immediate: refuse new work and close the pool now; statements
-//     already running finish, transactions then fail on their next step.
+//   - Immediate: refuse new work and close the pool now, without waiting;
+//     statements already running finish, and a transaction in flight
+//     keeps its connection (it may still commit; the connection closes
+//     when it ends, or when the process exits).
 //   - Force: refuse new work, cancel in-flight work (its contexts), close.
 //
 // The Drainer is a driver middleware; put it first in the chain so that it
@@ -184,7 +186,22 @@ func (d *Drainer) Middleware() driver.Middleware {
 		Statement: func(next driver.StatementHandler) driver.StatementHandler {
 			return func(ctx context.Context, st driver.Statement) error {
 				if st.Tx != nil {
-					return next(ctx, st)
+					if st.Tx.Value(txCancel{}) == nil {
+						return next(ctx, st) // not begun through this Drainer
+					}
+					// Not refused (the transaction may finish), but
+					// cancelled by Force: database/sql runs a statement of
+					// a transaction on the statement's context, not the
+					// transaction's, and rolls the transaction back only
+					// after the running statement returned.
+					ctx, cancel, stop := d.cancellable(ctx)
+					err := next(ctx, st)
+					if st.Kind == driver.Query {
+						stop()
+					} else {
+						cancel()
+					}
+					return err
 				}
 				if !d.enter() {
 					return d.reject()
