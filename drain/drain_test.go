@@ -438,7 +438,7 @@ func TestDrainInFlight(t *testing.T) {
 func TestDrainStatementsOutsideTx(t *testing.T) {
 	for _, dialect := range dialects {
 		t.Run(dialect, func(t *testing.T) {
-			r := newRig(t, dialect, drain.Config{Timeout: 10 * time.Second})
+			r := newRig(t, dialect, drain.Config{Timeout: time.Minute})
 			r.table()
 			rows, err := r.drv.QueryContext(context.Background(), "SELECT id FROM drain_rows")
 			if err != nil {
@@ -459,7 +459,7 @@ func TestDrainStatementsOutsideTx(t *testing.T) {
 			go func() {
 				q := "SELECT pg_sleep(0.5)"
 				if dialect == testdb.SQLite {
-					q = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) SELECT count(*) FROM c"
+					q = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 300000) SELECT count(*) FROM c"
 				}
 				_, err := r.drv.ExecContext(context.Background(), q)
 				done <- err
@@ -471,7 +471,7 @@ func TestDrainStatementsOutsideTx(t *testing.T) {
 			if r.d.InFlight() != 1 {
 				t.Fatalf("InFlight() = %d while a statement runs, want 1", r.d.InFlight())
 			}
-			st := waitStats(t, startDrain(context.Background(), r.d), 10*time.Second)
+			st := waitStats(t, startDrain(context.Background(), r.d), time.Minute)
 			if err := <-done; err != nil {
 				t.Errorf("the running statement failed: %v", err)
 			}
