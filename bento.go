@@ -245,7 +245,7 @@ func (db *DB) Health(ctx context.Context, timeout time.Duration) error {
 	if timeout <= 0 {
 		timeout = db.cfg.DB.ConnectTimeout + time.Second
 	}
-	ctx, cancel := context.WithTimeout(resilience.WithoutRetry(ctx), timeout)
+	ctx, cancel := context.WithTimeout(driver.UsePrimary(resilience.WithoutRetry(ctx)), timeout)
 	defer cancel()
 	var one int
 	rows, err := db.drv.QueryContext(ctx, "SELECT 1")
@@ -294,7 +294,7 @@ func (db *DB) Info(ctx context.Context) (Info, error) {
 	for _, a := range db.cfg.LogValue().Group() {
 		info.Settings[a.Key] = a.Value.String()
 	}
-	ctx, cancel := context.WithTimeout(resilience.WithoutRetry(ctx), db.cfg.DB.ConnectTimeout+time.Second)
+	ctx, cancel := context.WithTimeout(driver.UsePrimary(resilience.WithoutRetry(ctx)), db.cfg.DB.ConnectTimeout+time.Second)
 	defer cancel()
 	rows, err := db.drv.QueryContext(ctx, db.db.VersionQuery)
 	if err != nil {

@@ -383,6 +383,20 @@ func TxFromContext(ctx context.Context) *Tx {
 // String describes the driver for logs.
 func (d *Driver) String() string { return fmt.Sprintf("bento driver (%s)", d.dialect) }
 
+type primaryKey struct{}
+
+// UsePrimary returns a context whose work runs on the primary even where a
+// read could go to a replica (replica routing honours it).
+func UsePrimary(ctx context.Context) context.Context {
+	return context.WithValue(ctx, primaryKey{}, true)
+}
+
+// PrimaryOnly reports whether ctx was made by UsePrimary.
+func PrimaryOnly(ctx context.Context) bool {
+	v, _ := ctx.Value(primaryKey{}).(bool)
+	return v
+}
+
 // Probe records what statements ran under a context made by WithProbe:
 // layers above the driver (an ent interceptor retrying a whole query, rows
 // scanning included) use it to learn whether what they are about to

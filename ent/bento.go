@@ -69,9 +69,10 @@ type UnitOfWork = unitofwork.UnitOfWork[*Client, *Tx]
 
 // NewUnitOfWork returns a unit of work over c. It registers on c the
 // aggregate hooks (versioning, automatic events) and the read-retry
-// interceptor, so create one unit of work per client.
+// interceptor (with the unit of work's retry policy), so create one unit
+// of work per client.
 func NewUnitOfWork(c *Client, opts ...unitofwork.Option) *UnitOfWork {
 	c.Use(aggregate.Hooks(AggregateSpecs()...)...)
-	c.Intercept(resilience.ReadRetry(resilience.DefaultPolicy()))
+	c.Intercept(resilience.ReadRetry(unitofwork.RetryPolicy(opts...)))
 	return unitofwork.New[*Client, *Tx](c.BeginTx, opts...)
 }

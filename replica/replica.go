@@ -10,10 +10,12 @@
 //     RETURNING (ent sends it through Query), reads under UsePrimary(ctx),
 //     and reads when no replica is healthy.
 //   - Read-your-writes: in a context carrying a Session (WithSession), after
-//     a transaction commits, reads go to the primary or to a replica that
-//     has replayed that commit (PostgreSQL: its pg_last_wal_replay_lsn() is
-//     at least the primary's pg_current_wal_lsn() after the commit), until
-//     the window passes (0: for the session's whole life).
+//     a write commits (a transaction, or a write outside one), reads go to
+//     the primary or to a replica that has replayed that commit (PostgreSQL:
+//     its pg_last_wal_replay_lsn(), as of its last health check, is at least
+//     the primary's pg_current_wal_lsn() read after the commit), until the
+//     window passes (0: for the session's whole life). A commit whose
+//     outcome was ambiguous sends the session's reads to the primary.
 //   - A read that fails on a replica with a connection error is retried
 //     once on another target, and the replica is taken out until its next
 //     check passes.
@@ -131,12 +133,9 @@ func New(d string, primary *driver.Pool, replicas []*driver.Pool, urls []string,
 	return r
 }
 
-type primaryKey struct{}
-
-// UsePrimary returns a context whose reads go to the primary.
-func UsePrimary(ctx context.Context) context.Context {
-	return context.WithValue(ctx, primaryKey{}, true)
-}
+// UsePrimary returns a context whose reads go to the primary
+// (driver.UsePrimary).
+func UsePrimary(ctx context.Context) context.Context { return driver.UsePrimary(ctx) }
 
 // Session tracks a caller's last commit for read-your-writes. Create one
 // per request with WithSession; it is safe for concurrent use.
@@ -170,10 +169,17 @@ func (r *Router) Middleware() driver.Middleware {
 				if st.Tx != nil || st.Pool != nil {
 					return next(ctx, st)
 				}
-				target, reason := r.route(ctx, st)
+				target, reason, need := r.routeNeed(ctx, st)
 				if target == nil {
 					r.observe("primary", reason)
-					return next(ctx, st)
+					err := next(ctx, st)
+					if err == nil && reason == "write" {
+						// An autocommit write commits on its own.
+						if s := sessionFrom(ctx); s != nil {
+							r.recordCommit(ctx, s)
+						}
+					}
+					return err
 				}
 				r.observe("replica", reason)
 				st.Pool = target.pool
@@ -188,7 +194,7 @@ func (r *Router) Middleware() driver.Middleware {
 					r.cfg.Observer.Fallback("replica_error")
 				}
 				st.Pool = nil
-				if other := r.pick(target, 0); other != nil {
+				if other := r.pick(target, need); other != nil {
 					st.Pool = other.pool
 				}
 				return next(ctx, st)
@@ -197,13 +203,22 @@ func (r *Router) Middleware() driver.Middleware {
 		End: func(next driver.EndHandler) driver.EndHandler {
 			return func(ctx context.Context, tx *driver.Tx, commit bool) error {
 				err := next(ctx, tx, commit)
-				if err != nil || !commit || !tx.Wrote() {
+				if !commit || !tx.Wrote() {
 					return err
 				}
-				if s := sessionFrom(ctx); s != nil {
+				s := sessionFrom(ctx)
+				switch {
+				case s == nil:
+				case err == nil:
 					r.recordCommit(ctx, s)
+				case resilience.ClassifyCommit(err) == resilience.Ambiguous:
+					// The resilience layer, outside this one, may yet find it
+					// committed: read from the primary from now on.
+					s.mu.Lock()
+					s.unknown, s.commitAt = true, time.Now()
+					s.mu.Unlock()
 				}
-				return nil
+				return err
 			}
 		},
 	}
@@ -218,14 +233,21 @@ func (r *Router) observe(target, reason string) {
 // route picks the target of a statement outside a transaction: nil means
 // the primary.
 func (r *Router) route(ctx context.Context, st driver.Statement) (*Replica, string) {
+	rep, reason, _ := r.routeNeed(ctx, st)
+	return rep, reason
+}
+
+// routeNeed is route that also returns the WAL position a replica must
+// have replayed for the read (read-your-writes).
+func (r *Router) routeNeed(ctx context.Context, st driver.Statement) (*Replica, string, uint64) {
 	if len(r.replicas) == 0 {
-		return nil, "no_replicas"
+		return nil, "no_replicas", 0
 	}
 	if !st.ReadOnly() {
-		return nil, "write"
+		return nil, "write", 0
 	}
-	if forced, _ := ctx.Value(primaryKey{}).(bool); forced {
-		return nil, "forced"
+	if driver.PrimaryOnly(ctx) {
+		return nil, "forced", 0
 	}
 	var need uint64
 	if s := sessionFrom(ctx); s != nil {
@@ -235,18 +257,18 @@ func (r *Router) route(ctx context.Context, st driver.Statement) (*Replica, stri
 		s.mu.Unlock()
 		if active {
 			if unknown || r.dialect != dialect.Postgres {
-				return nil, "read_your_writes"
+				return nil, "read_your_writes", 0
 			}
 			need = lsn
 		}
 	}
 	if rep := r.pick(nil, need); rep != nil {
-		return rep, "read"
+		return rep, "read", need
 	}
 	if need > 0 {
-		return nil, "read_your_writes"
+		return nil, "read_your_writes", 0
 	}
-	return nil, "no_healthy_replica"
+	return nil, "no_healthy_replica", 0
 }
 
 // pick returns the next healthy replica other than skip that has replayed
@@ -413,7 +435,12 @@ func (r *Router) checkPostgres(ctx context.Context, db *sql.DB, st *State) (uint
 }
 
 func (r *Router) checkMySQL(ctx context.Context, db *sql.DB, st *State) error {
-	rows, err := db.QueryContext(ctx, "SHOW SLAVE STATUS")
+	// SHOW REPLICA STATUS: MariaDB 10.5+, MySQL 8.0.22+ (8.4 removed the
+	// SLAVE form); SHOW SLAVE STATUS for older servers.
+	rows, err := db.QueryContext(ctx, "SHOW REPLICA STATUS")
+	if err != nil {
+		rows, err = db.QueryContext(ctx, "SHOW SLAVE STATUS")
+	}
 	if err != nil {
 		return err
 	}
@@ -436,11 +463,11 @@ func (r *Router) checkMySQL(ctx context.Context, db *sql.DB, st *State) error {
 	st.InRecovery = true
 	for i, c := range cols {
 		switch c {
-		case "Slave_SQL_Running", "Slave_IO_Running":
+		case "Slave_SQL_Running", "Slave_IO_Running", "Replica_SQL_Running", "Replica_IO_Running":
 			if vals[i].String != "Yes" {
 				return errors.New(c + " is " + vals[i].String)
 			}
-		case "Seconds_Behind_Master":
+		case "Seconds_Behind_Master", "Seconds_Behind_Source":
 			if !vals[i].Valid {
 				return errors.New("Seconds_Behind_Master is NULL (replication stopped)")
 			}

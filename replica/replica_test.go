@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,11 +25,11 @@ import (
 )
 
 // The replica tests use the streaming replica that scripts/replica.sh runs
-// on 127.0.0.1:5433 (BENTO_TEST_REPLICA_PORT) of the local PostgreSQL, and
+// on 127.0.0.1:5433 (BENTO_REPLICA_PORT) of the local PostgreSQL, and
 // its data directory (BENTO_REPLICA_DIR) to stop and start it.
 
 func replicaPort() string {
-	if p := os.Getenv("BENTO_TEST_REPLICA_PORT"); p != "" {
+	if p := os.Getenv("BENTO_REPLICA_PORT"); p != "" {
 		return p
 	}
 	return "5433"
@@ -325,10 +326,7 @@ func waitReplayed(t *testing.T, client *ent.Client, id int) {
 
 func pgctl(t *testing.T, args ...string) {
 	t.Helper()
-	bin := "/usr/lib/postgresql/15/bin/pg_ctl"
-	if b := os.Getenv("PGBIN"); b != "" {
-		bin = b + "/pg_ctl"
-	}
+	bin := pgCtl()
 	full := append([]string{"-u", "postgres", "--", bin, "-D", replicaDir()}, args...)
 	out, err := exec.Command("runuser", full...).CombinedOutput()
 	if err != nil {
@@ -338,9 +336,20 @@ func pgctl(t *testing.T, args ...string) {
 
 func startReplica(t *testing.T) {
 	t.Helper()
-	out, _ := exec.Command("runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", replicaDir(), "status").CombinedOutput()
+	out, _ := exec.Command("runuser", "-u", "postgres", "--", pgCtl(), "-D", replicaDir(), "status").CombinedOutput()
 	if strings.Contains(string(out), "server is running") {
 		return
 	}
 	pgctl(t, "-l", replicaDir()+"/replica.log", "-w", "-t", "60", "start")
+}
+
+// pgCtl is PostgreSQL's pg_ctl (PGBIN, or the newest installed version).
+func pgCtl() string {
+	if b := os.Getenv("PGBIN"); b != "" {
+		return filepath.Join(b, "pg_ctl")
+	}
+	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl"); len(m) > 0 {
+		return m[len(m)-1]
+	}
+	return "pg_ctl"
 }

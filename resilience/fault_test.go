@@ -67,8 +67,14 @@ func terminator(t *testing.T, admin *sql.DB, app string, interval time.Duration,
 // connection, by the driver when the statement fails and by the ReadRetry
 // interceptor when the connection is lost while rows are read.
 func TestReadsSurviveTerminatedConnections(t *testing.T) {
-	_, client, app, admin := openPG(t)
-	client.Intercept(resilience.ReadRetry(resilience.DefaultPolicy()))
+	// The fault is continuous for 3 s: the retry budget must outlast the
+	// time a read may keep finding its new connection killed on a loaded
+	// machine, so it is sized for the fault (attempts every ≤100 ms for up
+	// to 10 s), as a service facing such a fault would size it.
+	policy := resilience.Policy{MaxAttempts: 100, BaseDelay: 5 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
+		JitterPercent: 50, MaxElapsed: 10 * time.Second}
+	_, client, app, admin := openPG(t, bento.WithResilience(resilience.Options{Policy: policy}))
+	client.Intercept(resilience.ReadRetry(policy))
 	ctx := context.Background()
 	seed := client.Order.Create().SetCustomer("seed@example.com").SetTotalCents(1).SaveX(ctx)
 

@@ -40,7 +40,8 @@ type Policy struct {
 //     about a lasting fault within seconds.
 //   - 10 ms first delay, doubling, capped at 2 s: a conflict clears in
 //     milliseconds; a server restart takes a second or two, which the
-//     later attempts cover (about 6 s of waiting in all).
+//     later attempts cover (about 4.5 s of waiting in all nominally,
+//     2.3-6.8 s with the jitter).
 //   - ±50% jitter: contending writers that failed together must not retry
 //     together.
 //   - 30 s overall, like DB_POOL_TIMEOUT: no caller waits longer than it

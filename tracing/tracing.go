@@ -5,13 +5,14 @@
 //   - UnitOfWork wraps a unit-of-work port: each Do is a span, and every
 //     event recorded in it carries the span's W3C trace context in its
 //     outbox headers (traceparent, tracestate).
+//
 //   - Publisher wraps an outbox publisher: each relay batch is a span linked
 //     to the traces of the events it publishes; the headers travel on to the
 //     broker message (NATS headers), so consumers continue the trace.
 //
-//	tp := sdktrace.NewTracerProvider(...) // yours
-//	uow := tracing.UnitOfWork[*ent.Client](ent.NewUnitOfWork(client), tp, nil)
-//	relay, _ := db.NewRelay(tracing.Publisher(pub, tp, nil), db.RelayConfig())
+//     tp := sdktrace.NewTracerProvider(...) // yours
+//     uow := tracing.UnitOfWork[*ent.Client](ent.NewUnitOfWork(client), tp, nil)
+//     relay, _ := db.NewRelay(tracing.Publisher(pub, tp, nil), db.RelayConfig())
 package tracing
 
 import (

@@ -71,4 +71,3 @@ func TestTraceTravelsToTheMessage(t *testing.T) {
 		t.Fatalf("publish span links %v, want the unit of work's trace", pubSpan.Links())
 	}
 }
-

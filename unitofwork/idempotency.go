@@ -40,7 +40,8 @@ func lookupKey(ctx context.Context, tx *driver.Tx, n outbox.Names, key string) (
 
 func lookupKeyOutside(ctx context.Context, d *driver.Driver, n outbox.Names, key string) ([]byte, bool, error) {
 	q, _ := keyQueries(d.Dialect(), n)
-	return lookup(ctx, d, q, key)
+	// On the primary: a replica may not have the other unit's key yet.
+	return lookup(driver.UsePrimary(ctx), d, q, key)
 }
 
 func lookup(ctx context.Context, db querier, q, key string) ([]byte, bool, error) {

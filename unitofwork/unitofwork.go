@@ -124,6 +124,17 @@ type Observer interface {
 // WithObserver sets the Observer.
 func WithObserver(o Observer) Option { return func(s *settings) { s.observer = o } }
 
+// RetryPolicy returns the retry policy that New would use with opts
+// (resilience.DefaultPolicy unless a Retry option sets one); the generated
+// NewUnitOfWork gives it to the read-retry interceptor too.
+func RetryPolicy(opts ...Option) resilience.Policy {
+	s := settings{policy: resilience.DefaultPolicy()}
+	for _, o := range opts {
+		o(&s)
+	}
+	return s.policy
+}
+
 // New returns a unit of work that begins transactions with begin (the
 // generated client's BeginTx). Options set the defaults of every Do.
 func New[C any, T Tx[C]](begin func(ctx context.Context, opts *sql.TxOptions) (T, error), opts ...Option) *UnitOfWork[C, T] {

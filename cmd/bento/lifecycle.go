@@ -94,6 +94,13 @@ func infoCommand() command {
 			p := info.Pool
 			fmt.Fprintf(inv.stdout, "pool:           max %d, open %d, in use %d, idle %d, waits %d, timeouts %d\n",
 				p.MaxOpen, p.Open, p.InUse, p.Idle, p.Waits, p.Timeouts)
+			for _, r := range info.Replicas {
+				state := "healthy"
+				if !r.Healthy {
+					state = "out: " + r.Reason
+				}
+				fmt.Fprintf(inv.stdout, "replica:        %s %s, %s, lag %s\n", r.Name, r.URL, state, r.Lag.Round(time.Millisecond))
+			}
 			return exitOK
 		},
 	}

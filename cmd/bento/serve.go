@@ -57,6 +57,11 @@ func (inv *invocation) openStack(ctx context.Context, migrateSchema bool) (*stac
 	}
 	d.SetPool(db.Pool(), db.Close)
 	m.WatchPool(db.Pool())
+	if r := db.Replicas(); r != nil {
+		for _, p := range r.Pools() {
+			m.WatchPool(p)
+		}
+	}
 	m.WatchOutbox(db.Driver(), db.Names(), 2*time.Second)
 	if migrateSchema {
 		if err := db.Migrate(ctx, migrate.Tables...); err != nil {
