@@ -65,7 +65,49 @@ func NewHandler(svc *Service, opts HTTPOptions) http.Handler {
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", opts.Metrics)
 	}
-	return h.recover(mux)
+	return h.recover(routeErrors(mux))
+}
+
+// routeErrors answers the mux's own errors (no route: 404, a route without
+// the method: 405 with Allow) as JSON errors like every other error.
+func routeErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusRecorder{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		switch rec.status {
+		case http.StatusNotFound:
+			writeJSON(w, rec.status, errorBody{fmt.Sprintf("no route for %s %s", r.Method, truncate(r.URL.Path, 100))})
+		case http.StatusMethodNotAllowed:
+			w.Header().Set("Allow", rec.header.Get("Allow"))
+			writeJSON(w, rec.status, errorBody{fmt.Sprintf("method %s is not allowed on %s; allowed: %s",
+				truncate(r.Method, 20), truncate(r.URL.Path, 100), rec.header.Get("Allow"))})
+		default:
+			mux.ServeHTTP(w, r)
+		}
+	})
+}
+
+// statusRecorder keeps the status and headers a handler writes and
+// discards its body.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (s *statusRecorder) Header() http.Header { return s.header }
+func (s *statusRecorder) WriteHeader(status int) {
+	if s.status == 0 {
+		s.status = status
+	}
+}
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	s.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 type api struct {
@@ -226,7 +268,14 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		return fmt.Errorf("bad JSON: %s", truncate(err.Error(), 200))
 	}
-	if dec.More() {
+	// Nothing but blanks may follow the object. dec.More alone is not
+	// enough: it reports false for a trailing ']' or '}', and for a body
+	// cut at MaxBodyBytes after the object.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("request body larger than %d bytes", MaxBodyBytes)
+		}
 		return errors.New("bad JSON: more than one value in the body")
 	}
 	return nil
