@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -192,15 +195,28 @@ process exits 0. A second signal forces the drain.`,
 				Drainer: st.drainer,
 				Logger:  inv.logger,
 			}
-			waitCtx, cancelWait := context.WithCancel(base)
+			failed := make(chan struct{})
 			go func() {
 				if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 					inv.logger.Error("bento: server failed", "error", err.Error())
-					cancelWait()
+					close(failed)
 				}
 			}()
-			stats := shutdown.Wait(waitCtx)
-			cancelWait()
+			// The first signal is ctx's: main registered for SIGTERM and
+			// SIGINT before anything started, so a signal that arrived
+			// while starting (migrating) is not lost — shutdown.Wait would
+			// only hear signals sent after it began listening, and main's
+			// registration keeps the default action from ending the
+			// process. Only a signal after the first escalates.
+			select {
+			case <-ctx.Done():
+				inv.logger.Info("bento: shutdown: signal received", "cause", context.Cause(ctx).Error())
+			case <-failed:
+			}
+			escalate := make(chan os.Signal, 1)
+			signal.Notify(escalate, syscall.SIGTERM, os.Interrupt)
+			stats := shutdown.Run(escalate)
+			signal.Stop(escalate)
 			inv.logger.Info("bento: stopped", "drain_success", stats.Success, "in_flight_end", stats.InFlightEnd,
 				"rejected", stats.Rejected, "took", stats.Took.Round(time.Millisecond))
 			return exitOK
