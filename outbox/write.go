@@ -195,6 +195,7 @@ type queries struct {
 	sequenceMySQL  string
 	sequenceSQLite string
 	insertPrefix   string
+	one            string // PostgreSQL, one event of one aggregate
 }
 
 func newQueries(d string, n Names) queries {
@@ -207,6 +208,11 @@ func newQueries(d string, n Names) queries {
 		"ON DUPLICATE KEY UPDATE last_sequence = LAST_INSERT_ID(last_sequence + VALUES(last_sequence))"
 	q.sequenceSQLite = "INSERT INTO " + seq + " (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, ?) " +
 		"ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = last_sequence + excluded.last_sequence RETURNING last_sequence"
+	q.one = "WITH s AS (INSERT INTO " + seq + " (aggregatetype, aggregateid, last_sequence) VALUES ($1, $2, 1)" +
+		" ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = " + seq + ".last_sequence + 1 RETURNING last_sequence) " +
+		"INSERT INTO " + q.quote(n.Outbox) + " (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at) " +
+		"SELECT $3::uuid, $1, $2, $4, $5::jsonb, s.last_sequence, $6::jsonb, $7::timestamptz, '" + StatusPending + "', 0, $8::bigint FROM s " +
+		"RETURNING pg_current_xact_id()::text"
 	q.insertPrefix = "INSERT INTO " + q.quote(n.Outbox) +
 		" (id, aggregatetype, aggregateid, " + q.quote("type") + ", payload, " + q.quote("sequence") +
 		", headers, occurred_at, status, attempts, next_attempt_at) VALUES "
@@ -236,6 +242,9 @@ func (q queries) insert(groups []*group) (string, []any) {
 // postgres builds one statement that reserves every aggregate's sequence
 // numbers and inserts the rows, returning the transaction id.
 func (q queries) postgres(groups []*group) (string, []any) {
+	if len(groups) == 1 && len(groups[0].msgs) == 1 {
+		return q.postgresOne(groups[0])
+	}
 	var b strings.Builder
 	var args []any
 	arg := func(v any, cast string) {
@@ -293,6 +302,13 @@ func (q queries) postgres(groups []*group) (string, []any) {
 	b.WriteString(") AS v(id, aggregatetype, aggregateid, type, payload, k, n, headers, occurred_at, next_attempt_at) " +
 		"JOIN s ON s.aggregatetype = v.aggregatetype AND s.aggregateid = v.aggregateid RETURNING pg_current_xact_id()::text")
 	return b.String(), args
+}
+
+// postgresOne is postgres for the common unit of work: one event of one
+// aggregate, without the VALUES join.
+func (q queries) postgresOne(g *group) (string, []any) {
+	m := g.msgs[0]
+	return q.one, []any{g.aggType, g.aggID, m.ID.String(), m.Type, string(m.Payload), headersJSON(m.Headers), m.OccurredAt, m.OccurredAt.UnixMicro()}
 }
 
 // headersJSON encodes headers for the JSON column; nil for none.
