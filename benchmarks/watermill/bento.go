@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/bento-go/bento"
+	"github.com/bento-go/bento/config"
+	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/ent/migrate"
+	"github.com/bento-go/bento/outbox"
+	"github.com/bento-go/bento/outbox/natspub"
+	"github.com/bento-go/bento/shop"
+)
+
+func goVersion() string { return runtime.Version() }
+
+// benchLine is the one line of every order.
+var benchLine = shop.Line{SKU: "SKU-1", Quantity: 2, UnitPriceCents: 1250}
+
+// openBento opens the run's database with Bento (defaults, as `bento
+// serve` would with only DB_URL set) and migrates it.
+func openBento(ctx context.Context, e *env) (*bento.DB, error) {
+	cfg := config.Default()
+	u, err := config.ParseURL(e.dbURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DB.URL = u
+	cfg.DB.ApplicationName = "relaybench-bento"
+	cfg.Outbox.BatchSize = e.o.batch
+	cfg.Outbox.PollInterval = e.o.poll
+	db, err := bento.Open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, migrate.Tables...); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// connectPublisher is Bento's JetStream publisher on the run's stream.
+func connectPublisher(ctx context.Context, e *env) (*natspub.Publisher, error) {
+	return natspub.Connect(ctx, natspub.Config{URL: e.o.natsURL, SubjectPrefix: e.subject, Stream: e.stream, Name: "relaybench-bento-relay"})
+}
+
+// bentoBurndown bulk-inserts N pending outbox rows (one event per
+// aggregate, an OrderPlaced payload), then runs the relay's RunOnce until
+// nothing is claimable and waits for the stream to hold all N.
+func bentoBurndown(ctx context.Context, e *env, res *result) error {
+	db, err := openBento(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	raw := db.Driver().DB()
+	loadStart := time.Now()
+	now := time.Now().UTC()
+	for first := 0; first < e.o.n; first += e.o.chunk {
+		n := min(e.o.chunk, e.o.n-first)
+		var b strings.Builder
+		args := make([]any, 0, n*5)
+		b.WriteString(`INSERT INTO bento_outbox (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at) VALUES `)
+		for i := range n {
+			id := first + i + 1
+			payload, _ := json.Marshal(shop.OrderPlaced{OrderID: id, Customer: fmt.Sprintf("burndown-%d@example.com", id),
+				TotalCents: 2500, Lines: []shop.Line{benchLine}})
+			eid, _ := uuid.NewV7()
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			k := len(args)
+			fmt.Fprintf(&b, "($%d::uuid, 'Order', $%d, 'OrderPlaced', $%d::jsonb, 1, NULL, $%d, 'pending', 0, $%d)", k+1, k+2, k+3, k+4, k+5)
+			args = append(args, eid.String(), strconv.Itoa(id), string(payload), now, now.UnixMicro())
+		}
+		if _, err := raw.ExecContext(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("loading the outbox: %w", err)
+		}
+	}
+	if _, err := raw.ExecContext(ctx, "ANALYZE bento_outbox"); err != nil {
+		return err
+	}
+	res.LoadSeconds = round3(time.Since(loadStart).Seconds())
+	e.logf("loaded %d outbox rows in %.1fs", e.o.n, res.LoadSeconds)
+
+	pub, err := connectPublisher(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	rc := db.RelayConfig()
+	rc.BatchSize = e.o.batch
+	relay, err := db.NewRelay(pub, rc)
+	if err != nil {
+		return err
+	}
+	defer relay.Close()
+
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		r, err := relay.RunOnce(ctx)
+		if err == nil && r.Published != e.o.n {
+			err = fmt.Errorf("RunOnce published %d of %d (failed %d, dead %d)", r.Published, e.o.n, r.Failed, r.Dead)
+		}
+		done <- err
+	}()
+	end, got, err := e.waitStream(ctx, uint64(e.o.n), e.o.drainTimeout, func(n uint64) { e.logf("%d in the stream", n) })
+	res.Events, res.StreamMsgs = e.o.n, got
+	if err != nil {
+		return err
+	}
+	if err := <-done; err != nil {
+		return err
+	}
+	took := end.Sub(start)
+	res.Seconds = round3(took.Seconds())
+	res.EventsPerSec = math1(float64(e.o.n) / took.Seconds())
+	if err := raw.QueryRowContext(ctx, "SELECT COUNT(*) FROM bento_outbox").Scan(&res.LeftInTable); err != nil {
+		return err
+	}
+	if res.LeftInTable != 0 {
+		return fmt.Errorf("%d rows left in bento_outbox after the burn-down", res.LeftInTable)
+	}
+	return nil
+}
+
+// bentoLatency places orders through the unit of work at a fixed rate
+// with the relay running in process, woken by the unit of work's commits
+// (inproc), by LISTEN/NOTIFY (notify), or only every -poll (poll).
+func bentoLatency(ctx context.Context, e *env, res *result) error {
+	db, err := openBento(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	client := ent.NewClient(ent.Driver(db.Driver()))
+	svc := shop.NewService(ent.NewUnitOfWork(client), client)
+
+	pub, err := connectPublisher(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	rc := db.RelayConfig()
+	rc.BatchSize = e.o.batch
+	rc.PollInterval = e.o.poll
+	if e.o.wake != "inproc" {
+		rc.Wake = nil
+	}
+	relay, err := db.NewRelay(pub, rc)
+	if err != nil {
+		return err
+	}
+	defer relay.Close()
+	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRelay()
+	var listen <-chan struct{}
+	if e.o.wake == "notify" {
+		if listen, err = db.Listen(relayCtx); err != nil {
+			return err
+		}
+		go db.RunNotify(relayCtx)
+	}
+	relayDone := make(chan struct{})
+	go func() {
+		defer close(relayDone)
+		if err := relay.Run(relayCtx, listen); err != nil {
+			e.logf("relay: %v", err)
+		}
+	}()
+
+	arr, err := e.consume(ctx, payloadKey)
+	if err != nil {
+		return err
+	}
+	c := &commits{at: map[int64]time.Time{}, warmEnd: time.Now().Add(e.o.warmup)}
+	took := openLoop(ctx, e.o.rate, e.o.duration, e.o.maxInFlight, c, func(ctx context.Context, i int) {
+		started := time.Now()
+		o, err := svc.Place(ctx, shop.PlaceOrder{Customer: fmt.Sprintf("latency-%d@example.com", i), Lines: []shop.Line{benchLine}}, "")
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		c.record(int64(o.ID), started, time.Now())
+	})
+	err = e.finishLatency(c, arr, took, res)
+	stopRelay()
+	<-relayDone
+	if err != nil {
+		return err
+	}
+	st, serr := outbox.ReadStats(ctx, db.Driver(), db.Names())
+	if serr == nil {
+		res.LeftInTable = st.Pending + st.Dead
+	}
+	res.StreamMsgs, _ = e.streamMsgs(ctx)
+	return nil
+}
+
+func math1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
