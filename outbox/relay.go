@@ -254,6 +254,20 @@ func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 			_ = dtx.Rollback()
 		}
 	}()
+	if r.dialect == dialect.Postgres {
+		// The claim must walk the claim index in next_attempt_at order and
+		// stop after BatchSize heads, checking each against the aggregate
+		// index. A plan made while the table was small (no statistics yet:
+		// a new table, or one growing faster than autovacuum analyzes it)
+		// does otherwise: the prepared statement's cached generic plan
+		// scanned every pending row for each pending row (seconds per
+		// batch at 15,000 pending, so the backlog only grew), and a fresh
+		// plan anti-joins and sorts every pending row (~400 ms at
+		// 20,000). So: a custom plan each time, and no sort.
+		if _, err := dtx.ExecContext(ctx, "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('enable_sort', 'off', true)"); err != nil {
+			return res, fmt.Errorf("outbox: relay: %w", err)
+		}
+	}
 	msgs, attempts, err := r.claim(ctx, dtx)
 	if err != nil || len(msgs) == 0 {
 		if err == nil {
