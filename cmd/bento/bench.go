@@ -14,6 +14,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -57,6 +58,7 @@ type benchOptions struct {
 	rounds       int
 	warmup       int
 	drainTimeout time.Duration
+	cpuProfile   string
 }
 
 func benchCommand() command {
@@ -97,6 +99,7 @@ the results so far are reported and checked.`,
 			fs.IntVar(&o.rounds, "rounds", 5, "with --baseline: rounds; each arm runs duration/(rounds×3) or orders/rounds per round")
 			fs.IntVar(&o.warmup, "warmup", -1, "orders per arm placed before measuring, not counted in the statistics (-1: 2×workers with --baseline, else 0)")
 			fs.DurationVar(&o.drainTimeout, "relay-drain-timeout", time.Minute, "with --relay: how long to wait after the load for the run's events to be published")
+			fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured load to `file` (go tool pprof)")
 		},
 		run: func(ctx context.Context, inv *invocation) int {
 			if code, ok := o.validate(inv); !ok {
@@ -510,6 +513,17 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 		stopProgress = rs.progress(inv.stderr, o, len(arms))
 	}
 
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return inv.fail("--cpuprofile", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return inv.fail("--cpuprofile", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	start := time.Now()
 	if o.warmup > 0 {
 		for _, a := range arms {
@@ -831,7 +845,6 @@ func (p *pubRecorder) latencies() latencies {
 // rowCounter counts a run's rows on the plain database/sql pool.
 type rowCounter struct {
 	db                          *sql.DB
-	dialect                     string
 	orders, events, unpublished string
 }
 
@@ -843,17 +856,17 @@ func newRowCounter(d string, db *sql.DB, n outbox.Names) *rowCounter {
 	case dialect.Postgres:
 		ph = "$1"
 	}
-	c := &rowCounter{db: db, dialect: d, orders: "SELECT COUNT(*) FROM orders WHERE customer LIKE " + ph}
+	c := &rowCounter{db: db, orders: "SELECT COUNT(*) FROM orders WHERE customer LIKE " + ph}
 	match := "o.aggregatetype = 'Order' AND o.aggregateid = CAST(r.id AS " + text + ") AND o." + q + "type" + q + " = 'OrderPlaced'"
 	c.unpublished = " AND o.status <> '" + outbox.StatusPublished + "'"
+	// One index lookup per order, a plan no stale statistics can spoil
+	// (right after a run they are: a join was planned as a nested loop
+	// scanning every order once per outbox row).
+	sum := "COALESCE(SUM((SELECT COUNT(*) FROM " + q + n.Outbox + q + " o WHERE " + match + "%s)), 0)"
 	if d == dialect.Postgres {
-		// A hash join.
-		c.events = "SELECT COUNT(*) FROM " + q + n.Outbox + q + " o JOIN orders r ON " + match + " WHERE r.customer LIKE " + ph
-	} else {
-		// One index lookup per order: SQLite and MySQL would otherwise
-		// scan the orders once per outbox row.
-		c.events = "SELECT COALESCE(SUM((SELECT COUNT(*) FROM " + q + n.Outbox + q + " o WHERE " + match + "%s)), 0) FROM orders r WHERE r.customer LIKE " + ph
+		sum += "::bigint"
 	}
+	c.events = "SELECT " + sum + " FROM orders r WHERE r.customer LIKE " + ph
 	return c
 }
 
@@ -869,10 +882,7 @@ func (c *rowCounter) count(ctx context.Context, prefix string, relay bool) (orde
 	if relay {
 		extra = c.unpublished
 	}
-	q := c.events + extra
-	if c.dialect != dialect.Postgres {
-		q = fmt.Sprintf(c.events, extra)
-	}
+	q := fmt.Sprintf(c.events, extra)
 	if err := c.db.QueryRowContext(ctx, q, like).Scan(&events); err != nil {
 		return 0, 0, fmt.Errorf("counting outbox rows: %w", err)
 	}
