@@ -4,6 +4,8 @@
 // (bento.Order.OrderPlaced) with the header Nats-Msg-Id set to the event
 // id, so the stream drops a message published twice within its duplicate
 // window (a relay that crashed between publish and mark publishes again).
+// The event's own headers (correlation id, trace context) are copied too,
+// except any named Nats-* and any that would replace a Bento-* header.
 // Publishes are asynchronous with a bound on the acks in flight; a message
 // counts as published only when its PubAck arrives.
 package natspub
@@ -178,14 +180,21 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 		}
 		nm := nats.NewMsg(p.Subject(m))
 		nm.Data = m.Payload
+		// The event's own headers first, so they cannot replace Bento's;
+		// and none named Nats-*: JetStream reads those as instructions
+		// (Nats-Expected-Last-Sequence, Nats-Rollup, …), which would fail
+		// every attempt of the event or act on the stream.
+		for k, v := range m.Headers {
+			if len(k) >= 5 && strings.EqualFold(k[:5], "Nats-") {
+				continue
+			}
+			nm.Header.Set(k, v)
+		}
 		nm.Header.Set(HeaderAggregateType, m.AggregateType)
 		nm.Header.Set(HeaderAggregateID, m.AggregateID)
 		nm.Header.Set(HeaderEventType, m.Type)
 		nm.Header.Set(HeaderSequence, strconv.FormatInt(m.Sequence, 10))
 		nm.Header.Set(HeaderOccurredAt, m.OccurredAt.UTC().Format(time.RFC3339Nano))
-		for k, v := range m.Headers {
-			nm.Header.Set(k, v)
-		}
 		f, err := p.js.PublishMsgAsync(nm, opts...)
 		if err != nil {
 			out[i] = fmt.Errorf("natspub: publishing %s to %s: %w", m.ID, nm.Subject, err)
