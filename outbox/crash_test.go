@@ -1,0 +1,216 @@
+package outbox_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/internal/testnats"
+	"github.com/bento-go/bento/outbox"
+)
+
+// buildCrashRelay builds testdata/crashrelay, the relay process the crash
+// test kills.
+func buildCrashRelay(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "crashrelay")
+	start := time.Now()
+	out, err := exec.Command(goBin, "build", "-o", bin, "./testdata/crashrelay").CombinedOutput()
+	if err != nil {
+		t.Fatalf("building testdata/crashrelay: %v\n%s", err, out)
+	}
+	t.Logf("built the relay process in %s", time.Since(start).Round(time.Millisecond))
+	return bin
+}
+
+// relayProcess is a running crashrelay.
+type relayProcess struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startRelayProcess(t *testing.T, bin string, env []string) *relayProcess {
+	t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), env...)
+	p := &relayProcess{t: t, cmd: cmd, lines: make(chan string, 1000), stderr: &syncBuffer{}}
+	cmd.Stderr = p.stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting the relay process: %v", err)
+	}
+	t.Cleanup(p.kill)
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			p.lines <- s.Text()
+		}
+		close(p.lines)
+	}()
+	return p
+}
+
+// await waits for a line starting with prefix.
+func (p *relayProcess) await(prefix string, timeout time.Duration) string {
+	p.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				p.t.Fatalf("the relay process exited before printing %s; stderr:\n%s", prefix, p.stderr)
+			}
+			if strings.HasPrefix(l, prefix) {
+				return l
+			}
+		case <-deadline:
+			p.t.Fatalf("the relay process printed no %s within %s; stderr:\n%s", prefix, timeout, p.stderr)
+		}
+	}
+}
+
+// kill sends SIGKILL (kill -9) and reaps the process.
+func (p *relayProcess) kill() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	_ = p.cmd.Wait()
+	if p.cmd.ProcessState.Success() {
+		p.t.Errorf("the relay process exited on its own; stderr:\n%s", p.stderr)
+	}
+}
+
+// TestRelayKilled: invariant — kill -9 of relay processes, between
+// publish and mark and at random points, loses nothing and duplicates
+// nothing: afterwards every committed event id is in the stream exactly
+// once (the republished copies of a killed relay's unmarked batch are
+// dropped by Nats-Msg-Id), each aggregate's in sequence order, and no row
+// is pending.
+func TestRelayKilled(t *testing.T) {
+	bin := buildCrashRelay(t)
+	cfg := testdb.Config(t, testdb.Postgres)
+	w := openWriteEnv(t, cfg)
+	audit(t, w)
+	srv := testnats.Start(t)
+	reader := connectJS(t, srv.URL())
+	e := &relayEnv{writeEnv: w, uow: ent.NewUnitOfWork(w.client)}
+
+	// 10,000 events: 9,400 aggregates with one, 60 with ten each (one per
+	// unit of work).
+	ctx := context.Background()
+	start := time.Now()
+	for u := range 94 {
+		evs := map[string][]int{}
+		for i := range 100 {
+			evs[strconv.Itoa(u*100+i)] = []int{1}
+		}
+		e.record(ctx, "Item", evs)
+	}
+	for k := 1; k <= 10; k++ {
+		evs := map[string][]int{}
+		for c := range 60 {
+			evs["C"+strconv.Itoa(c)] = []int{k}
+		}
+		e.record(ctx, "Chain", evs)
+	}
+	const total = 10000
+	t.Logf("committed %d events in %s", total, time.Since(start).Round(time.Millisecond))
+	env := []string{"DB_URL=" + cfg.DB.URL.Secret(), "NATS_URL=" + srv.URL(), "STREAM=" + testStream,
+		"OUTBOX_TABLE=bento_outbox", "OUTBOX_BATCH_SIZE=100", "OUTBOX_POLL_INTERVAL=50ms", "OUTBOX_BACKOFF=100ms",
+		"OUTBOX_MAX_ATTEMPTS=100", "OUTBOX_RETENTION=0", "OUTBOX_NOTIFY=false"}
+	pending := func() int { return w.count("SELECT COUNT(*) FROM bento_outbox WHERE status = 'pending'") }
+
+	// Between publish and mark: the broker acknowledged a batch, the
+	// relay is killed before it marks it.
+	p := startRelayProcess(t, bin, append(env, "PAUSE=1h"))
+	p.await("PUBLISHED", 30*time.Second)
+	p.kill()
+	inStream := streamCount(t, reader.JetStream(), testStream)
+	if inStream == 0 || pending() != total {
+		t.Fatalf("after the kill between publish and mark: %d messages in the stream, %d of %d rows pending; want some published and all still pending",
+			inStream, pending(), total)
+	}
+	t.Logf("killed between publish and mark: %d messages in the stream, all %d rows still pending", inStream, total)
+
+	// A paused relay holds its claimed rows; another relay goes on with
+	// the rest meanwhile; both are killed.
+	held := startRelayProcess(t, bin, append(env, "PAUSE=1h"))
+	held.await("PUBLISHED", 30*time.Second)
+	other := startRelayProcess(t, bin, env)
+	before := pending()
+	waitFor(t, 30*time.Second, "another relay to publish while one holds its batch", func() bool { return pending() < before-500 })
+	other.kill()
+	held.kill()
+
+	// Random points: pairs of relays, each killed after 20-300 ms.
+	for round := range 4 {
+		a := startRelayProcess(t, bin, env)
+		b := startRelayProcess(t, bin, env)
+		time.Sleep(time.Duration(20+rand.IntN(280)) * time.Millisecond)
+		a.kill()
+		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
+		b.kill()
+		t.Logf("round %d: %d rows pending, %d messages in the stream", round+1, pending(),
+			streamCount(t, reader.JetStream(), testStream))
+	}
+
+	// A clean relay finishes.
+	r := newRelay(t, w.db, reader, nil)
+	waitFor(t, 60*time.Second, "a clean relay to publish the rest", func() bool {
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatalf("RunOnce: %v", err)
+		}
+		return pending() == 0
+	})
+	if n := w.count("SELECT COUNT(*) FROM bento_outbox"); n != 0 {
+		t.Fatalf("%d rows left in the outbox", n)
+	}
+	want := audited(t, w)
+	if len(want) != total {
+		t.Fatalf("%d events committed, want %d", len(want), total)
+	}
+	exactlyOnce(t, want, readStream(t, reader.JetStream(), testStream))
+	if st, err := outbox.ReadStats(ctx, w.db.Driver(), w.db.Names()); err != nil || st.Dead != 0 || st.Pending != 0 {
+		t.Fatalf("stats %+v, %v", st, err)
+	}
+}
