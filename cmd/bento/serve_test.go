@@ -36,6 +36,9 @@ func TestServe(t *testing.T) {
 	t.Run("starts bento serve as a real process on PostgreSQL, sends orders from many concurrent clients, sends SIGTERM mid-load", func(t *testing.T) {
 		testServeSIGTERMMidLoad(t, bin)
 	})
+	t.Run("the same load and invariants in force mode, without pre-stop delay", func(t *testing.T) {
+		testServeSIGTERMMidLoadMode(t, bin, "force", 0)
+	})
 	t.Run("force mode ends within its deadline even with a transaction blocked on a lock", func(t *testing.T) {
 		testServeForceBlockedOnLock(t, bin)
 	})
@@ -245,15 +248,24 @@ func orderBody(customer string) []byte {
 }
 
 func testServeSIGTERMMidLoad(t *testing.T, bin string) {
+	testServeSIGTERMMidLoadMode(t, bin, "graceful", time.Second)
+}
+
+// testServeSIGTERMMidLoadMode sends orders from 16 clients, SIGTERMs the
+// process mid-load and checks, by counting in the database, that every
+// 2xx has exactly one order and one OrderPlaced row and that no refused
+// request (503, connection refused) has an order. Only a request whose
+// outcome the client cannot know (no reply, or a 503 that says the commit's
+// outcome is unknown) may have one, and at most one.
+func testServeSIGTERMMidLoadMode(t *testing.T, bin, mode string, preStop time.Duration) {
 	const (
 		drainTimeout = 10 * time.Second
-		preStop      = time.Second
 		workers      = 16
 	)
 	dbURL := testdb.URL(t, testdb.Postgres)
 	app := "bt_serve_" + randomHex(t, 4)
 	s := startServe(t, bin, t.TempDir(), []string{
-		"DB_URL=" + dbURL, "DB_APPLICATION_NAME=" + app,
+		"DB_URL=" + dbURL, "DB_APPLICATION_NAME=" + app, "DB_DRAIN_MODE=" + mode,
 		"DB_DRAIN_TIMEOUT=" + drainTimeout.String(), "DB_DRAIN_PRESTOP_DELAY=" + preStop.String(),
 		// Keep published rows: every committed order must show its one
 		// OrderPlaced row, published by the relay in the process or not.
@@ -304,6 +316,9 @@ func testServeSIGTERMMidLoad(t *testing.T, bin string) {
 						p.err = string(body)
 						if p.class == "503" && resp.Header.Get("Retry-After") == "" {
 							t.Errorf("a 503 without Retry-After: %s", body)
+						}
+						if p.class == "503" && strings.Contains(p.err, "outcome is unknown") {
+							p.class = "503 outcome unknown"
 						}
 					}
 				}
@@ -359,17 +374,19 @@ func testServeSIGTERMMidLoad(t *testing.T, bin string) {
 	}
 	t.Logf("/readyz after SIGTERM: %d probes; last 200 at %s, first 503 at %s, first refused at %s",
 		len(probes), lastOK, first503, firstRefused)
-	if first503 < 0 || firstRefused < 0 || first503 > firstRefused {
-		t.Errorf("want /readyz to answer 503 while the listener still answers, before connections are refused; probes: %v", probes)
-	}
-	if first503 >= 0 && lastOK > first503 {
-		t.Errorf("/readyz answered 200 at %s, after a 503 at %s", lastOK, first503)
-	}
-	if first503 > 500*time.Millisecond {
-		t.Errorf("/readyz turned 503 only %s after SIGTERM; want at once", first503)
-	}
-	if firstRefused >= 0 && firstRefused < preStop {
-		t.Errorf("connections were refused %s after SIGTERM, before the pre-stop delay %s passed", firstRefused, preStop)
+	if preStop > 0 {
+		if first503 < 0 || firstRefused < 0 || first503 > firstRefused {
+			t.Errorf("want /readyz to answer 503 while the listener still answers, before connections are refused; probes: %v", probes)
+		}
+		if first503 >= 0 && lastOK > first503 {
+			t.Errorf("/readyz answered 200 at %s, after a 503 at %s", lastOK, first503)
+		}
+		if first503 > 500*time.Millisecond {
+			t.Errorf("/readyz turned 503 only %s after SIGTERM; want at once", first503)
+		}
+		if firstRefused >= 0 && firstRefused < preStop {
+			t.Errorf("connections were refused %s after SIGTERM, before the pre-stop delay %s passed", firstRefused, preStop)
+		}
 	}
 
 	code, took := s.waitExit(drainTimeout + preStop + 4*time.Second)
@@ -379,10 +396,16 @@ func testServeSIGTERMMidLoad(t *testing.T, bin string) {
 		t.Errorf("exit code %d, want 0\nstderr:\n%s", code, tail(s.stderr.String(), 40))
 	}
 	stderr := s.stderr.String()
-	if m := regexp.MustCompile(`msg="bento: drain finished".*`).FindString(stderr); m == "" ||
-		!strings.Contains(m, "success=true") || !strings.Contains(m, "in_flight_end=0") || !strings.Contains(m, "connections_end=0") {
-		t.Errorf("the drain should finish with success=true, in_flight_end=0, connections_end=0; its log line: %q", m)
+	// Force: connections of cancelled units are closed by database/sql as
+	// it finishes their rollback, a few milliseconds after the units
+	// returned, so connections_end may be above 0 when the drain reports;
+	// pg_stat_activity is checked after the exit below.
+	m := regexp.MustCompile(`msg="bento: drain finished".*`).FindString(stderr)
+	if !strings.Contains(m, "in_flight_end=0") ||
+		(mode == "graceful" && (!strings.Contains(m, "success=true") || !strings.Contains(m, "connections_end=0"))) {
+		t.Errorf("the drain should finish with in_flight_end=0 (and success=true, connections_end=0 when graceful); its log line: %q", m)
 	}
+	t.Logf("drain: %s", m)
 
 	// Count in the database.
 	raw := testdb.OpenRaw(t, dbURL)
@@ -424,12 +447,24 @@ func testServeSIGTERMMidLoad(t *testing.T, bin string) {
 
 	classes := map[string]int{}
 	byCustomer := map[string]placed{}
+	bodies503 := map[string]int{}
 	for _, p := range results {
 		classes[p.class]++
 		byCustomer[p.customer] = p
+		if strings.HasPrefix(p.class, "503") {
+			bodies503[strings.TrimSpace(p.err)]++
+		}
 	}
-	t.Logf("%d requests (%d before SIGTERM): 2xx %d, 503 %d, other status %d, refused %d, no reply %d; %d orders in the database",
-		len(results), before, classes["2xx"], classes["503"], classes["other status"], classes["refused"], classes["no reply"], len(orders))
+	if len(bodies503) > 0 {
+		t.Logf("503 answers: %v", bodies503)
+		for _, l := range strings.Split(stderr, "\n") {
+			if strings.Contains(l, `msg="bento: request failed"`) {
+				t.Logf("server: %s", l[strings.Index(l, "msg="):])
+			}
+		}
+	}
+	t.Logf("%s: %d requests (%d before SIGTERM): 2xx %d, 503 %d, 503 outcome unknown %d, other status %d, refused %d, no reply %d; %d orders in the database",
+		mode, len(results), before, classes["2xx"], classes["503"], classes["503 outcome unknown"], classes["other status"], classes["refused"], classes["no reply"], len(orders))
 	if classes["2xx"] == 0 {
 		t.Error("no request succeeded")
 	}
@@ -457,14 +492,14 @@ func testServeSIGTERMMidLoad(t *testing.T, bin string) {
 			if n := placedByID[fmt.Sprint(p.id)]; n != 1 {
 				t.Errorf("%s got a 2xx; %d OrderPlaced outbox rows for order %d, want 1", p.customer, n, p.id)
 			}
-		case "no reply":
+		case "no reply", "503 outcome unknown":
 			if len(ids) > 0 {
 				noReplyWithOrder++
 			}
 			if len(ids) > 1 {
-				t.Errorf("%s (no reply) has %d orders, want at most 1", p.customer, len(ids))
+				t.Errorf("%s (%s) has %d orders, want at most 1", p.customer, p.class, len(ids))
 			}
-			t.Logf("no reply for %s: %s (orders %v)", p.customer, p.err, ids)
+			t.Logf("%s for %s: %s (orders %v)", p.class, p.customer, strings.TrimSpace(p.err), ids)
 		default:
 			if len(ids) > 0 {
 				t.Errorf("%s got %s (%d %s) but has orders %v", p.customer, p.class, p.status, p.err, ids)
@@ -477,7 +512,7 @@ func testServeSIGTERMMidLoad(t *testing.T, bin string) {
 			t.Errorf("order(s) %v for %s, a customer no request was sent for", ids, customer)
 			continue
 		}
-		if p.class != "2xx" && p.class != "no reply" {
+		if p.class != "2xx" && p.class != "no reply" && p.class != "503 outcome unknown" {
 			continue // reported above
 		}
 		for _, id := range ids {
@@ -486,7 +521,7 @@ func testServeSIGTERMMidLoad(t *testing.T, bin string) {
 			}
 		}
 	}
-	t.Logf("no-reply requests with an order: %d of %d", noReplyWithOrder, classes["no reply"])
+	t.Logf("requests of unknown outcome with an order: %d of %d", noReplyWithOrder, classes["no reply"]+classes["503 outcome unknown"])
 	waitNoConnections(t, raw, app)
 }
 
