@@ -1253,10 +1253,10 @@ func TestRelayWakeAcrossProcesses(t *testing.T) {
 
 // preload inserts n pending events, one per aggregate, straight into the
 // outbox table (no sequences rows: the relay does not read them).
-func preload(t testing.TB, w *writeEnv, n int) {
+func preload(t testing.TB, db *bento.DB, n int) {
 	t.Helper()
 	var q string
-	switch w.db.Dialect() {
+	switch db.Dialect() {
 	case testdb.Postgres:
 		q = `INSERT INTO bento_outbox (id, aggregatetype, aggregateid, type, payload, sequence, occurred_at, status, attempts, next_attempt_at)
 			SELECT gen_random_uuid(), 'Load', g::text, 'Loaded', '{}', 1, now(), 'pending', 0, 0 FROM generate_series(1, $1) g`
@@ -1270,10 +1270,10 @@ func preload(t testing.TB, w *writeEnv, n int) {
 			'Load', i, 'Loaded', '{}', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'pending', 0, 0 FROM g`
 	}
 	var args []any
-	if w.db.Dialect() != testdb.MySQL {
+	if db.Dialect() != testdb.MySQL {
 		args = append(args, n)
 	}
-	if _, err := w.db.Driver().DB().Exec(q, args...); err != nil {
+	if _, err := db.Driver().DB().Exec(q, args...); err != nil {
 		t.Fatalf("preloading %d events: %v", n, err)
 	}
 }
@@ -1297,7 +1297,7 @@ func TestRelayBacklogDrains(t *testing.T) {
 			}
 		}
 		const n = 20000
-		preload(t, e.writeEnv, n)
+		preload(t, e.db, n)
 		start := time.Now()
 		first, err := r.Batch(ctx)
 		if err != nil {
@@ -1332,4 +1332,44 @@ func TestRelayBacklogDrains(t *testing.T) {
 			t.Fatalf("%d deliveries, %d distinct, want %d", len(got), len(seen), n+8)
 		}
 	})
+}
+
+// BenchmarkRelayBurnDown measures how fast one relay drains a backlog of
+// 100,000 pending events (one per aggregate) into a private JetStream,
+// with batches of 100 and 1,000:
+//
+//	go test -run '^$' -bench RelayBurnDown -benchtime 1x ./outbox/
+func BenchmarkRelayBurnDown(b *testing.B) {
+	const backlog = 100_000
+	for _, d := range testdb.Dialects() {
+		for _, batch := range []int{100, 1000} {
+			b.Run(fmt.Sprintf("%s/batch=%d", d, batch), func(b *testing.B) {
+				db := openDB(b, testdb.Config(b, d))
+				ctx := context.Background()
+				if err := db.Migrate(ctx); err != nil {
+					b.Fatal(err)
+				}
+				pub := connectJS(b, testnats.Start(b).URL())
+				r := newRelay(b, db, pub, func(c *outbox.RelayConfig) { c.BatchSize = batch })
+				var published int
+				var took time.Duration
+				for b.Loop() {
+					b.StopTimer()
+					preload(b, db, backlog)
+					b.StartTimer()
+					start := time.Now()
+					res, err := r.RunOnce(ctx)
+					took += time.Since(start)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if res.Published != backlog {
+						b.Fatalf("published %d of %d", res.Published, backlog)
+					}
+					published += res.Published
+				}
+				b.ReportMetric(float64(published)/took.Seconds(), "events/s")
+			})
+		}
+	}
 }
