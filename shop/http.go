@@ -209,13 +209,13 @@ func (h *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusNotFound, errorBody{err.Error()})
 	case errors.As(err, &te):
 		writeJSON(w, http.StatusConflict, errorBody{te.Error()})
-	case errors.Is(err, driver.ErrDraining):
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, errorBody{"the service is shutting down; retry on another instance"})
 	case errors.Is(err, resilience.ErrCommitUnknown):
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{"the database lost the reply to the commit: the outcome is unknown; retry with the same Idempotency-Key"})
 		h.opts.Logger.Warn("bento: request failed", "method", r.Method, "path", r.URL.Path, "status", 503, "error", err.Error())
+	case errors.Is(err, driver.ErrDraining):
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{"the service is shutting down; retry on another instance"})
 	case errors.As(err, &re), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{"the database is unavailable (" + resilience.Classify(err).String() + "); retry later"})

@@ -15,6 +15,8 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/order"
@@ -141,7 +143,7 @@ func (cmd PlaceOrder) Validate() (int64, error) {
 	if len(c) > MaxCustomerBytes {
 		return 0, &ValidationError{"customer", fmt.Sprintf("is longer than %d bytes", MaxCustomerBytes)}
 	}
-	if a, err := mail.ParseAddress(c); err != nil || a.Address != c {
+	if a, err := mail.ParseAddress(c); err != nil || a.Address != c || !printable(c) {
 		return 0, &ValidationError{"customer", fmt.Sprintf("%q is not an e-mail address", c)}
 	}
 	if len(cmd.Lines) == 0 {
@@ -156,6 +158,8 @@ func (cmd PlaceOrder) Validate() (int64, error) {
 		switch {
 		case strings.TrimSpace(l.SKU) == "" || len(l.SKU) > MaxSKUBytes:
 			return 0, &ValidationError{f + ".sku", fmt.Sprintf("must be 1-%d bytes", MaxSKUBytes)}
+		case !printable(l.SKU):
+			return 0, &ValidationError{f + ".sku", "must be printable text (no control characters)"}
 		case l.Quantity < 1 || l.Quantity > MaxQuantity:
 			return 0, &ValidationError{f + ".quantity", fmt.Sprintf("must be 1-%d", MaxQuantity)}
 		case l.UnitPriceCents < 0 || l.UnitPriceCents > MaxUnitPrice:
@@ -164,6 +168,19 @@ func (cmd PlaceOrder) Validate() (int64, error) {
 		total += int64(l.Quantity) * l.UnitPriceCents
 	}
 	return total, nil
+}
+
+// printable reports whether s is valid UTF-8 without control characters.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // Place places an order and records OrderPlaced. With a non-empty
