@@ -28,7 +28,6 @@ package drain
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -282,7 +281,12 @@ func (d *Drainer) cancellable(ctx context.Context) (context.Context, func(), fun
 	}, stop
 }
 
-var errForced = errors.New("bento: drain: in-flight work cancelled (force)")
+// errForced is the cause of the cancellation of work in flight by Force.
+// It wraps ErrDraining, so that work cut short by the drain (a unit of work
+// waiting for a pool slot, say) is classified like work refused by it —
+// not retried, answered as "shutting down" — instead of as an unknown
+// error.
+var errForced = fmt.Errorf("bento: drain: in-flight work cancelled (force): %w", ErrDraining)
 
 // Force cancels the work in flight now, whatever the mode: a second signal
 // or a passed deadline escalates a graceful drain with it.
