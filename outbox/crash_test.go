@@ -135,11 +135,11 @@ func TestRelayKilled(t *testing.T) {
 	reader := connectJS(t, srv.URL())
 	e := &relayEnv{writeEnv: w, uow: ent.NewUnitOfWork(w.client)}
 
-	// 10,000 events: 9,400 aggregates with one, 60 with ten each (one per
-	// unit of work).
+	// 20,000 events: 19,400 aggregates with one, 60 with ten each (one
+	// per unit of work).
 	ctx := context.Background()
 	start := time.Now()
-	for u := range 94 {
+	for u := range 194 {
 		evs := map[string][]int{}
 		for i := range 100 {
 			evs[strconv.Itoa(u*100+i)] = []int{1}
@@ -153,7 +153,7 @@ func TestRelayKilled(t *testing.T) {
 		}
 		e.record(ctx, "Chain", evs)
 	}
-	const total = 10000
+	const total = 20000
 	t.Logf("committed %d events in %s", total, time.Since(start).Round(time.Millisecond))
 	env := []string{"DB_URL=" + cfg.DB.URL.Secret(), "NATS_URL=" + srv.URL(), "STREAM=" + testStream,
 		"OUTBOX_TABLE=bento_outbox", "OUTBOX_BATCH_SIZE=100", "OUTBOX_POLL_INTERVAL=50ms", "OUTBOX_BACKOFF=100ms",
@@ -182,16 +182,25 @@ func TestRelayKilled(t *testing.T) {
 	other.kill()
 	held.kill()
 
-	// Random points: pairs of relays, each killed after 20-300 ms.
-	for round := range 4 {
+	// Random points: pairs of relays, each killed after 20-300 ms. A
+	// round that leaves rows pending killed relays that had work.
+	midWork := 0
+	for round := 0; round < 8 && pending() > 0; round++ {
 		a := startRelayProcess(t, bin, env)
 		b := startRelayProcess(t, bin, env)
 		time.Sleep(time.Duration(20+rand.IntN(280)) * time.Millisecond)
 		a.kill()
 		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
 		b.kill()
-		t.Logf("round %d: %d rows pending, %d messages in the stream", round+1, pending(),
+		left := pending()
+		if left > 0 {
+			midWork++
+		}
+		t.Logf("round %d: %d rows pending, %d messages in the stream", round+1, left,
 			streamCount(t, reader.JetStream(), testStream))
+	}
+	if midWork < 3 {
+		t.Fatalf("only %d rounds of random kills landed while the relays had work; want 3", midWork)
 	}
 
 	// A clean relay finishes.
