@@ -20,6 +20,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 
 	"entgo.io/ent/dialect"
 )
@@ -253,7 +254,14 @@ func (d *Driver) baseEnd(_ context.Context, tx *Tx, commit bool) error {
 	if commit {
 		return tx.raw.Commit()
 	}
-	return tx.raw.Rollback()
+	err := tx.raw.Rollback()
+	if err != nil && d.dialect == dialect.SQLite && strings.Contains(err.Error(), "no transaction is active") {
+		// SQLite already rolled the transaction back itself (after
+		// SQLITE_FULL, BUSY, IOERR, NOMEM or INTERRUPT): the rollback the
+		// caller asked for has happened.
+		return nil
+	}
+	return err
 }
 
 // stdRows carries *sql.Rows out of the chain for QueryContext.

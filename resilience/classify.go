@@ -47,7 +47,7 @@ const (
 	// the whole transaction.
 	Transient
 	// Timeout: a statement timeout, a pool wait timeout, or the caller's
-	// context ending. Retried unless the caller's context ended.
+	// context ending. Not retried.
 	Timeout
 	// Connection: the connection failed or could not be made (refused,
 	// reset, terminated by the server, too many connections). Retried on a
@@ -138,9 +138,9 @@ func Code(err error) string {
 
 // IsRetryable reports whether running the failed work again (the whole
 // transaction, if it was in one) may succeed: Transient and Connection
-// errors, and timeouts that are not the caller's context ending. Never a
-// cancelled context, a closed database, a drain in progress, an ambiguous
-// commit, or an error a Retry already gave up on.
+// errors. Never a timeout (a statement timeout would recur; the caller's
+// deadline has passed), a cancelled context, a closed database, a drain in
+// progress, an ambiguous commit, or an error a Retry already gave up on.
 func IsRetryable(err error) bool {
 	if err == nil {
 		return false
@@ -152,9 +152,11 @@ func IsRetryable(err error) bool {
 	switch Classify(err) {
 	case Transient, Connection:
 		return !errors.Is(err, context.Canceled)
-	case Timeout:
-		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 	}
+	// Timeouts are not retried: a statement that ran out of time
+	// (statement_timeout, max_statement_time) would run out again, and a
+	// wait for a connection that timed out would wait again under the same
+	// load. Lock timeouts (55P03, 1205) are Transient: the lock moves on.
 	return false
 }
 

@@ -357,7 +357,7 @@ func TestClassifyRealPostgres(t *testing.T) {
 				_, err = tx.ExecContext(ctx, `SELECT pg_sleep(1)`)
 				return err
 			},
-			want: pgCode("57014"), cat: resilience.Timeout, retryable: true, codes: []string{"57014"}, cause: isPgError,
+			want: pgCode("57014"), cat: resilience.Timeout, retryable: false, codes: []string{"57014"}, cause: isPgError,
 		},
 		{
 			name:    "57P01 terminated backend",
@@ -751,7 +751,7 @@ func TestClassifyUnit(t *testing.T) {
 		{"io.ErrUnexpectedEOF", io.ErrUnexpectedEOF, resilience.Connection, true, ""},
 		{"sql.ErrTxDone", sql.ErrTxDone, resilience.Permanent, false, ""},
 		{"bentodriver.ErrDraining", bentodriver.ErrDraining, resilience.Permanent, false, ""},
-		{"PoolTimeoutError", &bentodriver.PoolTimeoutError{}, resilience.Timeout, true, ""},
+		{"PoolTimeoutError", &bentodriver.PoolTimeoutError{}, resilience.Timeout, false, ""},
 		{"database is closed (message)", errors.New("sql: database is closed"), resilience.Permanent, false, ""},
 		{"deadlock (message)", errors.New("some deadlock detected"), resilience.Transient, true, ""},
 		{"unknown message", errors.New("blah"), resilience.Unknown, false, ""},

@@ -217,10 +217,19 @@ func (h *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{"the service is shutting down; retry on another instance"})
 	case errors.As(err, &re), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		cat := resilience.Classify(err)
+		what := cat.String()
+		if code := resilience.Code(err); code != "" {
+			what += " " + code
+		}
+		msg := "the database is unavailable (" + what + "); retry later"
+		if cat == resilience.Permanent || cat == resilience.Integrity {
+			msg = "the database cannot take the request (" + what + "); retrying will not help until the database is fixed"
+		}
 		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, errorBody{"the database is unavailable (" + resilience.Classify(err).String() + "); retry later"})
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{msg})
 		h.opts.Logger.Warn("bento: request failed", "method", r.Method, "path", r.URL.Path, "status", 503,
-			"category", resilience.Classify(err).String(), "error", err.Error())
+			"category", cat.String(), "code", resilience.Code(err), "error", err.Error())
 	default:
 		writeJSON(w, http.StatusInternalServerError, errorBody{"internal error"})
 		h.opts.Logger.Error("bento: request failed", "method", r.Method, "path", r.URL.Path, "status", 500, "error", err.Error())

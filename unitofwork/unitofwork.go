@@ -209,13 +209,27 @@ func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, 
 			panic(r)
 		}
 	}()
-	var replayed bool
+	var replayed, unknown bool
 	err := p.Do(ctx, func(ctx context.Context) error {
 		attempts++
-		var err error
-		replayed, err = u.attempt(ctx, &s, fn)
+		var (
+			err     error
+			settled bool
+		)
+		replayed, settled, err = u.attempt(ctx, &s, fn)
+		if settled {
+			unknown = false // the key lookup told what the earlier commit did
+		}
+		if errors.Is(err, resilience.ErrCommitUnknown) {
+			unknown = true
+		}
 		return err
 	})
+	if err != nil && unknown && !errors.Is(err, resilience.ErrCommitUnknown) {
+		// An earlier attempt's COMMIT may have taken effect and no later
+		// attempt could find out: the caller must know.
+		err = fmt.Errorf("%w (and an earlier attempt's commit outcome is unknown: %w)", err, resilience.ErrCommitUnknown)
+	}
 	switch {
 	case err != nil:
 	case replayed:
@@ -230,8 +244,9 @@ func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, 
 }
 
 // attempt runs fn once in a new transaction. It reports whether the
-// outcome was replayed from an idempotency key.
-func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx context.Context, c C) error) (replayed bool, err error) {
+// outcome was replayed from an idempotency key, and whether the key's
+// lookup succeeded (which settles an earlier attempt's unknown commit).
+func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx context.Context, c C) error) (replayed, settled bool, err error) {
 	if s.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
@@ -251,11 +266,11 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 	defer cancelTx()
 	tx, err := u.begin(txCtx, &sql.TxOptions{Isolation: s.isolation, ReadOnly: s.readOnly})
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if slot.Tx == nil {
 		_ = u.rollback(tx, cancelTx, s)
-		return false, errors.New("unitofwork: the client's driver is not Bento's driver (driver.New): build the ent client on bento.DB.Driver()")
+		return false, false, errors.New("unitofwork: the client's driver is not Bento's driver (driver.New): build the ent client on bento.DB.Driver()")
 	}
 	client := tx.Client()
 	ctx = context.WithValue(ctx, currentKey{u}, &current[C]{client: client})
@@ -270,14 +285,15 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 		result, found, err := lookupKey(ctx, slot.Tx, s.names, s.key)
 		if err != nil {
 			finished = true
-			return false, errors.Join(err, u.rollback(tx, cancelTx, s))
+			return false, false, errors.Join(err, u.rollback(tx, cancelTx, s))
 		}
+		settled = true
 		if found {
 			finished = true
 			if sink != nil {
 				sink.replay, sink.replayed = result, true
 			}
-			return true, u.rollback(tx, cancelTx, s)
+			return true, true, u.rollback(tx, cancelTx, s)
 		}
 	}
 	err = fn(ctx, client)
@@ -296,19 +312,19 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 			_ = u.rollback(tx, cancelTx, s)
 			result, found, lerr := lookupKeyOutside(ctx, slot.Tx.Driver(), s.names, s.key)
 			if lerr != nil || !found {
-				return false, errors.Join(err, lerr)
+				return false, settled, errors.Join(err, lerr)
 			}
 			if sink != nil {
 				sink.replay, sink.replayed = result, true
 			}
-			return true, nil
+			return true, true, nil
 		}
 	}
 	finished = true
 	if err != nil {
-		return false, errors.Join(err, u.rollback(tx, cancelTx, s))
+		return false, settled, errors.Join(err, u.rollback(tx, cancelTx, s))
 	}
-	return false, tx.Commit()
+	return false, settled, tx.Commit()
 }
 
 // rollback rolls tx back within the rollback timeout.

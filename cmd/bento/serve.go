@@ -170,7 +170,7 @@ process exits 0. A second signal forces the drain.`,
 			sessions := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				handler.ServeHTTP(w, r.WithContext(replica.WithSession(r.Context())))
 			})
-			srv := &http.Server{Handler: sessions, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
+			srv := &http.Server{Handler: sessions, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 			served := make(chan error, 1)
 			go func() { served <- srv.Serve(ln) }()
 			inv.logger.Info("bento: serving", "addr", ln.Addr().String(), "dialect", db.Dialect(), "url", inv.cfg.DB.URL,
