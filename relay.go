@@ -14,23 +14,39 @@ import (
 
 // RelayConfig returns the relay settings of the OUTBOX_* configuration for
 // this database: table names, batch size, polling, attempts, backoff,
-// retention, the in-process wake-up and (SQLite) the single-relay lock.
-// Callers may adjust it before NewRelay.
+// retention and (SQLite) the single-relay lock. Callers may adjust it
+// before NewRelay.
 func (db *DB) RelayConfig() outbox.RelayConfig {
 	c := db.cfg.Outbox
-	wake, _ := db.notifier.Subscribe()
 	return outbox.RelayConfig{
 		Names: db.names, BatchSize: c.BatchSize, PollInterval: c.PollInterval, MaxAttempts: c.MaxAttempts,
-		Backoff: c.Backoff, MaxBackoff: c.BackoffMax, Retention: c.Retention,
-		Wake: wake, Logger: db.logger, Lock: db.relayLock,
+		Backoff: c.Backoff, MaxBackoff: c.BackoffMax, Retention: c.Retention, IdempotencyRetention: c.IdempotencyRetention,
+		Logger: db.logger, Lock: db.relayLock,
 	}
 }
 
-// NewRelay returns a relay over this database publishing with pub, with
-// RelayConfig's settings. On SQLite it fails if another relay runs on the
-// same database.
+// NewRelay returns a relay over this database publishing with pub. Unless
+// cfg.Wake is set, the relay is woken by every commit in this process that
+// wrote outbox rows; Close ends that. (A channel that is never ready, such as
+// make(chan struct{}), turns the in-process wake-up off.) On SQLite it fails
+// if another relay runs on the same database.
 func (db *DB) NewRelay(pub outbox.Publisher, cfg outbox.RelayConfig) (*outbox.Relay, error) {
-	return outbox.NewRelay(db.drv, pub, cfg)
+	if cfg.Wake == nil {
+		wake, stop := db.notifier.Subscribe()
+		cfg.Wake = wake
+		prev := cfg.Release
+		cfg.Release = func() {
+			stop()
+			if prev != nil {
+				prev()
+			}
+		}
+	}
+	r, err := outbox.NewRelay(db.drv, pub, cfg)
+	if err != nil && cfg.Release != nil {
+		cfg.Release()
+	}
+	return r, err
 }
 
 // Publisher builds the publisher OUTBOX_PUBLISHER names: a log publisher,

@@ -81,6 +81,9 @@ type Outbox struct {
 	// Retention keeps published rows this long; 0 deletes them once
 	// published (OUTBOX_RETENTION).
 	Retention time.Duration
+	// IdempotencyRetention keeps idempotency keys this long; 0 keeps them
+	// for ever (OUTBOX_IDEMPOTENCY_RETENTION).
+	IdempotencyRetention time.Duration
 	// Notify wakes relays in other processes with LISTEN/NOTIFY on
 	// PostgreSQL (OUTBOX_NOTIFY).
 	Notify bool

@@ -261,6 +261,8 @@ func Settings() []Setting {
 			func(c *Config) *time.Duration { return &c.Outbox.BackoffMax }),
 		durationSetting("OUTBOX_RETENTION", "0", true, "how long published rows are kept; 0 deletes a row once published",
 			func(c *Config) *time.Duration { return &c.Outbox.Retention }),
+		durationSetting("OUTBOX_IDEMPOTENCY_RETENTION", "24h", true, "how long idempotency keys of units of work are kept (the relay deletes older ones); 0 keeps them",
+			func(c *Config) *time.Duration { return &c.Outbox.IdempotencyRetention }),
 		boolSetting("OUTBOX_NOTIFY", true, "wake relays in other processes with LISTEN/NOTIFY (PostgreSQL)",
 			func(c *Config) *bool { return &c.Outbox.Notify }),
 	}

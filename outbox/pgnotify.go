@@ -14,6 +14,9 @@ import (
 // DefaultChannel is the PostgreSQL LISTEN/NOTIFY channel of the outbox.
 const DefaultChannel = "bento_outbox"
 
+// NotifyInterval is the shortest time between two NOTIFYs of a PGNotifier.
+const NotifyInterval = 5 * time.Millisecond
+
 // PGNotifier tells relays in other processes that outbox rows committed,
 // with NOTIFY on PostgreSQL. A transaction that issues NOTIFY takes a
 // global lock at commit, which serialises commits; so NOTIFY is never
@@ -47,6 +50,15 @@ func (n *PGNotifier) Run(ctx context.Context, wake <-chan struct{}) {
 		}
 		if _, err := n.drv.ExecContext(ctx, "SELECT pg_notify($1, '')", n.channel); err != nil && ctx.Err() == nil {
 			n.logger.Warn("bento: outbox NOTIFY failed; relays fall back to polling", "error", err.Error())
+		}
+		// At most one NOTIFY per NotifyInterval: under a high commit rate
+		// the wake-ups of that interval share one, so NOTIFY adds at most
+		// NotifyInterval of latency and 1/NotifyInterval statements per
+		// second, whatever the rate.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(NotifyInterval):
 		}
 	}
 }

@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 )
 
@@ -14,6 +15,14 @@ type Publisher interface {
 	// concurrently. Publish must respect ctx.
 	Publish(ctx context.Context, msgs []Message) []error
 }
+
+// ErrUnavailable marks a publish error caused by the broker, not by the
+// message: disconnected, no responders, no acknowledgement in time. The
+// relay retries such events after OUTBOX_BACKOFF without spending their
+// attempts, so an outage of any length dead-letters nothing and keeps
+// per-aggregate order. Publishers wrap it (fmt.Errorf("%w: …",
+// outbox.ErrUnavailable)).
+var ErrUnavailable = errors.New("broker unavailable")
 
 // PermanentError marks a publish error that retrying cannot fix (the
 // message is dead-lettered at once).

@@ -40,6 +40,9 @@ type RelayConfig struct {
 	// deleting them in bounded batches; 0 deletes a row as soon as the
 	// broker acknowledged it.
 	Retention time.Duration
+	// IdempotencyRetention deletes idempotency keys (unitofwork) older than
+	// this, in bounded batches; 0 keeps them for ever.
+	IdempotencyRetention time.Duration
 	// Wake, if set, wakes the relay at once (DB.Notifier().Subscribe()).
 	Wake <-chan struct{}
 	// Logger gets one line per dead letter and per failed batch.
@@ -49,6 +52,9 @@ type RelayConfig struct {
 	// Lock is how a SQLite relay makes sure it is the only one on its
 	// database (nil: NewRelay takes a lock file next to the database).
 	Lock func() (release func(), err error)
+	// Release, if set, is called by Close (bento's NewRelay uses it to end
+	// the wake-up subscription).
+	Release func()
 }
 
 // RelayObserver is told what each batch did.
@@ -63,6 +69,25 @@ type RelayObserver interface {
 // BatchResult is what one batch did.
 type BatchResult struct {
 	Claimed, Published, Failed, Dead int
+	// Unavailable counts the failures the broker caused (ErrUnavailable),
+	// included in Failed.
+	Unavailable int
+
+	dead []deadLetter // logged once the batch committed
+}
+
+type deadLetter struct {
+	m        Message
+	attempts int
+	err      string
+}
+
+// logDead logs the batch's dead letters; call it after the batch committed.
+func (r *Relay) logDead(res BatchResult) {
+	for _, d := range res.dead {
+		r.cfg.Logger.Error("bento: event dead-lettered", "event_id", d.m.ID.String(), "aggregate_type", d.m.AggregateType,
+			"aggregate_id", d.m.AggregateID, "type", d.m.Type, "attempts", d.attempts, "error", d.err)
+	}
 }
 
 // Relay publishes the outbox: it claims pending rows in batches, publishes
@@ -147,6 +172,10 @@ func (r *Relay) Close() error {
 		r.release()
 		r.release = nil
 	}
+	if r.cfg.Release != nil {
+		r.cfg.Release()
+		r.cfg.Release = nil
+	}
 	return nil
 }
 
@@ -180,11 +209,11 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 				r.cfg.Logger.Warn("bento: relay batch failed", "error", err.Error())
 				break
 			}
-			if res.Claimed < r.cfg.BatchSize || ctx.Err() != nil {
-				break
+			if res.Claimed < r.cfg.BatchSize || ctx.Err() != nil || (res.Unavailable > 0 && res.Published == 0) {
+				break // nothing more now, or the broker is down: wait
 			}
 		}
-		if r.cfg.Retention > 0 && time.Since(lastCleanup) > r.cfg.PollInterval {
+		if (r.cfg.Retention > 0 || r.cfg.IdempotencyRetention > 0) && time.Since(lastCleanup) > max(r.cfg.PollInterval, time.Minute) {
 			if _, err := r.Cleanup(ctx); err != nil && ctx.Err() == nil {
 				r.cfg.Logger.Warn("bento: relay retention cleanup failed", "error", err.Error())
 			}
@@ -284,6 +313,7 @@ func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
 	}
 	r.observePublished(msgs, results)
+	r.logDead(res)
 	return res, nil
 }
 
@@ -310,6 +340,7 @@ func (r *Relay) batchSingle(ctx context.Context) (res BatchResult, err error) {
 		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
 	}
 	r.observePublished(msgs, results)
+	r.logDead(res)
 	return res, nil
 }
 
@@ -396,15 +427,23 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 		n := attempts[i] + 1
 		status := StatusPending
 		var permanent *PermanentError
-		if n >= r.cfg.MaxAttempts || errors.As(results[i], &permanent) {
+		var next int64
+		switch {
+		case errors.Is(results[i], ErrUnavailable):
+			// The broker, not the event: try again soon, attempts kept.
+			n--
+			res.Failed++
+			res.Unavailable++
+			next = now.Add(r.backoff(1)).UnixMicro()
+		case n >= r.cfg.MaxAttempts || errors.As(results[i], &permanent):
 			status = StatusDead
 			res.Dead++
-			r.cfg.Logger.Error("bento: event dead-lettered", "event_id", m.ID.String(), "aggregate_type", m.AggregateType,
-				"aggregate_id", m.AggregateID, "type", m.Type, "attempts", n, "error", results[i].Error())
-		} else {
+			res.dead = append(res.dead, deadLetter{m: m, attempts: n, err: results[i].Error()})
+			next = now.Add(r.backoff(n)).UnixMicro()
+		default:
 			res.Failed++
+			next = now.Add(r.backoff(n)).UnixMicro()
 		}
-		next := now.Add(r.backoff(n)).UnixMicro()
 		lastErr := results[i].Error()
 		if len(lastErr) > 2000 {
 			lastErr = lastErr[:2000]
@@ -460,14 +499,32 @@ func (r *Relay) backoff(n int) time.Duration {
 // Cleanup deletes published rows older than the retention, at most 1000
 // per statement, until none is left; it returns how many it deleted.
 func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
-	if r.cfg.Retention <= 0 {
-		return 0, nil
-	}
 	var total int64
-	for {
-		res, err := r.drv.ExecContext(ctx, r.q.cleanup, time.Now().Add(-r.cfg.Retention).UTC())
+	if r.cfg.Retention > 0 {
+		n, err := r.deleteBatches(ctx, r.q.cleanup, r.cfg.Retention)
+		total += n
 		if err != nil {
 			return total, fmt.Errorf("outbox: relay: retention: %w", err)
+		}
+	}
+	if r.cfg.IdempotencyRetention > 0 {
+		n, err := r.deleteBatches(ctx, r.q.cleanupKeys, r.cfg.IdempotencyRetention)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("outbox: relay: idempotency key retention: %w", err)
+		}
+	}
+	return total, nil
+}
+
+// deleteBatches runs a DELETE of at most 1000 rows older than age until it
+// deletes fewer.
+func (r *Relay) deleteBatches(ctx context.Context, query string, age time.Duration) (int64, error) {
+	var total int64
+	for {
+		res, err := r.drv.ExecContext(ctx, query, time.Now().Add(-age).UTC())
+		if err != nil {
+			return total, err
 		}
 		n, _ := res.RowsAffected()
 		total += n
@@ -550,6 +607,7 @@ func Requeue(ctx context.Context, drv *driver.Driver, names Names, ids ...uuid.U
 type relayQueries struct {
 	dialect, table             string
 	claim, fail, cleanup       string
+	cleanupKeys                string
 	stats, requeueAll, ph, col string
 }
 
@@ -591,6 +649,14 @@ func newRelayQueries(d string, n Names) relayQueries {
 		q.cleanup = "DELETE FROM " + t + " WHERE status = '" + StatusPublished + "' AND published_at < ? LIMIT 1000"
 	default:
 		q.cleanup = "DELETE FROM " + t + " WHERE id IN (" + sub + ")"
+	}
+	keys := quote(n.Idempotency)
+	switch d {
+	case dialect.MySQL:
+		q.cleanupKeys = "DELETE FROM " + keys + " WHERE created_at < ? LIMIT 1000"
+	default:
+		q.cleanupKeys = "DELETE FROM " + keys + " WHERE idempotency_key IN (SELECT idempotency_key FROM " + keys +
+			" WHERE created_at < " + p(1) + " LIMIT 1000)"
 	}
 	q.stats = "SELECT status, COUNT(*), MIN(occurred_at) FROM " + t + " GROUP BY status"
 	q.requeueAll = "UPDATE " + t + " SET status = '" + StatusPending + "', attempts = 0, last_error = NULL, next_attempt_at = " + p(1) +

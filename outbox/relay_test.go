@@ -1107,9 +1107,9 @@ func TestRelayExactlyOnceConcurrent(t *testing.T) {
 }
 
 // TestRelayBrokerDown: invariant — while the broker is down, commits
-// succeed and their events stay pending (attempts grow, nothing is
-// dead-lettered under a high MaxAttempts); once it is back, every event is
-// published exactly once, each aggregate's in sequence order.
+// succeed and their events stay pending (retried without spending their
+// attempts: nothing can be dead-lettered by an outage); once it is back,
+// every event is published exactly once, each aggregate's in sequence order.
 func TestRelayBrokerDown(t *testing.T) {
 	for _, d := range []string{testdb.Postgres, testdb.MySQL} {
 		t.Run(d, func(t *testing.T) {
@@ -1142,18 +1142,19 @@ func TestRelayBrokerDown(t *testing.T) {
 			}
 			const down = 100 + 60 + 50
 			t.Logf("committed %d events with the broker down in %s", down, time.Since(start).Round(time.Millisecond))
-			// Six attempts of 210 events: more publishes than the publisher
-			// keeps acks in flight (256), so a publisher that queued them
-			// for later would stall here.
-			if !waitUntil(20*time.Second, func() bool { return e.count("SELECT COUNT(*) FROM bento_outbox WHERE attempts >= 6") > 0 }) {
-				t.Fatalf("after 20s with the broker down, the most attempts of an event is %d, want 6; slowest batch %s (PublishTimeout 1s)",
-					e.count("SELECT MAX(attempts) FROM bento_outbox"), slowest.get())
+			// Rounds of failed publishes of 210 events: more than the
+			// publisher keeps acks in flight (256), so a publisher that queued
+			// them for later would stall here. An unavailable broker spends no
+			// attempts (outbox.ErrUnavailable): the events keep their place.
+			time.Sleep(3 * time.Second)
+			if n := e.count("SELECT MAX(attempts) FROM bento_outbox"); n != 0 {
+				t.Fatalf("an unavailable broker spent %d attempts of an event, want 0", n)
 			}
 			if st := e.stats(); st.Pending != down || st.Dead != 0 {
 				t.Fatalf("stats with the broker down: %+v, want %d pending, none dead", st, down)
 			}
-			if n := e.count("SELECT COUNT(*) FROM bento_outbox WHERE attempts > 0 AND last_error IS NOT NULL"); n == 0 {
-				t.Fatalf("no failed attempt recorded while the broker was down")
+			if n := e.count("SELECT COUNT(*) FROM bento_outbox WHERE last_error LIKE '%broker unavailable%'"); n == 0 {
+				t.Fatalf("no failed publish recorded as 'broker unavailable' while the broker was down")
 			}
 			t.Logf("broker down for %s; max attempts %d; slowest batch %s", time.Since(start).Round(time.Millisecond),
 				e.count("SELECT MAX(attempts) FROM bento_outbox"), slowest.get())

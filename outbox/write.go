@@ -35,8 +35,9 @@ type WriterOptions struct {
 // Middleware returns the driver middleware that writes the events
 // collected for a transaction (see NewContext) as outbox rows just before
 // its COMMIT, in the same transaction, and wakes the relays after the
-// COMMIT succeeded. On PostgreSQL the insert returns pg_current_xact_id(),
-// recorded for resolving an ambiguous COMMIT without another round trip.
+// COMMIT succeeded. On PostgreSQL the insert returns pg_current_xact_id()
+// and the server's start time (resilience.PostgresTxIDExpr), recorded for
+// resolving an ambiguous COMMIT without another round trip.
 //
 // Each aggregate's events get the next numbers of its sequence (table
 // <outbox>_sequences), taken with a row lock held to COMMIT, so sequences
@@ -212,7 +213,7 @@ func newQueries(d string, n Names) queries {
 		" ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = " + seq + ".last_sequence + 1 RETURNING last_sequence) " +
 		"INSERT INTO " + q.quote(n.Outbox) + " (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at) " +
 		"SELECT $3::uuid, $1, $2, $4, $5::jsonb, s.last_sequence, $6::jsonb, $7::timestamptz, '" + StatusPending + "', 0, $8::bigint FROM s " +
-		"RETURNING pg_current_xact_id()::text"
+		"RETURNING " + resilience.PostgresTxIDExpr
 	q.insertPrefix = "INSERT INTO " + q.quote(n.Outbox) +
 		" (id, aggregatetype, aggregateid, " + q.quote("type") + ", payload, " + q.quote("sequence") +
 		", headers, occurred_at, status, attempts, next_attempt_at) VALUES "
@@ -300,7 +301,7 @@ func (q queries) postgres(groups []*group) (string, []any) {
 		}
 	}
 	b.WriteString(") AS v(id, aggregatetype, aggregateid, type, payload, k, n, headers, occurred_at, next_attempt_at) " +
-		"JOIN s ON s.aggregatetype = v.aggregatetype AND s.aggregateid = v.aggregateid RETURNING pg_current_xact_id()::text")
+		"JOIN s ON s.aggregatetype = v.aggregatetype AND s.aggregateid = v.aggregateid RETURNING " + resilience.PostgresTxIDExpr)
 	return b.String(), args
 }
 

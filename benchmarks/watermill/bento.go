@@ -155,7 +155,7 @@ func bentoLatency(ctx context.Context, e *env, res *result) error {
 	rc.BatchSize = e.o.batch
 	rc.PollInterval = e.o.poll
 	if e.o.wake != "inproc" {
-		rc.Wake = nil
+		rc.Wake = make(chan struct{}) // never ready: no in-process wake-up
 	}
 	relay, err := db.NewRelay(pub, rc)
 	if err != nil {

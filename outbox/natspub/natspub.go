@@ -12,6 +12,7 @@ package natspub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -160,7 +161,7 @@ const (
 func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error {
 	out := make([]error, len(msgs))
 	if !p.nc.IsConnected() {
-		err := fmt.Errorf("natspub: not connected to NATS (%s): %w", p.nc.Status(), nats.ErrDisconnected)
+		err := fmt.Errorf("natspub: not connected to NATS (%s): %w: %w", p.nc.Status(), outbox.ErrUnavailable, nats.ErrDisconnected)
 		for i := range out {
 			out[i] = err
 		}
@@ -170,7 +171,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 	for i, m := range msgs {
 		if err := ctx.Err(); err != nil {
 			for j := i; j < len(msgs); j++ {
-				out[j] = fmt.Errorf("natspub: %s: not sent: %w", msgs[j].ID, err)
+				out[j] = fmt.Errorf("natspub: %s: not sent: %w: %w", msgs[j].ID, outbox.ErrUnavailable, err)
 			}
 			break
 		}
@@ -197,6 +198,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 		nm.Header.Set(HeaderOccurredAt, m.OccurredAt.UTC().Format(time.RFC3339Nano))
 		f, err := p.js.PublishMsgAsync(nm, opts...)
 		if err != nil {
+			if unavailable(err) {
+				err = fmt.Errorf("%w: %w", outbox.ErrUnavailable, err)
+			}
 			out[i] = fmt.Errorf("natspub: publishing %s to %s: %w", m.ID, nm.Subject, err)
 			continue
 		}
@@ -209,9 +213,12 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
+			if unavailable(err) {
+				err = fmt.Errorf("%w: %w", outbox.ErrUnavailable, err)
+			}
 			out[i] = fmt.Errorf("natspub: %s: %w", msgs[i].ID, err)
 		case <-ctx.Done():
-			out[i] = fmt.Errorf("natspub: %s: no ack: %w", msgs[i].ID, ctx.Err())
+			out[i] = fmt.Errorf("natspub: %s: no ack: %w: %w", msgs[i].ID, outbox.ErrUnavailable, ctx.Err())
 		}
 	}
 	return out
@@ -231,3 +238,12 @@ func redact(u string) string {
 }
 
 var _ outbox.Publisher = (*Publisher)(nil)
+
+// unavailable reports errors that say the broker, not the message, is the
+// problem: the relay then waits without spending the event's attempts.
+func unavailable(err error) bool {
+	return errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout) || errors.Is(err, context.DeadlineExceeded)
+}
