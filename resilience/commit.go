@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bentodriver "github.com/bento-go/bento/driver"
@@ -33,8 +34,18 @@ func (o Outcome) String() string {
 // txIDKey keys the PostgreSQL transaction id on a driver.Tx.
 type txIDKey struct{}
 
-// SetTxID records the PostgreSQL transaction id (pg_current_xact_id) of tx,
-// for resolving an ambiguous COMMIT. The outbox sets it from its INSERT …
+// PostgresTxIDExpr is the SQL expression whose value SetTxID records: the
+// transaction's id (pg_current_xact_id) and the start time of the server
+// that assigned it, "xid@start". A transaction id identifies a transaction
+// only within one life of the server: after a crash, ids whose WAL was
+// never written are handed out again, so pg_xact_status of a lost
+// transaction's id can report the commit of another one. ResolveCommit
+// trusts the status only from the same server life.
+const PostgresTxIDExpr = "pg_current_xact_id()::text || '@' || extract(epoch from pg_postmaster_start_time())::text"
+
+// SetTxID records the PostgreSQL transaction id of tx (the value of
+// PostgresTxIDExpr; a bare pg_current_xact_id is accepted too), for
+// resolving an ambiguous COMMIT. The outbox sets it from its INSERT …
 // RETURNING, saving a round trip.
 func SetTxID(tx *bentodriver.Tx, xid string) { tx.SetValue(txIDKey{}, xid) }
 
@@ -50,7 +61,7 @@ func CurrentTxID(ctx context.Context, tx *bentodriver.Tx) (string, error) {
 	if xid := TxID(tx); xid != "" {
 		return xid, nil
 	}
-	rows, err := tx.QueryContext(ctx, "SELECT pg_current_xact_id()::text")
+	rows, err := tx.QueryContext(ctx, "SELECT "+PostgresTxIDExpr)
 	if err != nil {
 		return "", err
 	}
@@ -75,13 +86,18 @@ func ResolveCommit(ctx context.Context, db *sql.DB, xid string, timeout time.Dur
 	if xid == "" {
 		return OutcomeUnknown, errors.New("resilience: no transaction id to resolve")
 	}
+	xid, born, _ := strings.Cut(xid, "@")
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	delay := 5 * time.Millisecond
 	for {
-		var status sql.NullString
-		err := db.QueryRowContext(ctx, "SELECT pg_xact_status($1::xid8)", xid).Scan(&status)
+		var status, started sql.NullString
+		err := db.QueryRowContext(ctx, "SELECT pg_xact_status($1::xid8), extract(epoch from pg_postmaster_start_time())::text", xid).Scan(&status, &started)
 		switch {
+		case err == nil && born != "" && started.String != born:
+			// The server restarted since the transaction ran: its id may
+			// belong to another transaction now.
+			return OutcomeUnknown, fmt.Errorf("resilience: the server restarted after transaction %s ran (started at %s, now %s): its id may have been reused, so its outcome cannot be read", xid, born, started.String)
 		case err == nil && status.String == "committed":
 			return Committed, nil
 		case err == nil && status.String == "aborted":
