@@ -239,6 +239,7 @@ func (d *Driver) baseBegin(ctx context.Context, opts *sql.TxOptions) (*Tx, error
 		return nil, err
 	}
 	tx := &Tx{drv: d, ctx: ctx, raw: raw, pool: p, writeSlot: w}
+	tx.vals = tx.buf[:0]
 	if opts != nil {
 		tx.opts = *opts
 	}
@@ -286,6 +287,7 @@ type Tx struct {
 	opts sql.TxOptions
 	done bool
 	vals []txValue
+	buf  [6]txValue // vals' first backing array: no allocation for the usual few
 
 	writeSlot bool // holds the pool's write slot
 	wrote     bool // a statement that is not IsReadOnly ran

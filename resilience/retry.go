@@ -97,6 +97,17 @@ func (p Policy) Do(ctx context.Context, op func(ctx context.Context) error) erro
 	return p.retry(ctx, err, op)
 }
 
+// Continue is Do for a caller that made the first attempt itself and got
+// err: it decides with the policy whether to retry, and retries op. A
+// caller on a hot path uses it to build closures and policies only after a
+// failure.
+func (p Policy) Continue(ctx context.Context, err error, op func(ctx context.Context) error) error {
+	if err == nil {
+		return nil
+	}
+	return p.retry(ctx, err, op)
+}
+
 // retry continues after a first attempt failed with err.
 func (p Policy) retry(ctx context.Context, err error, op func(ctx context.Context) error) error {
 	retryable := p.Retryable

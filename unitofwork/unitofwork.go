@@ -184,21 +184,6 @@ func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, 
 	}
 	start := time.Now()
 	attempts := 0
-	p := s.policy
-	p.Retryable = func(err error) bool {
-		if s.key != "" && resilience.Classify(err) == resilience.Ambiguous {
-			return true // the next attempt finds the key if the commit happened
-		}
-		return resilience.IsRetryable(err)
-	}
-	userOnRetry := p.OnRetry
-	p.OnRetry = func(err error, attempt int, delay time.Duration) {
-		s.logger.Warn("bento: unit of work retrying", "attempt", attempt, "delay", delay,
-			"category", resilience.Classify(err).String(), "code", resilience.Code(err), "error", err.Error())
-		if userOnRetry != nil {
-			userOnRetry(err, attempt, delay)
-		}
-	}
 	outcome := "failed"
 	defer func() {
 		if s.observer == nil {
@@ -210,7 +195,7 @@ func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, 
 		}
 	}()
 	var replayed, unknown bool
-	err := p.Do(ctx, func(ctx context.Context) error {
+	run := func(ctx context.Context) error {
 		attempts++
 		var (
 			err     error
@@ -224,7 +209,28 @@ func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, 
 			unknown = true
 		}
 		return err
-	})
+	}
+	// The first attempt runs as it is; the retry policy and its callbacks
+	// are built only after a failure.
+	err := run(ctx)
+	if err != nil {
+		p := s.policy
+		p.Retryable = func(err error) bool {
+			if s.key != "" && resilience.Classify(err) == resilience.Ambiguous {
+				return true // the next attempt finds the key if the commit happened
+			}
+			return resilience.IsRetryable(err)
+		}
+		userOnRetry := p.OnRetry
+		p.OnRetry = func(err error, attempt int, delay time.Duration) {
+			s.logger.Warn("bento: unit of work retrying", "attempt", attempt, "delay", delay,
+				"category", resilience.Classify(err).String(), "code", resilience.Code(err), "error", err.Error())
+			if userOnRetry != nil {
+				userOnRetry(err, attempt, delay)
+			}
+		}
+		err = p.Continue(ctx, err, run)
+	}
 	if err != nil && unknown && !errors.Is(err, resilience.ErrCommitUnknown) {
 		// An earlier attempt's COMMIT may have taken effect and no later
 		// attempt could find out: the caller must know.
