@@ -138,9 +138,11 @@ func logErrors(t testing.TB, fault string, res *LoadResult) {
 }
 
 // classifiedErrors are the messages of Bento's reference API for database
-// trouble: a category in parentheses, an unknown commit outcome, a drain.
+// trouble: a category (and code) in parentheses, an unknown commit
+// outcome, a drain.
 var classifiedErrors = []string{
 	"the database is unavailable (",
+	"the database cannot take the request (",
 	"the outcome is unknown; retry with the same Idempotency-Key",
 	"the service is shutting down",
 }
@@ -157,7 +159,7 @@ func requireClassified(t testing.TB, res *LoadResult) {
 		if r.Class != Refused {
 			continue
 		}
-		ok := r.Status == http.StatusServiceUnavailable && !strings.Contains(r.Error, "(unknown)")
+		ok := r.Status == http.StatusServiceUnavailable && !strings.Contains(r.Error, "(unknown")
 		if ok {
 			ok = false
 			for _, m := range classifiedErrors {
@@ -446,6 +448,9 @@ func testRestart(t *testing.T, mode string) {
 	m := scrapeMetrics(t, svc.URL())
 
 	Invariants(t, pg.DB("restart"), "postgres", "restart", res)
+	if t.Failed() {
+		explainResolutions(t, pg.DB("restart"), svc.Output())
+	}
 	requireClassified(t, res)
 	requireNoIdleInTx(t, pg.DB("postgres"), app)
 	acks := ackTimes(o.rec.Attempts())
@@ -471,6 +476,44 @@ func testRestart(t *testing.T, mode string) {
 		maxGap(acks, start.Add(-time.Second), back.Add(time.Second)), "acked_before", before,
 		"acked_after", len(acks) - before, "relay_caught_up_after_load", catchup}, append(retryKV(m), loadKV(res)...)...)...)
 	logErrors(t, fault, res)
+}
+
+var resolvedXID = regexp.MustCompile(`xid=(\d+) outcome=(\w+)`)
+
+// explainResolutions logs the service's resolved ambiguous COMMITs and,
+// for each one resolved as committed, the orders whose row was written by
+// a transaction with that id (xmin): the evidence when a resolution was
+// wrong.
+func explainResolutions(t testing.TB, db *sql.DB, out string) {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.Contains(l, "ambiguous commit resolved") {
+			continue
+		}
+		t.Logf("service: %s", tail(l, 500))
+		m := resolvedXID.FindStringSubmatch(l)
+		if m == nil || m[2] != "committed" {
+			continue
+		}
+		rows, err := db.Query(`SELECT id, customer FROM orders WHERE xmin::text = (($1::bigint) % 4294967296)::text`, m[1])
+		if err != nil {
+			t.Logf("orders written by xid %s: %v", m[1], err)
+			continue
+		}
+		for rows.Next() {
+			var id int
+			var c string
+			_ = rows.Scan(&id, &c)
+			t.Logf("xid %s (32-bit %d) wrote order %d of %s", m[1], mustAtoi(m[1])%4294967296, id, c)
+		}
+		rows.Close()
+	}
+}
+
+func mustAtoi(s string) int64 {
+	var n int64
+	fmt.Sscan(s, &n)
+	return n
 }
 
 // TestPostgresRestartFast: pg_ctl restart -m fast mid-load (sessions get
@@ -535,16 +578,17 @@ func TestConnectionExhaustion(t *testing.T) {
 
 	// The pool of 2 connections is held by slow transactions (a session
 	// holds a SHARE lock on orders for 2 s, twice) while 32 workers want
-	// one: every other caller waits DB_POOL_TIMEOUT, the unit of work
-	// retries within DB_RETRY_MAX_ELAPSED, then the caller gets a 503
-	// (timeout) at once instead of queueing.
+	// one: every other caller waits DB_POOL_TIMEOUT and gets a 503
+	// (timeout) instead of queueing for the length of the lock. (Without
+	// the lock, 32 workers on 2 connections wait ~100 ms on this machine:
+	// the pool timeout is rarely reached.)
 	t.Run("pool-timeout", func(t *testing.T) {
 		const fault = "pool-exhausted"
 		url := testdb.URL(t, testdb.Postgres)
 		db := testdb.OpenRaw(t, url)
 		app := uniqueName(t, "e2e-pool")
 		svc := Serve(t, []string{"DB_URL=" + url, "OUTBOX_RETENTION=1h", "DB_APPLICATION_NAME=" + app,
-			"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=300ms", "DB_RETRY_MAX_ELAPSED=1s"})
+			"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=300ms"})
 		ctx, cancel := context.WithCancel(context.Background())
 		type out struct {
 			res *LoadResult
@@ -594,7 +638,7 @@ func TestConnectionExhaustion(t *testing.T) {
 			}
 			seen503++
 			slowest503 = max(slowest503, a.End.Sub(a.Start))
-			if strings.Contains(a.Body, "the database is unavailable (timeout)") {
+			if strings.Contains(a.Body, "the database is unavailable (timeout") {
 				seenTimeout++
 			} else {
 				t.Errorf("a 503 while the pool was exhausted is not a timeout: %s", a.Body)
@@ -603,13 +647,12 @@ func TestConnectionExhaustion(t *testing.T) {
 		if seenTimeout == 0 {
 			t.Errorf("no caller saw a pool-timeout 503 (%d pool timeouts)", timeouts)
 		}
-		// The wait is bounded: the pool timeout and the retry budget, not
+		// The wait is bounded by the pool timeout (and any retries), not by
 		// the length of the queue or of the lock.
 		if slowest503 > 5*time.Second {
-			t.Errorf("a caller waited %s for its 503 (DB_POOL_TIMEOUT=300ms, DB_RETRY_MAX_ELAPSED=1s)", slowest503)
+			t.Errorf("a caller waited %s for its 503 (DB_POOL_TIMEOUT=300ms)", slowest503)
 		}
-		logFigure(t, fault, append([]any{"pool_max", 2, "pool_timeout", 300 * time.Millisecond, "retry_max_elapsed", time.Second,
-			"workers", 32, "lock_held", fmt.Sprintf("2x%s", hold), "pool_timeouts", timeouts,
+		logFigure(t, fault, append([]any{"pool_max", 2, "pool_timeout", 300 * time.Millisecond, "workers", 32, "lock_held", fmt.Sprintf("2x%s", hold), "pool_timeouts", timeouts,
 			"unit_retries_timeout", metrics.sum("bento_retries_total", `op="unit_of_work"`, `category="timeout"`),
 			"attempts_503_timeout", seenTimeout, "slowest_503", slowest503}, loadKV(res)...)...)
 		logErrors(t, fault, res)

@@ -59,10 +59,11 @@ type PGProxy struct {
 	dropped  atomic.Int64
 	accepted atomic.Int64
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	closed  bool
+	replies map[string]int // server replies to COMMITs cut after sending
+	wg      sync.WaitGroup
 }
 
 // StartPGProxy listens on a free local port and forwards to target
@@ -162,19 +163,25 @@ func (p *PGProxy) serve(client net.Conn) {
 	}
 	defer p.untrack(conn)
 	server := conn.(*net.TCPConn)
-	// server → client: bytes as they come. It reads the server to its end
-	// even once the client's side is closed, so that the proxy never
-	// resets a server that still has something to say.
+	// server → client: bytes as they come. Once a COMMIT was cut after
+	// sending (cutting is set before it is forwarded, after the client had
+	// every earlier reply) the server's bytes are its reply to that
+	// COMMIT: they are kept, not forwarded, and read to the server's end
+	// of stream, so that the proxy never resets a server that still has
+	// something to say.
+	var cutting atomic.Bool
+	var reply []byte
 	down := make(chan struct{})
 	go func() {
 		defer close(down)
 		buf := make([]byte, 32<<10)
-		clientOK := true
 		for {
 			n, err := server.Read(buf)
-			if n > 0 && clientOK {
-				if _, werr := client.Write(buf[:n]); werr != nil {
-					clientOK = false
+			if n > 0 {
+				if cutting.Load() {
+					reply = append(reply, buf[:n]...)
+				} else {
+					_, _ = client.Write(buf[:n])
 				}
 			}
 			if err != nil {
@@ -183,10 +190,61 @@ func (p *PGProxy) serve(client net.Conn) {
 			}
 		}
 	}()
-	if !p.up(client, server) {
+	half := p.up(client, server, &cutting)
+	if !half {
 		server.Close()
 	}
 	<-down
+	if half {
+		p.recordReply(reply)
+	}
+}
+
+// recordReply notes how the server answered a COMMIT the client never
+// heard about: its CommandComplete tag ("COMMIT", or "ROLLBACK" for a
+// transaction that had failed) or its error.
+func (p *PGProxy) recordReply(b []byte) {
+	what := "no reply"
+	for len(b) >= 5 {
+		n := int(binary.BigEndian.Uint32(b[1:5]))
+		if n < 4 || 1+n > len(b) {
+			break
+		}
+		body := b[5 : 1+n]
+		switch b[0] {
+		case 'C':
+			what = strings.TrimRight(string(body), "\x00")
+		case 'E':
+			what = "error"
+			for _, f := range strings.Split(string(body), "\x00") {
+				if strings.HasPrefix(f, "C") {
+					what = "error " + f[1:]
+				}
+			}
+		}
+		if b[0] == 'C' || b[0] == 'E' {
+			break
+		}
+		b = b[1+n:]
+	}
+	p.mu.Lock()
+	if p.replies == nil {
+		p.replies = map[string]int{}
+	}
+	p.replies[what]++
+	p.mu.Unlock()
+}
+
+// CutReplies returns how the server answered the COMMITs cut after
+// sending, by CommandComplete tag or error code.
+func (p *PGProxy) CutReplies() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range p.replies {
+		out[k] = v
+	}
+	return out
 }
 
 // Protocol codes of untyped startup-phase messages.
@@ -200,7 +258,7 @@ const (
 // COMMITs. It returns when either side ends; half reports that it
 // half-closed the server's side after a COMMIT (the server ends the
 // connection itself once it has read it).
-func (p *PGProxy) up(client net.Conn, server *net.TCPConn) (half bool) {
+func (p *PGProxy) up(client net.Conn, server *net.TCPConn, cutting *atomic.Bool) (half bool) {
 	startup := true
 	var head [5]byte
 	for {
@@ -247,6 +305,7 @@ func (p *PGProxy) up(client net.Conn, server *net.TCPConn) (half bool) {
 					// first, then hand the COMMIT to the server and
 					// half-close, so the server executes it and then
 					// reads the end of the stream.
+					cutting.Store(true)
 					client.Close()
 					_, _ = server.Write(msg)
 					_ = server.CloseWrite()

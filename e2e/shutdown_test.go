@@ -98,7 +98,7 @@ func testSigterm(t *testing.T, mode string) {
 			if mode == "graceful" {
 				t.Errorf("GRACEFUL: a request got %d %s during a graceful drain; want 2xx or a draining 503", a.Status, strings.TrimSpace(a.Body))
 			}
-			if strings.Contains(a.Body, "(unknown)") || !strings.HasPrefix(strings.TrimSpace(a.Body), "{") {
+			if strings.Contains(a.Body, "(unknown") || !strings.HasPrefix(strings.TrimSpace(a.Body), "{") {
 				t.Errorf("CLASSIFIED: a request got %d %s during the drain: want a classified error", a.Status, strings.TrimSpace(a.Body))
 			}
 		case strings.Contains(a.Err, "connection refused"):
