@@ -28,6 +28,7 @@ package drain
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -200,7 +201,7 @@ func (d *Drainer) Middleware() driver.Middleware {
 					} else {
 						cancel()
 					}
-					return err
+					return d.explain(err)
 				}
 				if !d.enter() {
 					return d.reject()
@@ -215,7 +216,7 @@ func (d *Drainer) Middleware() driver.Middleware {
 				} else {
 					cancel()
 				}
-				return err
+				return d.explain(err)
 			}
 		},
 		Begin: func(next driver.BeginHandler) driver.BeginHandler {
@@ -230,7 +231,7 @@ func (d *Drainer) Middleware() driver.Middleware {
 				if err != nil {
 					cancel()
 					d.inflight.Add(-1)
-					return nil, err
+					return nil, d.explain(err)
 				}
 				tx.SetValue(txCancel{}, cancel)
 				return tx, nil
@@ -246,10 +247,24 @@ func (d *Drainer) Middleware() driver.Middleware {
 					}
 					d.inflight.Add(-1)
 				}
-				return err
+				return d.explain(err)
 			}
 		},
 	}
+}
+
+// explain turns the errors a drain itself causes into ErrDraining, so that
+// callers hear "shutting down" rather than a cancelled context or a closed
+// database: work cancelled by Force, and work that met the pool closed by
+// an immediate drain.
+func (d *Drainer) explain(err error) error {
+	if err == nil || !d.draining.Load() || errors.Is(err, ErrDraining) {
+		return err
+	}
+	if (d.forced.Load() && errors.Is(err, context.Canceled)) || strings.Contains(err.Error(), "sql: database is closed") {
+		return fmt.Errorf("%w: %w", ErrDraining, err)
+	}
+	return err
 }
 
 // enter counts a unit of work in, unless draining.

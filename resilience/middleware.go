@@ -201,8 +201,8 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 			return &Error{Category: Timeout, Op: "commit", Err: fmt.Errorf("context ended before COMMIT; rolled back: %w", err)}
 		}
 		var xid string
-		resolve, _ := ctx.Value(noResolveKey{}).(bool)
-		if m.opts.ResolveTimeout > 0 && !resolve && tx.Pool().Dialect() == "postgres" && tx.Wrote() {
+		noResolve, _ := ctx.Value(noResolveKey{}).(bool)
+		if m.opts.ResolveTimeout > 0 && !noResolve && tx.Pool().Dialect() == "postgres" && tx.Wrote() {
 			xid = TxID(tx)
 			if xid == "" && !m.opts.TxIDOnlyFromOutbox {
 				var err error
@@ -218,7 +218,7 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 		cat := ClassifyCommit(err)
 		_, code := classify(err)
 		if cat != Ambiguous || xid == "" {
-			if cat == Ambiguous && m.opts.OnAmbiguous != nil {
+			if cat == Ambiguous && !noResolve && m.opts.OnAmbiguous != nil { // work that needs no resolution is not counted
 				m.opts.OnAmbiguous(OutcomeUnknown)
 			}
 			return &Error{Category: cat, Code: code, Op: "commit", Err: err}

@@ -178,7 +178,14 @@ process exits 0. A second signal forces the drain.`,
 			fmt.Fprintf(inv.stdout, "listening on http://%s\n", ln.Addr())
 
 			shutdown := &drain.Shutdown{
-				NotReady:     func() { mu.Lock(); notReady = true; mu.Unlock() },
+				NotReady: func() {
+					mu.Lock()
+					notReady = true
+					mu.Unlock()
+					// Replies from now on carry Connection: close, so clients
+					// do not reuse connections the server is about to drop.
+					srv.SetKeepAlivesEnabled(false)
+				},
 				PreStopDelay: inv.cfg.Drain.PreStopDelay,
 				StopIntake:   srv.Shutdown,
 				StopWorkers: func(ctx context.Context) error {
