@@ -68,6 +68,12 @@ func (OrderLine) Fields() []ent.Field {
 	}
 }
 
+// Indexes of the OrderLine: its order's lines are read by the order's id
+// (PostgreSQL does not index a foreign key by itself).
+func (OrderLine) Indexes() []ent.Index {
+	return []ent.Index{index.Edges("order")}
+}
+
 // Edges of the OrderLine.
 func (OrderLine) Edges() []ent.Edge {
 	return []ent.Edge{

@@ -53,6 +53,13 @@ var (
 				OnDelete:   schema.Cascade,
 			},
 		},
+		Indexes: []*schema.Index{
+			{
+				Name:    "orderline_order_lines",
+				Unique:  false,
+				Columns: []*schema.Column{OrderLinesColumns[4]},
+			},
+		},
 	}
 	// Tables holds all the tables in the schema.
 	Tables = []*schema.Table{
