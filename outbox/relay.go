@@ -199,6 +199,17 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 		case <-r.cfg.Wake:
 		case <-listen:
 		}
+		// The batch below covers every commit so far: wake-ups from the
+		// other source (in process and NOTIFY both fire for a commit of
+		// this process) must not start another batch for the same rows.
+		select {
+		case <-r.cfg.Wake:
+		default:
+		}
+		select {
+		case <-listen:
+		default:
+		}
 		// Drain: batch after batch while they come back full.
 		for {
 			res, err := r.Batch(context.WithoutCancel(ctx))
