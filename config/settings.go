@@ -158,20 +158,8 @@ func Settings() []Setting {
 			func(c *Config) *time.Duration { return &c.Retry.MaxDelay }),
 		durationSetting("DB_RETRY_MAX_ELAPSED", "30s", true, "bound on one operation with all its retries; 0 means only the caller's deadline",
 			func(c *Config) *time.Duration { return &c.Retry.MaxElapsed }),
-		{
-			Name: "DB_DRAIN_MODE", Default: "graceful",
-			Usage:   "shutdown: graceful (wait for in-flight work), immediate (close the pool now) or force (cancel in-flight work)",
-			Accepts: "graceful, immediate or force",
-			apply: func(c *Config, v string) error {
-				c.Drain.Mode = strings.ToLower(strings.TrimSpace(v))
-				switch c.Drain.Mode {
-				case "graceful", "immediate", "force":
-					return nil
-				}
-				return errors.New("unknown drain mode")
-			},
-			get: func(c Config) string { return c.Drain.Mode },
-		},
+		enumSetting("DB_DRAIN_MODE", "graceful", "shutdown: graceful (wait for in-flight work), immediate (close the pool now) or force (cancel in-flight work)",
+			[]string{"graceful", "immediate", "force"}, func(c *Config) *string { return &c.Drain.Mode }),
 		durationSetting("DB_DRAIN_TIMEOUT", "30s", false, "longest wait for in-flight work on shutdown before it is cancelled",
 			func(c *Config) *time.Duration { return &c.Drain.Timeout }),
 		durationSetting("DB_DRAIN_CHECK_INTERVAL", "50ms", false, "how often a drain checks in-flight work",
@@ -188,20 +176,8 @@ func Settings() []Setting {
 			},
 			get: func(c Config) string { return c.Outbox.Table },
 		},
-		{
-			Name: "OUTBOX_PUBLISHER", Default: "log",
-			Usage:   "where the relay publishes events: log (JSON lines through the logger), nats (JetStream) or none (no relay)",
-			Accepts: "log, nats or none",
-			apply: func(c *Config, v string) error {
-				c.Outbox.Publisher = strings.ToLower(strings.TrimSpace(v))
-				switch c.Outbox.Publisher {
-				case "log", "nats", "none":
-					return nil
-				}
-				return errors.New("unknown publisher")
-			},
-			get: func(c Config) string { return c.Outbox.Publisher },
-		},
+		enumSetting("OUTBOX_PUBLISHER", "log", "where the relay publishes events: log (JSON lines through the logger), nats (JetStream) or none (no relay)",
+			[]string{"log", "nats", "none"}, func(c *Config) *string { return &c.Outbox.Publisher }),
 		{
 			Name: "OUTBOX_NATS_URL", Default: "nats://127.0.0.1:4222", secret: true,
 			Usage:   "NATS server of the nats publisher",
@@ -284,6 +260,24 @@ func intSetting(name string, def, min int, usage string, field func(*Config) *in
 			return nil
 		},
 		get: func(c Config) string { return strconv.Itoa(*field(&c)) },
+	}
+}
+
+// enumSetting is one of a few words, compared in lower case.
+func enumSetting(name, def, usage string, values []string, field func(*Config) *string) Setting {
+	accepts := strings.Join(values[:len(values)-1], ", ") + " or " + values[len(values)-1]
+	return Setting{
+		Name: name, Default: def, Usage: usage, Accepts: accepts,
+		apply: func(c *Config, v string) error {
+			*field(c) = strings.ToLower(strings.TrimSpace(v))
+			for _, ok := range values {
+				if *field(c) == ok {
+					return nil
+				}
+			}
+			return errors.New("not one of the accepted values")
+		},
+		get: func(c Config) string { return *field(&c) },
 	}
 }
 
