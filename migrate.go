@@ -10,6 +10,8 @@ import (
 
 	"entgo.io/ent/dialect"
 	"entgo.io/ent/dialect/sql/schema"
+
+	"github.com/bento-go/bento/dialects"
 )
 
 // migrateLockKey is the advisory lock that serialises Migrate across
@@ -133,7 +135,7 @@ func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*sc
 	}
 	quoted := make([]string, len(names))
 	for i, n := range names {
-		quoted[i] = quoteIdent(db.db.Dialect, n)
+		quoted[i] = dialects.QuoteIdent(db.db.Dialect, n)
 	}
 	drop := "DROP TABLE IF EXISTS " + strings.Join(quoted, ", ")
 	if db.db.Dialect == dialect.Postgres {
@@ -167,12 +169,4 @@ func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*sc
 		}
 	}
 	return nil
-}
-
-// quoteIdent quotes a table name for the dialect.
-func quoteIdent(dialectName, name string) string {
-	if dialectName == dialect.MySQL {
-		return "`" + strings.ReplaceAll(name, "`", "``") + "`"
-	}
-	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
 }

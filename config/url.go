@@ -209,6 +209,11 @@ func (u URL) GoString() string { return fmt.Sprintf("config.URL(%q)", u.String()
 // leaks a password.
 func (u URL) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
 
+// Redact returns s, a URL or a list of URLs given as text, with its
+// passwords and secret parameters replaced: for messages about URLs that
+// are not database URLs (a NATS server, say).
+func Redact(s string) string { return redactString(s) }
+
 // redactURL renders u with its password and secret query values replaced.
 func redactURL(u *url.URL) string {
 	c := *u

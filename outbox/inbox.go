@@ -9,6 +9,7 @@ import (
 	"entgo.io/ent/dialect"
 	"github.com/google/uuid"
 
+	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
 )
 
@@ -36,11 +37,11 @@ func MarkProcessed(ctx context.Context, names Names, consumer string, eventID uu
 	var q string
 	switch tx.Pool().Dialect() {
 	case dialect.Postgres:
-		q = `INSERT INTO "` + names.Inbox + `" (consumer, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`
+		q = "INSERT INTO " + dialects.QuoteIdent(dialect.Postgres, names.Inbox) + " (consumer, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
 	case dialect.MySQL:
-		q = "INSERT IGNORE INTO `" + names.Inbox + "` (consumer, event_id, processed_at) VALUES (?, ?, ?)"
+		q = "INSERT IGNORE INTO " + dialects.QuoteIdent(dialect.MySQL, names.Inbox) + " (consumer, event_id, processed_at) VALUES (?, ?, ?)"
 	default:
-		q = `INSERT OR IGNORE INTO "` + names.Inbox + `" (consumer, event_id, processed_at) VALUES (?, ?, ?)`
+		q = "INSERT OR IGNORE INTO " + dialects.QuoteIdent(dialect.SQLite, names.Inbox) + " (consumer, event_id, processed_at) VALUES (?, ?, ?)"
 	}
 	res, err := tx.ExecContext(ctx, q, consumer, eventID.String(), time.Now().UTC())
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"entgo.io/ent/dialect"
 	"github.com/google/uuid"
 
+	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/resilience"
 )
@@ -616,27 +617,19 @@ func Requeue(ctx context.Context, drv *driver.Driver, names Names, ids ...uuid.U
 
 // relayQueries are the relay's statements for one dialect.
 type relayQueries struct {
-	dialect, table             string
-	claim, fail, cleanup       string
-	cleanupKeys                string
-	stats, requeueAll, ph, col string
+	dialect, table       string
+	claim, fail, cleanup string
+	cleanupKeys          string
+	stats, requeueAll    string
 }
 
 func newRelayQueries(d string, n Names) relayQueries {
 	q := relayQueries{dialect: d}
-	quote := func(s string) string { return `"` + s + `"` }
-	if d == dialect.MySQL {
-		quote = func(s string) string { return "`" + s + "`" }
-	}
+	quote := func(s string) string { return dialects.QuoteIdent(d, s) }
 	t := quote(n.Outbox)
 	q.table = t
 	typ, seq := quote("type"), quote("sequence")
-	p := func(i int) string {
-		if d == dialect.Postgres {
-			return fmt.Sprintf("$%d", i)
-		}
-		return "?"
-	}
+	p := func(i int) string { return dialects.Placeholder(d, i) }
 	idText, payloadText, headersText := "o.id", "o.payload", "o.headers"
 	if d == dialect.Postgres {
 		idText, payloadText, headersText = "o.id::text", "o.payload::text", "o.headers::text"

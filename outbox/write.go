@@ -12,6 +12,7 @@ import (
 
 	"entgo.io/ent/dialect"
 
+	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/resilience"
 )
@@ -200,10 +201,7 @@ type queries struct {
 }
 
 func newQueries(d string, n Names) queries {
-	q := queries{dialect: d, names: n, quote: func(s string) string { return `"` + s + `"` }}
-	if d == dialect.MySQL {
-		q.quote = func(s string) string { return "`" + s + "`" }
-	}
+	q := queries{dialect: d, names: n, quote: func(s string) string { return dialects.QuoteIdent(d, s) }}
 	seq := q.quote(n.Sequences)
 	q.sequenceMySQL = "INSERT INTO " + seq + " (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, LAST_INSERT_ID(?)) " +
 		"ON DUPLICATE KEY UPDATE last_sequence = LAST_INSERT_ID(last_sequence + VALUES(last_sequence))"

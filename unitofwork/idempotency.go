@@ -9,6 +9,7 @@ import (
 
 	"entgo.io/ent/dialect"
 
+	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/outbox"
 )
@@ -19,18 +20,14 @@ type querier interface {
 }
 
 func keyQueries(d string, n outbox.Names) (lookup, store string) {
-	if d == dialect.MySQL {
-		t := "`" + n.Idempotency + "`"
-		return "SELECT result FROM " + t + " WHERE idempotency_key = ?",
-			"INSERT INTO " + t + " (idempotency_key, result, created_at) VALUES (?, ?, ?)"
-	}
-	t := `"` + n.Idempotency + `"`
+	t := dialects.QuoteIdent(d, n.Idempotency)
+	p := func(i int) string { return dialects.Placeholder(d, i) }
+	result, value := "result", p(2)
 	if d == dialect.Postgres {
-		return "SELECT result::text FROM " + t + " WHERE idempotency_key = $1",
-			"INSERT INTO " + t + " (idempotency_key, result, created_at) VALUES ($1, $2::jsonb, $3)"
+		result, value = "result::text", p(2)+"::jsonb"
 	}
-	return "SELECT result FROM " + t + " WHERE idempotency_key = ?",
-		"INSERT INTO " + t + " (idempotency_key, result, created_at) VALUES (?, ?, ?)"
+	return "SELECT " + result + " FROM " + t + " WHERE idempotency_key = " + p(1),
+		"INSERT INTO " + t + " (idempotency_key, result, created_at) VALUES (" + p(1) + ", " + value + ", " + p(3) + ")"
 }
 
 func lookupKey(ctx context.Context, tx *driver.Tx, n outbox.Names, key string) ([]byte, bool, error) {

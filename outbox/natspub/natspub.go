@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/outbox"
 )
 
@@ -83,7 +84,7 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 	nc, err := nats.Connect(cfg.URL, nats.Name(cfg.Name), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false), nats.ReconnectBufSize(-1))
 	if err != nil {
-		return nil, fmt.Errorf("natspub: connecting to %s: %w", redact(cfg.URL), err)
+		return nil, fmt.Errorf("natspub: connecting to %s: %w", config.Redact(cfg.URL), err)
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight))
 	if err != nil {
@@ -222,19 +223,6 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 		}
 	}
 	return out
-}
-
-// redact hides a password in a NATS URL.
-func redact(u string) string {
-	if i := strings.Index(u, "://"); i >= 0 {
-		rest := u[i+3:]
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			if c := strings.Index(rest[:at], ":"); c >= 0 {
-				return u[:i+3] + rest[:c+1] + "xxxxx" + rest[at:]
-			}
-		}
-	}
-	return u
 }
 
 var _ outbox.Publisher = (*Publisher)(nil)
