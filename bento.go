@@ -49,6 +49,11 @@ type DB struct {
 	notifier  *outbox.Notifier
 	relayLock func() (func(), error) // SQLite: one relay per database
 
+	// relayMW is the middleware of a relay's own pool (NewRelay): the
+	// main chain without the outbox writer and the replica router.
+	relayMW []driver.Middleware
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+
 	router       *replica.Router
 	replicaDBs   []*dialects.Database
 	stopReplicas context.CancelFunc
@@ -158,13 +163,17 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	if cfg.DB.Echo {
 		mw = append(mw, driver.Echo(o.logger))
 	}
+	relayMW := append(append([]driver.Middleware(nil), o.middleware...), resilience.Middleware(res))
+	if cfg.DB.Echo {
+		relayMW = append(relayMW, driver.Echo(o.logger))
+	}
 	relayLock := outbox.MutexLock()
 	if d.Dialect == dialect.SQLite && !cfg.DB.URL.Memory() {
 		relayLock = outbox.FileLock(cfg.DB.URL.AbsPath() + ".relay.lock")
 	}
 	db := &DB{
 		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier, relayLock: relayLock,
-		router: router, replicaDBs: replicaDBs,
+		router: router, replicaDBs: replicaDBs, relayMW: relayMW, dial: o.dial,
 		tables: append(outbox.Tables(names), o.tables...),
 		drv:    driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/dialects"
+	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/outbox/natspub"
 )
@@ -30,23 +31,59 @@ func (db *DB) RelayConfig() outbox.RelayConfig {
 // wrote outbox rows; Close ends that. (A channel that is never ready, such as
 // make(chan struct{}), turns the in-process wake-up off.) On SQLite it fails
 // if another relay runs on the same database.
-func (db *DB) NewRelay(pub outbox.Publisher, cfg outbox.RelayConfig) (*outbox.Relay, error) {
-	if cfg.Wake == nil {
-		wake, stop := db.notifier.Subscribe()
-		cfg.Wake = wake
+//
+// With OUTBOX_OWN_CONNECTION (the default) a relay on PostgreSQL or MySQL
+// claims and marks rows through a pool of its own, one connection (role
+// "relay", the same middleware as the main pool but for the outbox writer
+// and replica routing), which Close closes: application traffic that fills
+// the main pool never makes the relay wait for a connection, and the relay
+// never takes one from the application. On PostgreSQL that connection
+// starts with outbox.PostgresSessionSettings, so no batch spends a round
+// trip setting them. On SQLite the relay shares the pool, whose write slot
+// serialises every writer of the file.
+func (db *DB) NewRelay(pub outbox.Publisher, cfg outbox.RelayConfig) (r *outbox.Relay, err error) {
+	release := func(f func()) {
 		prev := cfg.Release
 		cfg.Release = func() {
-			stop()
+			f()
 			if prev != nil {
 				prev()
 			}
 		}
 	}
-	r, err := outbox.NewRelay(db.drv, pub, cfg)
-	if err != nil && cfg.Release != nil {
-		cfg.Release()
+	defer func() {
+		if err != nil && cfg.Release != nil {
+			cfg.Release()
+		}
+	}()
+	if cfg.Wake == nil {
+		wake, stop := db.notifier.Subscribe()
+		cfg.Wake = wake
+		release(stop)
 	}
-	return r, err
+	drv := db.drv
+	if db.cfg.Outbox.OwnConnection && db.Dialect() != dialect.SQLite {
+		if drv, err = db.relayDriver(); err != nil {
+			return nil, err
+		}
+		release(func() { _ = drv.Close() })
+		cfg.SessionSettings = db.Dialect() == dialect.Postgres
+	}
+	return outbox.NewRelay(drv, pub, cfg)
+}
+
+// relayDriver opens the relay's own pool of one connection to the primary.
+func (db *DB) relayDriver() (*driver.Driver, error) {
+	rc := db.cfg.DB
+	rc.PoolSize, rc.MaxOverflow = 1, 0
+	// On PostgreSQL the connection starts with the batch's settings, so
+	// no batch spends a round trip setting them.
+	d, err := dialects.Open(rc, dialects.Options{DialContext: db.dial, Logger: db.logger, Settings: outbox.PostgresSessionSettings()})
+	if err != nil {
+		return nil, fmt.Errorf("bento: the relay's connection: %w", err)
+	}
+	pool := driver.NewPool(driver.PoolConfig{Role: "relay", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: rc.PoolTimeout})
+	return driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: db.relayMW}), nil
 }
 
 // Publisher builds the publisher OUTBOX_PUBLISHER names: a log publisher,

@@ -87,6 +87,11 @@ type Outbox struct {
 	// Notify wakes relays in other processes with LISTEN/NOTIFY on
 	// PostgreSQL (OUTBOX_NOTIFY).
 	Notify bool
+	// OwnConnection gives a relay a connection pool of its own (one
+	// connection) on PostgreSQL and MySQL, so application traffic that
+	// fills the main pool never delays publishing (OUTBOX_OWN_CONNECTION).
+	// SQLite relays always share the pool: its writers are serialised in it.
+	OwnConnection bool
 }
 
 // Retry holds the retry policy (DB_RETRY_*) for work that is safe to

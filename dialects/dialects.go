@@ -53,6 +53,10 @@ type Options struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives driver-level messages; nil discards them.
 	Logger *slog.Logger
+	// Settings are session settings every connection starts with
+	// (PostgreSQL runtime parameters, sent at connect); they override
+	// Bento's own and the URL's. Other dialects ignore them.
+	Settings map[string]string
 }
 
 // Database is an opened, unconnected database/sql pool with its dialect.

@@ -38,6 +38,9 @@ func PostgresConnConfig(cfg config.DB, opts Options) (*pgx.ConnConfig, error) {
 	cc.RuntimeParams["application_name"] = cfg.ApplicationName
 	cc.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.CommandTimeout.Milliseconds(), 10)
 	cc.RuntimeParams["jit"] = "off"
+	for k, v := range opts.Settings {
+		cc.RuntimeParams[k] = v
+	}
 	if opts.DialContext != nil {
 		cc.DialFunc = opts.DialContext
 	}

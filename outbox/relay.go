@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -56,6 +57,20 @@ type RelayConfig struct {
 	// Release, if set, is called by Close (bento's NewRelay uses it to end
 	// the wake-up subscription).
 	Release func()
+	// SessionSettings says that every connection of the relay's driver
+	// already carries PostgresSessionSettings (bento's NewRelay sets them
+	// when the relay has a connection of its own): a batch then skips the
+	// statement that sets them for its transaction, one round trip.
+	SessionSettings bool
+}
+
+// PostgresSessionSettings are the settings of a PostgreSQL relay batch:
+// the claim planned afresh each time and without a sort (see batchLocked),
+// and COMMIT not waiting for the WAL flush. A batch sets them for its
+// transaction unless RelayConfig.SessionSettings says its connections
+// have them already.
+func PostgresSessionSettings() map[string]string {
+	return map[string]string{"plan_cache_mode": "force_custom_plan", "enable_sort": "off", "synchronous_commit": "off"}
 }
 
 // RelayObserver is told what each batch did.
@@ -164,8 +179,13 @@ func NewRelay(drv *driver.Driver, pub Publisher, cfg RelayConfig) (*Relay, error
 	return r, nil
 }
 
-// Close releases the single-relay lock (SQLite). It does not stop Run:
-// cancel Run's context.
+// Pool returns the pool the relay works on: its own (bento's NewRelay with
+// OUTBOX_OWN_CONNECTION) or the one it shares with the application.
+func (r *Relay) Pool() *driver.Pool { return r.drv.Primary() }
+
+// Close releases the single-relay lock (SQLite) and calls
+// RelayConfig.Release (bento's NewRelay closes the relay's own pool there).
+// It does not stop Run: cancel Run's context first.
 func (r *Relay) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -305,8 +325,17 @@ func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 		// batch at 15,000 pending, so the backlog only grew), and a fresh
 		// plan anti-joins and sorts every pending row (~400 ms at
 		// 20,000). So: a custom plan each time, and no sort.
-		if _, err := dtx.ExecContext(ctx, "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('enable_sort', 'off', true)"); err != nil {
-			return res, fmt.Errorf("outbox: relay: %w", err)
+		//
+		// The batch's COMMIT does not wait for its WAL to reach the disk
+		// (synchronous_commit off, for this transaction only): a mark lost
+		// in a server crash leaves its rows pending, and they are published
+		// again, which the broker dedupes by event id — the at-least-once
+		// contract. Waiting for the flush would only lengthen every relay
+		// cycle, and with it the commit→published latency.
+		if !r.cfg.SessionSettings {
+			if _, err := dtx.ExecContext(ctx, r.q.settings); err != nil {
+				return res, fmt.Errorf("outbox: relay: %w", err)
+			}
 		}
 	}
 	msgs, attempts, err := r.claim(ctx, dtx)
@@ -618,6 +647,7 @@ func Requeue(ctx context.Context, drv *driver.Driver, names Names, ids ...uuid.U
 // relayQueries are the relay's statements for one dialect.
 type relayQueries struct {
 	dialect, table       string
+	settings             string // PostgreSQL: PostgresSessionSettings for the transaction
 	claim, fail, cleanup string
 	cleanupKeys          string
 	stats, requeueAll    string
@@ -633,6 +663,18 @@ func newRelayQueries(d string, n Names) relayQueries {
 	idText, payloadText, headersText := "o.id", "o.payload", "o.headers"
 	if d == dialect.Postgres {
 		idText, payloadText, headersText = "o.id::text", "o.payload::text", "o.headers::text"
+	}
+	if d == dialect.Postgres {
+		set := PostgresSessionSettings()
+		names := make([]string, 0, len(set))
+		for k := range set {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for i, k := range names {
+			names[i] = "set_config('" + k + "', '" + set[k] + "', true)"
+		}
+		q.settings = "SELECT " + strings.Join(names, ", ")
 	}
 	q.claim = "SELECT " + idText + ", o.aggregatetype, o.aggregateid, o." + typ + ", " + payloadText + ", o." + seq + ", " + headersText +
 		", o.occurred_at, o.attempts FROM " + t + " o WHERE o.status = '" + StatusPending + "' AND o.next_attempt_at <= " + p(1) +

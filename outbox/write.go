@@ -98,6 +98,10 @@ type group struct {
 }
 
 func groupByAggregate(msgs []Message) []*group {
+	if len(msgs) == 1 { // the usual unit of work: no index, nothing to sort
+		m := &msgs[0]
+		return []*group{{aggType: m.AggregateType, aggID: m.AggregateID, msgs: []*Message{m}}}
+	}
 	idx := map[[2]string]*group{}
 	var groups []*group
 	for i := range msgs {
@@ -307,7 +311,9 @@ func (q queries) postgres(groups []*group) (string, []any) {
 // aggregate, without the VALUES join.
 func (q queries) postgresOne(g *group) (string, []any) {
 	m := g.msgs[0]
-	return q.one, []any{g.aggType, g.aggID, m.ID.String(), m.Type, string(m.Payload), headersJSON(m.Headers), m.OccurredAt, m.OccurredAt.UnixMicro()}
+	// The payload goes as json.RawMessage, which pgx sends as it is
+	// (no copy into a string).
+	return q.one, []any{g.aggType, g.aggID, m.ID.String(), m.Type, m.Payload, headersJSON(m.Headers), m.OccurredAt, m.OccurredAt.UnixMicro()}
 }
 
 // headersJSON encodes headers for the JSON column; nil for none.

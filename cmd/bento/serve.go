@@ -125,6 +125,9 @@ process exits 0. A second signal forces the drain.`,
 					return inv.fail("", err)
 				}
 				defer relay.Close()
+				if relay.Pool() != db.Pool() {
+					st.metrics.WatchPool(relay.Pool())
+				}
 				listen, err := db.Listen(workers)
 				if err != nil {
 					closePub()
