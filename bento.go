@@ -133,7 +133,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	pool := driver.NewPool(driver.PoolConfig{
 		Role: "primary", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: cfg.DB.PoolTimeout,
-		SerializeWrites: d.Capabilities.SingleWriter,
+		SerializeWrites: d.Capabilities.SingleWriter, PipelineBegin: true,
 	})
 	// Outermost first: user middleware, then classification and retry,
 	// then statement logging (which so sees every attempt).

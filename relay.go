@@ -82,7 +82,7 @@ func (db *DB) relayDriver() (*driver.Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bento: the relay's connection: %w", err)
 	}
-	pool := driver.NewPool(driver.PoolConfig{Role: "relay", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: rc.PoolTimeout})
+	pool := driver.NewPool(driver.PoolConfig{Role: "relay", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: rc.PoolTimeout, PipelineBegin: true})
 	return driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: db.relayMW}), nil
 }
 

@@ -233,7 +233,12 @@ func (d *Driver) baseBegin(ctx context.Context, opts *sql.TxOptions) (*Tx, error
 	if err != nil {
 		return nil, err
 	}
-	raw, err := p.base.BeginTx(ctx, opts)
+	var raw dialect.Tx
+	if p.deferBegin {
+		raw, err = beginPG(ctx, p.db, opts)
+	} else {
+		raw, err = p.base.BeginTx(ctx, opts)
+	}
 	if err != nil {
 		p.release(w)
 		return nil, err
@@ -252,6 +257,9 @@ func (d *Driver) baseEnd(_ context.Context, tx *Tx, commit bool) error {
 	}
 	tx.done = true
 	defer tx.pool.release(tx.writeSlot)
+	if pt, ok := tx.raw.(*pgTx); ok {
+		return pt.end(tx.ctx, commit)
+	}
 	if commit {
 		return tx.raw.Commit()
 	}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
 )
 
@@ -57,6 +58,8 @@ type Pool struct {
 	writers chan struct{} // one write unit at a time, when SerializeWrites
 	timeout time.Duration
 
+	deferBegin bool // PostgreSQL: BEGIN goes with the first statement that writes
+
 	waits     atomic.Int64
 	waitNanos atomic.Int64
 	timeouts  atomic.Int64
@@ -84,6 +87,13 @@ type PoolConfig struct {
 	// in Go hands the lock over at once and never surfaces SQLITE_BUSY
 	// within the process.
 	SerializeWrites bool
+	// PipelineBegin (PostgreSQL only) runs each transaction on a
+	// connection of its own whose BEGIN is sent in one pipeline with the
+	// transaction's first statement that writes, instead of as a round
+	// trip of its own; a first statement that only reads is preceded by
+	// the BEGIN as usual. COMMIT and ROLLBACK, their errors and their
+	// effect on the connection are as with database/sql's transactions.
+	PipelineBegin bool
 }
 
 // NewPool returns a Pool over cfg.DB.
@@ -98,6 +108,7 @@ func NewPool(cfg PoolConfig) *Pool {
 	if cfg.SerializeWrites {
 		p.writers = make(chan struct{}, 1)
 	}
+	p.deferBegin = cfg.PipelineBegin && cfg.Dialect == dialect.Postgres
 	return p
 }
 

@@ -1,0 +1,344 @@
+package driver
+
+import (
+	"context"
+	"database/sql"
+	sqldriver "database/sql/driver"
+	"errors"
+	"fmt"
+
+	"entgo.io/ent/dialect"
+	entsql "entgo.io/ent/dialect/sql"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// pgTx is a PostgreSQL transaction on a connection of its own, whose BEGIN
+// is not a round trip of its own: it goes to the server in one pipeline
+// with the transaction's first statement that writes (a unit of work's
+// first INSERT, say), so a transaction of n statements costs n+1 round
+// trips instead of n+2. A first statement that only reads is preceded by
+// the BEGIN on its own instead: its rows are read as they come, not
+// buffered. A transaction that runs no statement sends nothing at all.
+//
+// It works through database/sql's *sql.Conn, so database/sql's pool still
+// owns the connection; statements after the first go through the Conn
+// with database/sql's usual machinery, and the pipelined ones through pgx
+// on the same connection (sql.Conn.Raw), sharing its statement cache.
+type pgTx struct {
+	db       *sql.DB
+	conn     *sql.Conn
+	ent      *entsql.Driver // ent's Exec/Query semantics on conn
+	beginSQL string
+	begun    bool
+	broken   bool // a pipelined step failed in a way that leaves the connection unusable
+}
+
+// beginPG takes a connection for a transaction whose BEGIN is deferred.
+func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions) (*pgTx, error) {
+	begin, err := pgBeginSQL(opts)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t := &pgTx{db: db, beginSQL: begin}
+	t.use(conn)
+	return t, nil
+}
+
+func (t *pgTx) use(conn *sql.Conn) {
+	t.conn, t.ent = conn, entsql.NewDriver(dialect.Postgres, entsql.Conn{ExecQuerier: conn})
+}
+
+// start runs f, the step that sends BEGIN. If it failed with the
+// connection lost (one that died while idle in the pool, say: terminated
+// by an administrator, or the server restarted), the connection is
+// discarded and f runs again on a fresh one, at most twice, as
+// database/sql retries a BEGIN on driver.ErrBadConn. Nothing the step did
+// can have lasted: no COMMIT was sent, and a transaction whose connection
+// ends is rolled back.
+func (t *pgTx) start(ctx context.Context, f func(c *pgx.Conn) error) error {
+	for attempt := 1; ; attempt++ {
+		lost := false
+		err := t.raw(func(c *pgx.Conn) error {
+			err := f(c)
+			if err != nil && (pgconn.SafeToRetry(err) || c.IsClosed()) {
+				lost, t.broken = true, true
+			}
+			return err
+		})
+		if err == nil || attempt > 2 || !lost || ctx.Err() != nil {
+			return err
+		}
+		_ = t.conn.Close()
+		conn, cerr := t.db.Conn(ctx)
+		if cerr != nil {
+			return errors.Join(err, cerr)
+		}
+		t.use(conn)
+		t.broken = false
+	}
+}
+
+// pgBeginSQL renders BEGIN for opts as pgx's database/sql driver does.
+func pgBeginSQL(opts *sql.TxOptions) (string, error) {
+	if opts == nil {
+		return "begin", nil
+	}
+	q := "begin"
+	switch opts.Isolation {
+	case sql.LevelDefault:
+	case sql.LevelReadUncommitted:
+		q += " isolation level read uncommitted"
+	case sql.LevelReadCommitted:
+		q += " isolation level read committed"
+	case sql.LevelRepeatableRead, sql.LevelSnapshot:
+		q += " isolation level repeatable read"
+	case sql.LevelSerializable:
+		q += " isolation level serializable"
+	default:
+		return "", fmt.Errorf("bento: isolation level %s is not supported by PostgreSQL (accepted: default, read uncommitted, read committed, repeatable read, snapshot, serializable)", opts.Isolation)
+	}
+	if opts.ReadOnly {
+		q += " read only"
+	}
+	return q, nil
+}
+
+// raw runs f on the pgx connection under the *sql.Conn. A connection that
+// f found dead, or left in an unknown state, is discarded.
+func (t *pgTx) raw(f func(c *pgx.Conn) error) error {
+	var ferr error
+	err := t.conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("bento: the PostgreSQL connection is a %T, not pgx's", dc)
+		}
+		c := sc.Conn()
+		ferr = f(c)
+		if t.broken || c.IsClosed() {
+			return sqldriver.ErrBadConn // database/sql discards it
+		}
+		return nil
+	})
+	if ferr != nil {
+		return ferr
+	}
+	if errors.Is(err, sqldriver.ErrBadConn) {
+		return nil // ferr was nil: the step succeeded, only the connection goes
+	}
+	return err
+}
+
+// begin sends BEGIN on its own, before a statement that is not pipelined.
+func (t *pgTx) begin(ctx context.Context) error {
+	if t.begun {
+		return nil
+	}
+	t.begun = true
+	return t.start(ctx, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, t.beginSQL)
+		return err
+	})
+}
+
+// pipelined reports whether query goes to the server with the BEGIN.
+func (t *pgTx) pipelined(query string) bool { return !t.begun && !IsReadOnly(query) }
+
+// first sends BEGIN and query in one pipeline. For an Exec, v is nil or a
+// *sql.Result; for a Query, v is an *entsql.Rows that gets the rows read
+// into memory (a statement that writes returns few).
+func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) error {
+	t.begun = true
+	argv, ok := args.([]any)
+	if !ok && args != nil {
+		return fmt.Errorf("bento: invalid type %T for the arguments, expected []any", args)
+	}
+	return t.start(ctx, func(c *pgx.Conn) error {
+		b := &pgx.Batch{}
+		b.Queue(t.beginSQL)
+		b.Queue(query, argv...)
+		br := c.SendBatch(ctx, b)
+		err := t.readFirst(c.TypeMap(), br, v, kind)
+		return errors.Join(err, br.Close())
+	})
+}
+
+func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) error {
+	if _, err := br.Exec(); err != nil {
+		return err
+	}
+	if kind == Exec {
+		tag, err := br.Exec()
+		if err != nil {
+			return err
+		}
+		switch v := v.(type) {
+		case nil:
+		case *sql.Result:
+			*v = pgResult(tag.RowsAffected())
+		default:
+			return fmt.Errorf("bento: invalid type %T for an Exec result, expected *sql.Result", v)
+		}
+		return nil
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	buf := &bufferedRows{m: m, fields: rows.FieldDescriptions()}
+	for rows.Next() {
+		raw := rows.RawValues()
+		row := make([][]byte, len(raw))
+		for i, b := range raw {
+			if b != nil {
+				row[i] = append(make([]byte, 0, len(b)), b...)
+			}
+		}
+		buf.rows = append(buf.rows, row)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	out, ok := v.(*entsql.Rows)
+	if !ok {
+		return fmt.Errorf("bento: invalid type %T for query rows, expected *sql.Rows", v)
+	}
+	*out = entsql.Rows{ColumnScanner: buf}
+	return nil
+}
+
+// Exec runs a statement with ent's semantics (v: nil or *sql.Result).
+func (t *pgTx) Exec(ctx context.Context, query string, args, v any) error {
+	if t.pipelined(query) {
+		return t.first(ctx, query, args, v, Exec)
+	}
+	if err := t.begin(ctx); err != nil {
+		return err
+	}
+	return t.ent.Exec(ctx, query, args, v)
+}
+
+// Query runs a query with ent's semantics (v: *entsql.Rows).
+func (t *pgTx) Query(ctx context.Context, query string, args, v any) error {
+	if t.pipelined(query) {
+		return t.first(ctx, query, args, v, Query)
+	}
+	if err := t.begin(ctx); err != nil {
+		return err
+	}
+	return t.ent.Query(ctx, query, args, v)
+}
+
+// QueryContext runs a query and returns database/sql rows (never
+// pipelined: the rows stream from the connection).
+func (t *pgTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if err := t.begin(ctx); err != nil {
+		return nil, err
+	}
+	return t.conn.QueryContext(ctx, query, args...)
+}
+
+// end commits or rolls back, then gives the connection back to the pool.
+// A COMMIT that PostgreSQL turned into a ROLLBACK (the transaction had
+// failed) returns pgx.ErrTxCommitRollback, as pgx's own transactions do.
+func (t *pgTx) end(ctx context.Context, commit bool) error {
+	defer t.conn.Close()
+	if !t.begun {
+		return nil
+	}
+	err := t.raw(func(c *pgx.Conn) error {
+		if commit {
+			tag, err := c.Exec(ctx, "commit")
+			if err != nil {
+				t.broken = true // the outcome is unknown: never reuse the connection
+				return err
+			}
+			if tag.String() == "ROLLBACK" {
+				return pgx.ErrTxCommitRollback
+			}
+			return nil
+		}
+		if _, err := c.Exec(ctx, "rollback"); err != nil {
+			t.broken = true // as pgx does: a connection whose rollback failed is closed
+			return err
+		}
+		return nil
+	})
+	if !commit && errors.Is(err, sql.ErrConnDone) {
+		// An earlier step lost the connection: the server rolled the
+		// transaction back when it went.
+		return nil
+	}
+	return err
+}
+
+// Commit commits the transaction.
+func (t *pgTx) Commit() error { return t.end(context.Background(), true) }
+
+// Rollback rolls the transaction back.
+func (t *pgTx) Rollback() error { return t.end(context.Background(), false) }
+
+// pgResult is the sql.Result of a pipelined statement.
+type pgResult int64
+
+func (r pgResult) LastInsertId() (int64, error) {
+	return 0, errors.New("bento: LastInsertId is not supported by PostgreSQL; use RETURNING")
+}
+func (r pgResult) RowsAffected() (int64, error) { return int64(r), nil }
+
+// bufferedRows are a pipelined query's rows, read into memory and scanned
+// with pgx's type map like pgx's own rows.
+type bufferedRows struct {
+	m      *pgtype.Map
+	fields []pgconn.FieldDescription
+	rows   [][][]byte
+	i      int
+}
+
+func (r *bufferedRows) Close() error { return nil }
+func (r *bufferedRows) ColumnTypes() ([]*sql.ColumnType, error) {
+	return nil, errors.New("bento: column types are not available for the rows of a transaction's first statement")
+}
+func (r *bufferedRows) Columns() ([]string, error) {
+	names := make([]string, len(r.fields))
+	for i, f := range r.fields {
+		names[i] = f.Name
+	}
+	return names, nil
+}
+func (r *bufferedRows) Err() error          { return nil }
+func (r *bufferedRows) NextResultSet() bool { return false }
+func (r *bufferedRows) Next() bool {
+	if r.i >= len(r.rows) {
+		return false
+	}
+	r.i++
+	return true
+}
+func (r *bufferedRows) Scan(dest ...any) error {
+	if r.i == 0 || r.i > len(r.rows) {
+		return errors.New("bento: Scan called without a row (call Next first)")
+	}
+	if len(dest) != len(r.fields) {
+		return fmt.Errorf("bento: Scan expected %d destination arguments, got %d", len(r.fields), len(dest))
+	}
+	row := r.rows[r.i-1]
+	for i, d := range dest {
+		if d == nil {
+			continue
+		}
+		f := r.fields[i]
+		if err := r.m.Scan(f.DataTypeOID, f.Format, row[i], d); err != nil {
+			return fmt.Errorf("bento: scanning column %q: %w", f.Name, err)
+		}
+	}
+	return nil
+}
