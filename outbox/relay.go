@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"entgo.io/ent/dialect"
+	entsql "entgo.io/ent/dialect/sql"
 	"github.com/google/uuid"
 
 	"github.com/bento-go/bento/dialects"
@@ -397,21 +398,31 @@ func (r *Relay) observePublished(msgs []Message, results []error) {
 	}
 }
 
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
 // claim reads the claimable heads: in tx with row locks, or (SQLite)
 // without a transaction.
 func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, error) {
-	var q querier = r.drv
-	if tx != nil {
-		q = tx
+	args := []any{time.Now().UnixMicro(), r.cfg.BatchSize}
+	var rows interface {
+		Next() bool
+		Scan(dest ...any) error
+		Close() error
+		Err() error
 	}
-	rows, err := q.QueryContext(ctx, r.q.claim, time.Now().UnixMicro(), r.cfg.BatchSize)
-	if err != nil {
-		return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
+	if tx != nil {
+		// Through ent's Query, which on PostgreSQL sends the claim in one
+		// pipeline with the transaction's BEGIN (driver.PoolConfig.
+		// PipelineBegin): the claim is the batch's first statement.
+		var er entsql.Rows
+		if err := tx.Query(ctx, r.q.claim, args, &er); err != nil {
+			return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
+		}
+		rows = &er
+	} else {
+		sr, err := r.drv.QueryContext(ctx, r.q.claim, args...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
+		}
+		rows = sr
 	}
 	defer rows.Close()
 	msgs := make([]Message, 0, r.cfg.BatchSize)
@@ -428,6 +439,7 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 		if err := rows.Scan(&id, &m.AggregateType, &m.AggregateID, &m.Type, &payload, &m.Sequence, &headers, &occurred, &attempt); err != nil {
 			return nil, nil, fmt.Errorf("outbox: relay: reading a claimed row: %w", err)
 		}
+		var err error
 		if m.ID, err = uuid.Parse(id); err != nil {
 			return nil, nil, fmt.Errorf("outbox: relay: row id %q: %w", id, err)
 		}
