@@ -6,6 +6,7 @@ import (
 	sqldriver "database/sql/driver"
 	"errors"
 	"fmt"
+	"reflect"
 
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
@@ -195,10 +196,16 @@ func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) e
 	buf := &bufferedRows{m: m, fields: rows.FieldDescriptions()}
 	for rows.Next() {
 		raw := rows.RawValues()
-		row := make([][]byte, len(raw))
+		n := 0
+		for _, b := range raw {
+			n += len(b)
+		}
+		// One allocation for the row's values, one for its slices.
+		data, row := make([]byte, 0, n), make([][]byte, len(raw))
 		for i, b := range raw {
 			if b != nil {
-				row[i] = append(make([]byte, 0, len(b)), b...)
+				data = append(data, b...)
+				row[i] = data[len(data)-len(b) : len(data) : len(data)]
 			}
 		}
 		buf.rows = append(buf.rows, row)
@@ -301,6 +308,8 @@ type bufferedRows struct {
 	fields []pgconn.FieldDescription
 	rows   [][][]byte
 	i      int
+	plans  []pgtype.ScanPlan // per column, for the destination type it was made for
+	types  []reflect.Type
 }
 
 func (r *bufferedRows) Close() error { return nil }
@@ -330,13 +339,19 @@ func (r *bufferedRows) Scan(dest ...any) error {
 	if len(dest) != len(r.fields) {
 		return fmt.Errorf("bento: Scan expected %d destination arguments, got %d", len(r.fields), len(dest))
 	}
+	if r.plans == nil {
+		r.plans, r.types = make([]pgtype.ScanPlan, len(dest)), make([]reflect.Type, len(dest))
+	}
 	row := r.rows[r.i-1]
 	for i, d := range dest {
 		if d == nil {
 			continue
 		}
 		f := r.fields[i]
-		if err := r.m.Scan(f.DataTypeOID, f.Format, row[i], d); err != nil {
+		if t := reflect.TypeOf(d); r.plans[i] == nil || r.types[i] != t {
+			r.plans[i], r.types[i] = r.m.PlanScan(f.DataTypeOID, f.Format, d), t
+		}
+		if err := r.plans[i].Scan(row[i], d); err != nil {
 			return fmt.Errorf("bento: scanning column %q: %w", f.Name, err)
 		}
 	}
