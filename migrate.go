@@ -59,6 +59,9 @@ func (db *DB) lock(ctx context.Context) (unlock func(), err error) {
 	default:
 		return func() {}, nil
 	}
+	if db.db.MaxOpen == 1 {
+		return nil, fmt.Errorf("bento: migrate: the %s pool has 1 connection (DB_POOL_SIZE + DB_MAX_OVERFLOW = 1); Migrate needs 2: one holds the migration lock while the other migrates (accepted: a pool of 2 or more)", db.db.Dialect)
+	}
 	release, err := db.pool.Acquire(ctx, false)
 	if err != nil {
 		return nil, fmt.Errorf("bento: migrate: %w", err)
