@@ -75,7 +75,8 @@ func Tables(n Names) []*schema.Table {
 	idem := schema.NewTable(n.Idempotency).
 		AddPrimary(key).
 		AddColumn(&schema.Column{Name: "result", Type: field.TypeJSON, Nullable: true}).
-		AddColumn(&schema.Column{Name: "created_at", Type: field.TypeTime, SchemaType: microTime})
+		AddColumn(&schema.Column{Name: "created_at", Type: field.TypeTime, SchemaType: microTime}).
+		AddColumn(&schema.Column{Name: "fingerprint", Type: field.TypeString, Size: 64, Nullable: true})
 	idem.AddIndex(n.Idempotency+"_created_at", false, []string{"created_at"})
 
 	consumer := &schema.Column{Name: "consumer", Type: field.TypeString, Size: 255}

@@ -15,6 +15,7 @@ import (
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/resilience"
+	"github.com/bento-go/bento/unitofwork"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -209,6 +210,8 @@ func (h *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusNotFound, errorBody{err.Error()})
 	case errors.As(err, &te):
 		writeJSON(w, http.StatusConflict, errorBody{te.Error()})
+	case errors.Is(err, unitofwork.ErrIdempotencyKeyReused):
+		writeJSON(w, http.StatusUnprocessableEntity, errorBody{"Idempotency-Key was already used with a different order; use a new key for a new order"})
 	case errors.Is(err, resilience.ErrCommitUnknown):
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{"the database lost the reply to the commit: the outcome is unknown; retry with the same Idempotency-Key"})

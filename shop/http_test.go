@@ -435,6 +435,19 @@ func TestIdempotencyKey(t *testing.T) {
 			if c := a.counts(); c.orders != 1 || c.placed != 1 {
 				t.Errorf("after the same key twice: %+v; want 1 order and 1 OrderPlaced", c)
 			}
+			// The same key with another order: refused, nothing applied; the
+			// first order's retry still gets the first order.
+			otherBody := strings.Replace(contractBody, `"quantity": 2`, `"quantity": 3`, 1)
+			msg := wantError(t, "key-1 with another order", a.post("/orders", otherBody, "Idempotency-Key", "key-1"), http.StatusUnprocessableEntity)
+			if !strings.Contains(msg, "Idempotency-Key") {
+				t.Errorf("the reused-key error does not name the Idempotency-Key: %q", msg)
+			}
+			if c := a.counts(); c.orders != 1 || c.placed != 1 {
+				t.Errorf("after key-1 reused with another order: %+v; want still 1 order and 1 OrderPlaced", c)
+			}
+			if again := order(t, a.post("/orders", contractBody, "Idempotency-Key", "key-1"), http.StatusCreated); again.ID != first.ID {
+				t.Errorf("key-1 with its own order after the refusal: order %d, want %d", again.ID, first.ID)
+			}
 			other := order(t, a.post("/orders", contractBody, "Idempotency-Key", "key-2"), http.StatusCreated)
 			if other.ID == first.ID {
 				t.Errorf("another key returned the same order %d", other.ID)

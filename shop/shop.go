@@ -10,6 +10,9 @@ package shop
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/mail"
@@ -193,7 +196,15 @@ func (s *Service) Place(ctx context.Context, cmd PlaceOrder, idempotencyKey stri
 	}
 	var opts []unitofwork.Option
 	if idempotencyKey != "" {
-		opts = append(opts, unitofwork.IdempotencyKey("order:"+idempotencyKey))
+		// The key's fingerprint is the order asked for: the same key sent
+		// with a different order is refused (ErrIdempotencyKeyReused), not
+		// answered with the first order.
+		b, err := json.Marshal(cmd)
+		if err != nil {
+			return Order{}, fmt.Errorf("shop: fingerprinting the order: %w", err)
+		}
+		sum := sha256.Sum256(b)
+		opts = append(opts, unitofwork.IdempotencyKey("order:"+idempotencyKey), unitofwork.IdempotencyFingerprint(hex.EncodeToString(sum[:])))
 	}
 	return unitofwork.DoValue(ctx, s.uow, func(ctx context.Context, tx *ent.Client) (Order, error) {
 		o, err := tx.Order.Create().SetCustomer(strings.TrimSpace(cmd.Customer)).SetTotalCents(total).Save(ctx)

@@ -73,6 +73,7 @@ type settings struct {
 	timeout         time.Duration
 	policy          resilience.Policy
 	key             string
+	fingerprint     string
 	rollbackTimeout time.Duration
 	names           outbox.Names
 	logger          *slog.Logger
@@ -103,6 +104,14 @@ func NoRetry() Option { return Retry(resilience.NoRetry()) }
 // DoValue, the value) without running fn. It resolves an ambiguous COMMIT
 // on every database: the retry finds the key if the commit happened.
 func IdempotencyKey(key string) Option { return func(s *settings) { s.key = key } }
+
+// IdempotencyFingerprint stores a fingerprint of the request with the
+// IdempotencyKey (at most 64 characters: a hex SHA-256 of the request, say).
+// A later Do with the same key and a different fingerprint applies nothing
+// and returns an error wrapping ErrIdempotencyKeyReused: the key was sent
+// again with another request. A key stored without a fingerprint, or a Do
+// without one, is not checked.
+func IdempotencyFingerprint(fp string) Option { return func(s *settings) { s.fingerprint = fp } }
 
 // RollbackTimeout bounds a rollback, which runs on a context the caller's
 // cancellation does not reach (default 5 s).
@@ -181,6 +190,9 @@ func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, 
 	s := u.defaults
 	for _, o := range opts {
 		o(&s)
+	}
+	if len(s.fingerprint) > 64 {
+		return fmt.Errorf("unitofwork: IdempotencyFingerprint is %d characters; accepted: at most 64 (a hex SHA-256, say)", len(s.fingerprint))
 	}
 	start := time.Now()
 	attempts := 0
@@ -288,7 +300,7 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 		}
 	}()
 	if s.key != "" {
-		result, found, err := lookupKey(ctx, slot.Tx, s.names, s.key)
+		stored, found, err := lookupKey(ctx, slot.Tx, s.names, s.key)
 		if err != nil {
 			finished = true
 			return false, false, errors.Join(err, u.rollback(tx, cancelTx, s))
@@ -296,8 +308,11 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 		settled = true
 		if found {
 			finished = true
+			if err := stored.check(s.key, s.fingerprint); err != nil {
+				return false, true, errors.Join(err, u.rollback(tx, cancelTx, s))
+			}
 			if sink != nil {
-				sink.replay, sink.replayed = result, true
+				sink.replay, sink.replayed = stored.result, true
 			}
 			return true, true, u.rollback(tx, cancelTx, s)
 		}
@@ -311,17 +326,20 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 		if sink != nil {
 			result = sink.value
 		}
-		if err = storeKey(ctx, slot.Tx, s.names, s.key, result); err != nil && resilience.Classify(err) == resilience.Integrity {
+		if err = storeKey(ctx, slot.Tx, s.names, s.key, s.fingerprint, result); err != nil && resilience.Classify(err) == resilience.Integrity {
 			// Another unit with the same key committed first: roll back
 			// ours and return its outcome.
 			finished = true
 			_ = u.rollback(tx, cancelTx, s)
-			result, found, lerr := lookupKeyOutside(ctx, slot.Tx.Driver(), s.names, s.key)
+			stored, found, lerr := lookupKeyOutside(ctx, slot.Tx.Driver(), s.names, s.key)
 			if lerr != nil || !found {
 				return false, settled, errors.Join(err, lerr)
 			}
+			if err := stored.check(s.key, s.fingerprint); err != nil {
+				return false, true, err
+			}
 			if sink != nil {
-				sink.replay, sink.replayed = result, true
+				sink.replay, sink.replayed = stored.result, true
 			}
 			return true, true, nil
 		}

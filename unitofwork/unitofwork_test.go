@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -361,6 +362,44 @@ func TestIdempotencyKey(t *testing.T) {
 			}
 		})
 
+		t.Run("fingerprint", func(t *testing.T) {
+			// The same key with another request's fingerprint applies
+			// nothing and says so; with its own, or none, it replays.
+			const customer = "idem-fp@example.com"
+			var calls atomic.Int32
+			run := func(opts ...unitofwork.Option) (placed, error) {
+				return unitofwork.DoValue(ctx, e.uow, func(ctx context.Context, tx *ent.Client) (placed, error) {
+					calls.Add(1)
+					o, err := place(ctx, tx, customer)
+					if err != nil {
+						return placed{}, err
+					}
+					return placed{OrderID: o.ID, Customer: customer}, nil
+				}, append([]unitofwork.Option{unitofwork.IdempotencyKey("fp-1")}, opts...)...)
+			}
+			first, err := run(unitofwork.IdempotencyFingerprint("aaaa"))
+			if err != nil {
+				t.Fatalf("first DoValue: %v", err)
+			}
+			if _, err := run(unitofwork.IdempotencyFingerprint("bbbb")); !errors.Is(err, unitofwork.ErrIdempotencyKeyReused) || !strings.Contains(err.Error(), `"fp-1"`) {
+				t.Fatalf("same key, other fingerprint: %v; want ErrIdempotencyKeyReused naming the key", err)
+			}
+			for _, opts := range [][]unitofwork.Option{{unitofwork.IdempotencyFingerprint("aaaa")}, nil} {
+				again, err := run(opts...)
+				if err != nil || again != first {
+					t.Fatalf("replay with %d options: %+v, %v; want %+v", len(opts), again, err, first)
+				}
+			}
+			if n := calls.Load(); n != 1 {
+				t.Fatalf("closure ran %d times, want 1", n)
+			}
+			e.expectRows(customer, 1)
+			if _, err := run(unitofwork.IdempotencyFingerprint(strings.Repeat("f", 65))); err == nil || !strings.Contains(err.Error(), "at most 64") {
+				t.Fatalf("a 65-character fingerprint: %v; want a clear error", err)
+			}
+			e.expectRows(customer, 1)
+		})
+
 		t.Run("concurrent", func(t *testing.T) {
 			const customer = "idem-conc@example.com"
 			// Both closures wait for each other (briefly: on SQLite the
@@ -601,15 +640,15 @@ func TestFakePort(t *testing.T) {
 		}
 	})
 
-	t.Run("the key becomes an option", func(t *testing.T) {
+	t.Run("the key becomes options", func(t *testing.T) {
 		calls, result = 0, errors.New("stop here")
 		defer func() { result = nil }()
 		cmd := shop.PlaceOrder{Customer: "a@example.com", Lines: []shop.Line{{SKU: "A", Quantity: 1, UnitPriceCents: 5}}}
 		if _, err := svc.Place(ctx, cmd, "k-1"); !errors.Is(err, result) {
 			t.Fatalf("Place returned %v, want the port's error", err)
 		}
-		if calls != 1 || lastOpts != 1 {
-			t.Fatalf("with a key: %d calls with %d options, want 1 call with 1 option", calls, lastOpts)
+		if calls != 1 || lastOpts != 2 {
+			t.Fatalf("with a key: %d calls with %d options, want 1 call with 2 (the key and the order's fingerprint)", calls, lastOpts)
 		}
 		_, _ = svc.Place(ctx, cmd, "")
 		if lastOpts != 0 {
