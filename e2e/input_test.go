@@ -195,8 +195,10 @@ func hostileCases() []hostileCase {
 			body: orderBody("keyinject@example.com"), expect: hostileValid, customer: "keyinject@example.com", lines: line},
 		hostileCase{name: "Idempotency-Key replayed", header: map[string]string{"Idempotency-Key": "x' OR '1'='1"},
 			body: orderBody("keyinject@example.com"), expect: hostileValid, customer: "keyinject@example.com", lines: line},
+		// The key's fingerprint is the order: another order under it is
+		// refused (422) and applies nothing.
 		hostileCase{name: "Idempotency-Key reused with another body", header: map[string]string{"Idempotency-Key": "x' OR '1'='1"},
-			body: orderBody("other-body@example.com"), expect: hostileValid, customer: "keyinject@example.com", lines: line},
+			body: orderBody("other-body@example.com"), expect: hostileRefuse},
 	)
 
 	// Headers and content types.
