@@ -49,9 +49,7 @@ type DB struct {
 	notifier  *outbox.Notifier
 	relayLock func() (func(), error) // SQLite: one relay per database
 
-	// relayMW is the middleware of a relay's own pool (NewRelay): the
-	// main chain without the outbox writer and the replica router.
-	relayMW []driver.Middleware
+	relayMW []driver.Middleware // a relay's own pool's chain (NewRelay)
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	router       *replica.Router
@@ -146,11 +144,15 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	names := outbox.NamesFor(cfg.Outbox.Table)
 	notifier := &outbox.Notifier{}
+	resMW := resilience.Middleware(res)
+	var echo []driver.Middleware
+	if cfg.DB.Echo {
+		echo = append(echo, driver.Echo(o.logger))
+	}
 	mw := append([]driver.Middleware(nil), o.middleware...)
 	// The outbox sits outside resilience: it records the transaction id
 	// from its insert before resilience needs it to resolve a COMMIT.
-	mw = append(mw, outbox.Middleware(outbox.WriterOptions{Names: names, Dialect: d.Dialect, Wakers: []outbox.Waker{notifier}}))
-	mw = append(mw, resilience.Middleware(res))
+	mw = append(mw, outbox.Middleware(outbox.WriterOptions{Names: names, Dialect: d.Dialect, Wakers: []outbox.Waker{notifier}}), resMW)
 	router, replicaDBs, err := openReplicas(cfg, d.Dialect, pool, o)
 	if err != nil {
 		d.DB.Close()
@@ -160,13 +162,11 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 		// Inside resilience: a retried read is routed afresh.
 		mw = append(mw, router.Middleware())
 	}
-	if cfg.DB.Echo {
-		mw = append(mw, driver.Echo(o.logger))
-	}
-	relayMW := append(append([]driver.Middleware(nil), o.middleware...), resilience.Middleware(res))
-	if cfg.DB.Echo {
-		relayMW = append(relayMW, driver.Echo(o.logger))
-	}
+	mw = append(mw, echo...)
+	// A relay's own pool (NewRelay): the same chain without the outbox
+	// writer (a relay records no events) and the router (it works on the
+	// primary).
+	relayMW := append(append(append([]driver.Middleware(nil), o.middleware...), resMW), echo...)
 	relayLock := outbox.MutexLock()
 	if d.Dialect == dialect.SQLite && !cfg.DB.URL.Memory() {
 		relayLock = outbox.FileLock(cfg.DB.URL.AbsPath() + ".relay.lock")

@@ -257,9 +257,6 @@ func (d *Driver) baseEnd(_ context.Context, tx *Tx, commit bool) error {
 	}
 	tx.done = true
 	defer tx.pool.release(tx.writeSlot)
-	if pt, ok := tx.raw.(*pgTx); ok {
-		return pt.end(tx.ctx, commit)
-	}
 	if commit {
 		return tx.raw.Commit()
 	}

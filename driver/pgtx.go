@@ -29,6 +29,7 @@ import (
 // with database/sql's usual machinery, and the pipelined ones through pgx
 // on the same connection (sql.Conn.Raw), sharing its statement cache.
 type pgTx struct {
+	ctx      context.Context // the transaction's, for COMMIT and ROLLBACK
 	db       *sql.DB
 	conn     *sql.Conn
 	ent      *entsql.Driver // ent's Exec/Query semantics on conn
@@ -47,7 +48,7 @@ func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions) (*pgTx, error
 	if err != nil {
 		return nil, err
 	}
-	t := &pgTx{db: db, beginSQL: begin}
+	t := &pgTx{ctx: ctx, db: db, beginSQL: begin}
 	t.use(conn)
 	return t, nil
 }
@@ -155,11 +156,23 @@ func (t *pgTx) pipelined(query string) bool { return !t.begun && !IsReadOnly(que
 // *sql.Result; for a Query, v is an *entsql.Rows that gets the rows read
 // into memory (a statement that writes returns few).
 func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) error {
-	t.begun = true
 	argv, ok := args.([]any)
 	if !ok && args != nil {
 		return fmt.Errorf("bento: invalid type %T for the arguments, expected []any", args)
 	}
+	switch v.(type) {
+	case nil, *sql.Result:
+		if kind == Query {
+			return fmt.Errorf("bento: invalid type %T for query rows, expected *sql.Rows", v)
+		}
+	case *entsql.Rows:
+		if kind == Exec {
+			return fmt.Errorf("bento: invalid type %T for an Exec result, expected *sql.Result", v)
+		}
+	default:
+		return fmt.Errorf("bento: invalid type %T for the statement's result", v)
+	}
+	t.begun = true
 	return t.start(ctx, func(c *pgx.Conn) error {
 		b := &pgx.Batch{}
 		b.Queue(t.beginSQL)
@@ -176,23 +189,15 @@ func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) e
 	}
 	if kind == Exec {
 		tag, err := br.Exec()
-		if err != nil {
-			return err
+		if err == nil && v != nil {
+			*v.(*sql.Result) = pgResult(tag.RowsAffected())
 		}
-		switch v := v.(type) {
-		case nil:
-		case *sql.Result:
-			*v = pgResult(tag.RowsAffected())
-		default:
-			return fmt.Errorf("bento: invalid type %T for an Exec result, expected *sql.Result", v)
-		}
-		return nil
+		return err
 	}
 	rows, err := br.Query()
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
 	buf := &bufferedRows{m: m, fields: rows.FieldDescriptions()}
 	for rows.Next() {
 		raw := rows.RawValues()
@@ -214,32 +219,29 @@ func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) e
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	out, ok := v.(*entsql.Rows)
-	if !ok {
-		return fmt.Errorf("bento: invalid type %T for query rows, expected *sql.Rows", v)
-	}
-	*out = entsql.Rows{ColumnScanner: buf}
+	*v.(*entsql.Rows) = entsql.Rows{ColumnScanner: buf}
 	return nil
 }
 
 // Exec runs a statement with ent's semantics (v: nil or *sql.Result).
 func (t *pgTx) Exec(ctx context.Context, query string, args, v any) error {
-	if t.pipelined(query) {
-		return t.first(ctx, query, args, v, Exec)
-	}
-	if err := t.begin(ctx); err != nil {
-		return err
-	}
-	return t.ent.Exec(ctx, query, args, v)
+	return t.stmt(ctx, query, args, v, Exec)
 }
 
 // Query runs a query with ent's semantics (v: *entsql.Rows).
 func (t *pgTx) Query(ctx context.Context, query string, args, v any) error {
+	return t.stmt(ctx, query, args, v, Query)
+}
+
+func (t *pgTx) stmt(ctx context.Context, query string, args, v any, kind Kind) error {
 	if t.pipelined(query) {
-		return t.first(ctx, query, args, v, Query)
+		return t.first(ctx, query, args, v, kind)
 	}
 	if err := t.begin(ctx); err != nil {
 		return err
+	}
+	if kind == Exec {
+		return t.ent.Exec(ctx, query, args, v)
 	}
 	return t.ent.Query(ctx, query, args, v)
 }
@@ -256,26 +258,25 @@ func (t *pgTx) QueryContext(ctx context.Context, query string, args ...any) (*sq
 // end commits or rolls back, then gives the connection back to the pool.
 // A COMMIT that PostgreSQL turned into a ROLLBACK (the transaction had
 // failed) returns pgx.ErrTxCommitRollback, as pgx's own transactions do.
-func (t *pgTx) end(ctx context.Context, commit bool) error {
+func (t *pgTx) end(commit bool) error {
 	defer t.conn.Close()
 	if !t.begun {
 		return nil
 	}
+	stmt := "rollback"
+	if commit {
+		stmt = "commit"
+	}
 	err := t.raw(func(c *pgx.Conn) error {
-		if commit {
-			tag, err := c.Exec(ctx, "commit")
-			if err != nil {
-				t.broken = true // the outcome is unknown: never reuse the connection
-				return err
-			}
-			if tag.String() == "ROLLBACK" {
-				return pgx.ErrTxCommitRollback
-			}
-			return nil
-		}
-		if _, err := c.Exec(ctx, "rollback"); err != nil {
-			t.broken = true // as pgx does: a connection whose rollback failed is closed
+		tag, err := c.Exec(t.ctx, stmt)
+		if err != nil {
+			// A failed COMMIT's outcome is unknown, and pgx closes a
+			// connection whose ROLLBACK failed: never reuse it.
+			t.broken = true
 			return err
+		}
+		if commit && tag.String() == "ROLLBACK" {
+			return pgx.ErrTxCommitRollback
 		}
 		return nil
 	})
@@ -287,11 +288,11 @@ func (t *pgTx) end(ctx context.Context, commit bool) error {
 	return err
 }
 
-// Commit commits the transaction.
-func (t *pgTx) Commit() error { return t.end(context.Background(), true) }
+// Commit commits the transaction on its context.
+func (t *pgTx) Commit() error { return t.end(true) }
 
-// Rollback rolls the transaction back.
-func (t *pgTx) Rollback() error { return t.end(context.Background(), false) }
+// Rollback rolls the transaction back on its context.
+func (t *pgTx) Rollback() error { return t.end(false) }
 
 // pgResult is the sql.Result of a pipelined statement.
 type pgResult int64

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -71,7 +70,17 @@ type RelayConfig struct {
 // transaction unless RelayConfig.SessionSettings says its connections
 // have them already.
 func PostgresSessionSettings() map[string]string {
-	return map[string]string{"plan_cache_mode": "force_custom_plan", "enable_sort": "off", "synchronous_commit": "off"}
+	m := map[string]string{}
+	for _, kv := range postgresSettings() {
+		m[kv[0]] = kv[1]
+	}
+	return m
+}
+
+// postgresSettings are PostgresSessionSettings in a fixed order, for the
+// statement that sets them.
+func postgresSettings() [][2]string {
+	return [][2]string{{"plan_cache_mode", "force_custom_plan"}, {"enable_sort", "off"}, {"synchronous_commit", "off"}}
 }
 
 // RelayObserver is told what each batch did.
@@ -401,28 +410,16 @@ func (r *Relay) observePublished(msgs []Message, results []error) {
 // claim reads the claimable heads: in tx with row locks, or (SQLite)
 // without a transaction.
 func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, error) {
-	args := []any{time.Now().UnixMicro(), r.cfg.BatchSize}
-	var rows interface {
-		Next() bool
-		Scan(dest ...any) error
-		Close() error
-		Err() error
-	}
+	// Through ent's Query, which on PostgreSQL sends the claim in one
+	// pipeline with the transaction's BEGIN (driver.PoolConfig.
+	// PipelineBegin): the claim is the batch's first statement.
+	var q dialect.ExecQuerier = r.drv
 	if tx != nil {
-		// Through ent's Query, which on PostgreSQL sends the claim in one
-		// pipeline with the transaction's BEGIN (driver.PoolConfig.
-		// PipelineBegin): the claim is the batch's first statement.
-		var er entsql.Rows
-		if err := tx.Query(ctx, r.q.claim, args, &er); err != nil {
-			return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
-		}
-		rows = &er
-	} else {
-		sr, err := r.drv.QueryContext(ctx, r.q.claim, args...)
-		if err != nil {
-			return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
-		}
-		rows = sr
+		q = tx
+	}
+	var rows entsql.Rows
+	if err := q.Query(ctx, r.q.claim, []any{time.Now().UnixMicro(), r.cfg.BatchSize}, &rows); err != nil {
+		return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
 	}
 	defer rows.Close()
 	msgs := make([]Message, 0, r.cfg.BatchSize)
@@ -675,18 +672,11 @@ func newRelayQueries(d string, n Names) relayQueries {
 	idText, payloadText, headersText := "o.id", "o.payload", "o.headers"
 	if d == dialect.Postgres {
 		idText, payloadText, headersText = "o.id::text", "o.payload::text", "o.headers::text"
-	}
-	if d == dialect.Postgres {
-		set := PostgresSessionSettings()
-		names := make([]string, 0, len(set))
-		for k := range set {
-			names = append(names, k)
+		var sets []string
+		for _, kv := range postgresSettings() {
+			sets = append(sets, "set_config('"+kv[0]+"', '"+kv[1]+"', true)")
 		}
-		sort.Strings(names)
-		for i, k := range names {
-			names[i] = "set_config('" + k + "', '" + set[k] + "', true)"
-		}
-		q.settings = "SELECT " + strings.Join(names, ", ")
+		q.settings = "SELECT " + strings.Join(sets, ", ")
 	}
 	q.claim = "SELECT " + idText + ", o.aggregatetype, o.aggregateid, o." + typ + ", " + payloadText + ", o." + seq + ", " + headersText +
 		", o.occurred_at, o.attempts FROM " + t + " o WHERE o.status = '" + StatusPending + "' AND o.next_attempt_at <= " + p(1) +

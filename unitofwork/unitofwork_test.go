@@ -328,20 +328,23 @@ func TestIdempotencyKey(t *testing.T) {
 	testdb.Each(t, func(t *testing.T, cfg config.Config) {
 		e := openEnv(t, cfg)
 		ctx := context.Background()
+		// placeKeyed places an order for customer with opts, counting
+		// the runs of the closure in calls.
+		placeKeyed := func(customer string, calls *atomic.Int32, opts ...unitofwork.Option) (placed, error) {
+			return unitofwork.DoValue(ctx, e.uow, func(ctx context.Context, tx *ent.Client) (placed, error) {
+				calls.Add(1)
+				o, err := place(ctx, tx, customer)
+				if err != nil {
+					return placed{}, err
+				}
+				return placed{OrderID: o.ID, Customer: customer}, nil
+			}, opts...)
+		}
 
 		t.Run("sequential", func(t *testing.T) {
 			const customer = "idem-seq@example.com"
 			var calls atomic.Int32
-			run := func() (placed, error) {
-				return unitofwork.DoValue(ctx, e.uow, func(ctx context.Context, tx *ent.Client) (placed, error) {
-					calls.Add(1)
-					o, err := place(ctx, tx, customer)
-					if err != nil {
-						return placed{}, err
-					}
-					return placed{OrderID: o.ID, Customer: customer}, nil
-				}, unitofwork.IdempotencyKey("seq-1"))
-			}
+			run := func() (placed, error) { return placeKeyed(customer, &calls, unitofwork.IdempotencyKey("seq-1")) }
 			first, err := run()
 			if err != nil {
 				t.Fatalf("first DoValue: %v", err)
@@ -368,14 +371,7 @@ func TestIdempotencyKey(t *testing.T) {
 			const customer = "idem-fp@example.com"
 			var calls atomic.Int32
 			run := func(opts ...unitofwork.Option) (placed, error) {
-				return unitofwork.DoValue(ctx, e.uow, func(ctx context.Context, tx *ent.Client) (placed, error) {
-					calls.Add(1)
-					o, err := place(ctx, tx, customer)
-					if err != nil {
-						return placed{}, err
-					}
-					return placed{OrderID: o.ID, Customer: customer}, nil
-				}, append([]unitofwork.Option{unitofwork.IdempotencyKey("fp-1")}, opts...)...)
+				return placeKeyed(customer, &calls, append([]unitofwork.Option{unitofwork.IdempotencyKey("fp-1")}, opts...)...)
 			}
 			first, err := run(unitofwork.IdempotencyFingerprint("aaaa"))
 			if err != nil {
