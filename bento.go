@@ -53,7 +53,6 @@ type DB struct {
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	router       *replica.Router
-	replicaDBs   []*dialects.Database
 	stopReplicas context.CancelFunc
 
 	migrateMu sync.Mutex // serialises Migrate within the process (SQLite has no advisory locks)
@@ -132,6 +131,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	pool := driver.NewPool(driver.PoolConfig{
 		Role: "primary", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: cfg.DB.PoolTimeout,
 		SerializeWrites: d.Capabilities.SingleWriter, PipelineBegin: true,
+		KeepIdle: d.KeepIdle, OverflowIdle: cfg.DB.PoolOverflowIdle,
 	})
 	// Outermost first: user middleware, then classification and retry,
 	// then statement logging (which so sees every attempt).
@@ -153,7 +153,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	// The outbox sits outside resilience: it records the transaction id
 	// from its insert before resilience needs it to resolve a COMMIT.
 	mw = append(mw, outbox.Middleware(outbox.WriterOptions{Names: names, Dialect: d.Dialect, Wakers: []outbox.Waker{notifier}}), resMW)
-	router, replicaDBs, err := openReplicas(cfg, d.Dialect, pool, o)
+	router, err := openReplicas(cfg, d.Dialect, pool, o)
 	if err != nil {
 		d.DB.Close()
 		return nil, err
@@ -173,7 +173,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	db := &DB{
 		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier, relayLock: relayLock,
-		router: router, replicaDBs: replicaDBs, relayMW: relayMW, dial: o.dial,
+		router: router, relayMW: relayMW, dial: o.dial,
 		tables: append(outbox.Tables(names), o.tables...),
 		drv:    driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}
@@ -187,14 +187,13 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 
 // openReplicas opens the DB_REPLICA_URLS pools, each sized like the
 // primary unless DB_REPLICA_POOL_SIZE/MAX_OVERFLOW say otherwise.
-func openReplicas(cfg config.Config, dialectName string, primary *driver.Pool, o options) (*replica.Router, []*dialects.Database, error) {
+func openReplicas(cfg config.Config, dialectName string, primary *driver.Pool, o options) (*replica.Router, error) {
 	if len(cfg.DB.ReplicaURLs) == 0 {
-		return nil, nil, nil
+		return nil, nil
 	}
 	var (
 		pools []*driver.Pool
 		urls  []string
-		dbs   []*dialects.Database
 	)
 	for i, u := range cfg.DB.ReplicaURLs {
 		rc := cfg.DB
@@ -207,14 +206,14 @@ func openReplicas(cfg config.Config, dialectName string, primary *driver.Pool, o
 		}
 		rd, err := dialects.Open(rc, dialects.Options{DialContext: o.dial, Logger: o.logger})
 		if err != nil {
-			for _, d := range dbs {
-				d.DB.Close()
+			for _, p := range pools {
+				p.Close()
 			}
-			return nil, nil, fmt.Errorf("bento: replica %d: %w", i+1, err)
+			return nil, fmt.Errorf("bento: replica %d: %w", i+1, err)
 		}
-		dbs = append(dbs, rd)
 		pools = append(pools, driver.NewPool(driver.PoolConfig{
 			Role: fmt.Sprintf("replica-%d", i+1), Dialect: rd.Dialect, DB: rd.DB, MaxOpen: rd.MaxOpen, Timeout: cfg.DB.PoolTimeout,
+			KeepIdle: rd.KeepIdle, OverflowIdle: cfg.DB.PoolOverflowIdle,
 		}))
 		urls = append(urls, u.String())
 	}
@@ -222,7 +221,7 @@ func openReplicas(cfg config.Config, dialectName string, primary *driver.Pool, o
 		MaxLag: cfg.DB.ReplicaMaxLag, CheckInterval: cfg.DB.ReplicaCheckInterval,
 		ReadYourWritesWindow: cfg.DB.ReadYourWritesWindow, Logger: o.logger, Observer: o.replicaObs,
 	})
-	return router, dbs, nil
+	return router, nil
 }
 
 // Replicas returns the replica router, or nil without DB_REPLICA_URLS.
@@ -348,8 +347,10 @@ func (db *DB) Close() error {
 			db.stopReplicas()
 		}
 		errs := []error{db.drv.Close()}
-		for _, r := range db.replicaDBs {
-			errs = append(errs, r.DB.Close())
+		if db.router != nil {
+			for _, p := range db.router.Pools() {
+				errs = append(errs, p.Close())
+			}
 		}
 		db.closeErr = errors.Join(errs...)
 	})

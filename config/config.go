@@ -125,6 +125,11 @@ type DB struct {
 	// PoolRecycle is the maximum lifetime of a connection; 0 keeps them
 	// forever (DB_POOL_RECYCLE).
 	PoolRecycle time.Duration
+	// PoolOverflowIdle is how long the connections opened beyond PoolSize
+	// stay open after load drops back to PoolSize connections or fewer
+	// (DB_POOL_OVERFLOW_IDLE); 0 closes each as soon as it is returned.
+	// While they stay, a burst reuses them instead of opening new ones.
+	PoolOverflowIdle time.Duration
 	// PoolPrePing checks that a pooled connection is alive before reusing it
 	// (DB_POOL_PRE_PING).
 	PoolPrePing bool

@@ -81,6 +81,8 @@ func Settings() []Setting {
 			func(c *Config) *time.Duration { return &c.DB.PoolTimeout }),
 		durationSetting("DB_POOL_RECYCLE", "3600s", true, "maximum connection lifetime; 0 keeps connections forever (MySQL: capped below 5 minutes)",
 			func(c *Config) *time.Duration { return &c.DB.PoolRecycle }),
+		durationSetting("DB_POOL_OVERFLOW_IDLE", "60s", true, "how long a connection opened beyond the pool size stays open once no more than DB_POOL_SIZE are in use; 0 closes it as soon as it is returned",
+			func(c *Config) *time.Duration { return &c.DB.PoolOverflowIdle }),
 		boolSetting("DB_POOL_PRE_PING", true, "check a connection idle for more than 1 s is alive before reusing it",
 			func(c *Config) *bool { return &c.DB.PoolPrePing }),
 		durationSetting("DB_CONNECT_TIMEOUT", "10s", false, "longest time to establish one connection",

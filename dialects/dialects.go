@@ -67,6 +67,11 @@ type Database struct {
 	DB *sql.DB
 	// MaxOpen is the pool's connection limit.
 	MaxOpen int
+	// KeepIdle is how many idle connections the pool keeps however long
+	// they sit idle (DB_POOL_SIZE on a server; MaxOpen on SQLite). The
+	// others are closed as they are returned, unless a driver.Pool with an
+	// OverflowIdle keeps them for a while.
+	KeepIdle int
 	// Capabilities of the database.
 	Capabilities Capabilities
 	// VersionQuery returns the server version as one text column.
@@ -121,11 +126,12 @@ func redactIn(msg string, user *url.Userinfo) string {
 }
 
 // serverPool applies the server pool settings: max open = pool size +
-// overflow, max idle = pool size, max lifetime = recycle.
-func serverPool(db *sql.DB, cfg config.DB) int {
-	maxOpen := cfg.MaxOpen()
+// overflow, max idle = pool size, max lifetime = recycle. It returns max
+// open and max idle.
+func serverPool(db *sql.DB, cfg config.DB) (maxOpen, keepIdle int) {
+	maxOpen = cfg.MaxOpen()
 	db.SetMaxOpenConns(maxOpen)
 	db.SetMaxIdleConns(cfg.PoolSize)
 	db.SetConnMaxLifetime(cfg.PoolRecycle)
-	return maxOpen
+	return maxOpen, cfg.PoolSize
 }

@@ -78,14 +78,14 @@ func openMySQL(cfg config.DB, opts Options) (*Database, error) {
 		return nil, urlError(cfg, redactIn(err.Error(), u.User), "mysql://user:pass@host:3306/db")
 	}
 	db := sql.OpenDB(&mysqlConnector{Connector: conn, timeout: cfg.CommandTimeout})
-	maxOpen := serverPool(db, cfg)
+	maxOpen, keepIdle := serverPool(db, cfg)
 	life := cfg.PoolRecycle
 	if life <= 0 || life > MySQLMaxLifetime {
 		life = MySQLMaxLifetime
 	}
 	db.SetConnMaxLifetime(life)
 	return &Database{
-		Dialect: config.MySQL, DB: db, MaxOpen: maxOpen,
+		Dialect: config.MySQL, DB: db, MaxOpen: maxOpen, KeepIdle: keepIdle,
 		Capabilities: mysqlCapabilities,
 		VersionQuery: "SELECT VERSION()",
 	}, nil

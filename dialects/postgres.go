@@ -60,9 +60,9 @@ func openPostgres(cfg config.DB, opts Options) (*Database, error) {
 	// than 1 s is pinged when it is taken from the pool. Never a second
 	// ping per call.
 	db := stdlib.OpenDB(*cc, dbOpts...)
-	maxOpen := serverPool(db, cfg)
+	maxOpen, keepIdle := serverPool(db, cfg)
 	return &Database{
-		Dialect: config.Postgres, DB: db, MaxOpen: maxOpen,
+		Dialect: config.Postgres, DB: db, MaxOpen: maxOpen, KeepIdle: keepIdle,
 		Capabilities: postgresCapabilities,
 		VersionQuery: "SHOW server_version",
 	}, nil

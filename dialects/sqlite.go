@@ -87,7 +87,7 @@ func openSQLite(cfg config.DB, _ Options) (*Database, error) {
 	db.SetMaxIdleConns(SQLiteMaxOpen)
 	db.SetConnMaxLifetime(0)
 	return &Database{
-		Dialect: config.SQLite, DB: db, MaxOpen: SQLiteMaxOpen,
+		Dialect: config.SQLite, DB: db, MaxOpen: SQLiteMaxOpen, KeepIdle: SQLiteMaxOpen,
 		Capabilities: sqliteCapabilities,
 		VersionQuery: "SELECT sqlite_version()",
 	}, nil

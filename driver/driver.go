@@ -138,7 +138,7 @@ func (d *Driver) Primary() *Pool { return d.primary }
 func (d *Driver) DB() *sql.DB { return d.primary.db }
 
 // Close closes the primary pool. It is not a drain: see package drain.
-func (d *Driver) Close() error { return d.primary.db.Close() }
+func (d *Driver) Close() error { return d.primary.Close() }
 
 // Exec runs a statement that returns no rows; v is nil or a *sql.Result.
 func (d *Driver) Exec(ctx context.Context, query string, args, v any) error {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,6 +61,8 @@ type Pool struct {
 
 	deferBegin bool // PostgreSQL: BEGIN goes with the first statement that writes
 
+	overflow *overflow // nil: database/sql closes connections beyond max idle on return
+
 	waits     atomic.Int64
 	waitNanos atomic.Int64
 	timeouts  atomic.Int64
@@ -94,6 +97,18 @@ type PoolConfig struct {
 	// the BEGIN as usual. COMMIT and ROLLBACK, their errors and their
 	// effect on the connection are as with database/sql's transactions.
 	PipelineBegin bool
+	// KeepIdle is DB's max idle (SetMaxIdleConns): the connections kept
+	// however long they sit idle. With OverflowIdle > 0 and KeepIdle <
+	// MaxOpen, the connections opened beyond KeepIdle under load are kept
+	// too while they are needed, and closed once no more than KeepIdle
+	// units of work have held a slot at once for OverflowIdle; database/sql
+	// alone would close each as it is returned, so a load that swings
+	// around KeepIdle would open a connection (a server process, on
+	// PostgreSQL) for nearly every unit of work above it.
+	KeepIdle int
+	// OverflowIdle is how long connections beyond KeepIdle outlive the
+	// last moment more than KeepIdle were in use; 0 closes them on return.
+	OverflowIdle time.Duration
 }
 
 // NewPool returns a Pool over cfg.DB.
@@ -109,7 +124,96 @@ func NewPool(cfg PoolConfig) *Pool {
 		p.writers = make(chan struct{}, 1)
 	}
 	p.deferBegin = cfg.PipelineBegin && cfg.Dialect == dialect.Postgres
+	if p.sem != nil && cfg.OverflowIdle > 0 && cfg.KeepIdle > 0 && cfg.KeepIdle < cfg.MaxOpen {
+		p.overflow = &overflow{db: cfg.DB, keep: cfg.KeepIdle, max: cfg.MaxOpen, linger: cfg.OverflowIdle, epoch: time.Now()}
+	}
 	return p
+}
+
+// overflow keeps a pool's connections beyond its max idle open while they
+// are needed: the first unit of work that finds more than keep slots taken
+// raises database/sql's max idle to max, and a timer lowers it back to keep
+// (closing the idle connections above it) once linger has passed without
+// such a unit.
+type overflow struct {
+	db     *sql.DB
+	keep   int
+	max    int
+	linger time.Duration
+	epoch  time.Time
+
+	last   atomic.Int64 // when a unit last found more than keep slots taken, in ns since epoch
+	raised atomic.Bool  // max idle is max
+
+	mu     sync.Mutex // serialises raising and lowering
+	timer  *time.Timer
+	closed bool
+}
+
+// busy notes that n slots are taken, the caller's among them.
+func (o *overflow) busy(n int) {
+	if n <= o.keep {
+		return
+	}
+	o.last.Store(int64(time.Since(o.epoch)))
+	if o.raised.Load() {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.raised.Load() || o.closed {
+		return
+	}
+	o.db.SetMaxIdleConns(o.max)
+	o.raised.Store(true)
+	if o.timer == nil {
+		o.timer = time.AfterFunc(o.linger, o.retire)
+	} else {
+		o.timer.Reset(o.linger)
+	}
+}
+
+// retire lowers max idle back to keep if no unit found more than keep
+// slots taken for linger, and otherwise looks again when linger will have
+// passed since the last one did.
+func (o *overflow) retire() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
+	last := o.last.Load()
+	if wait := o.linger - (time.Since(o.epoch) - time.Duration(last)); wait > 0 {
+		o.timer.Reset(wait)
+		return
+	}
+	o.raised.Store(false)
+	// A unit that stored its time before seeing raised still true did not
+	// raise it again: keep the connections for it.
+	if o.last.Load() != last {
+		o.raised.Store(true)
+		o.timer.Reset(o.linger)
+		return
+	}
+	o.db.SetMaxIdleConns(o.keep)
+}
+
+// stop ends the timer; the pool is closing.
+func (o *overflow) stop() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	if o.timer != nil {
+		o.timer.Stop()
+	}
+}
+
+// Close stops the pool's timers and closes its database/sql pool.
+func (p *Pool) Close() error {
+	if p.overflow != nil {
+		p.overflow.stop()
+	}
+	return p.db.Close()
 }
 
 // Role returns the pool's role.
@@ -145,6 +249,9 @@ func (p *Pool) acquire(ctx context.Context, write bool) (wrote bool, err error) 
 				}
 				return false, err
 			}
+		}
+		if p.overflow != nil {
+			p.overflow.busy(len(p.sem))
 		}
 	}
 	return write, nil

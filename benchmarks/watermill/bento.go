@@ -37,6 +37,15 @@ func openBento(ctx context.Context, e *env) (*bento.DB, error) {
 	cfg.DB.ApplicationName = "relaybench-bento"
 	cfg.Outbox.BatchSize = e.o.batch
 	cfg.Outbox.PollInterval = e.o.poll
+	if e.o.poolSize > 0 {
+		cfg.DB.PoolSize = e.o.poolSize
+	}
+	if e.o.maxOverflow >= 0 {
+		cfg.DB.MaxOverflow = e.o.maxOverflow
+	}
+	if e.o.overflowIdle >= 0 {
+		cfg.DB.PoolOverflowIdle = e.o.overflowIdle
+	}
 	db, err := bento.Open(cfg)
 	if err != nil {
 		return nil, err

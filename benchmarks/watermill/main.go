@@ -67,6 +67,9 @@ type options struct {
 	chunk          int
 	verbose        bool
 	forwarderCount int
+	poolSize       int
+	maxOverflow    int
+	overflowIdle   time.Duration
 }
 
 // result is the one JSON object a run prints.
@@ -128,6 +131,9 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the stream")
 	flag.IntVar(&o.chunk, "load-chunk", 1000, "burndown: events per insert statement (Bento) or per transaction (Watermill)")
 	flag.BoolVar(&o.verbose, "v", false, "progress on stderr")
+	flag.IntVar(&o.poolSize, "pool-size", 0, "bento: DB_POOL_SIZE (0 keeps the default, 5)")
+	flag.IntVar(&o.maxOverflow, "max-overflow", -1, "bento: DB_MAX_OVERFLOW (-1 keeps the default, 10)")
+	flag.DurationVar(&o.overflowIdle, "overflow-idle", -1, "bento: DB_POOL_OVERFLOW_IDLE (-1 keeps the default, 60s; 0 closes overflow connections on return)")
 	flag.Parse()
 	if err := o.check(); err != nil {
 		fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)

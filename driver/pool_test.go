@@ -1,0 +1,156 @@
+package driver_test
+
+import (
+	"context"
+	"database/sql"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bento-go/bento/dialects"
+	"github.com/bento-go/bento/driver"
+	"github.com/bento-go/bento/internal/testdb"
+)
+
+// overflowPool opens a pool of 2 kept + 4 overflow connections on a fresh
+// database of the dialect, counting the connections it dials.
+func overflowPool(t *testing.T, dialect string, linger time.Duration) (*driver.Driver, *atomic.Int64, string) {
+	t.Helper()
+	cfg := testdb.Config(t, dialect)
+	cfg.DB.PoolSize, cfg.DB.MaxOverflow = 2, 4
+	dials := &atomic.Int64{}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	d, err := dialects.Open(cfg.DB, dialects.Options{DialContext: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.MaxOpen != 6 || d.KeepIdle != 2 {
+		t.Fatalf("dialects.Open: MaxOpen %d, KeepIdle %d; want 6 and 2 from DB_POOL_SIZE=2, DB_MAX_OVERFLOW=4", d.MaxOpen, d.KeepIdle)
+	}
+	pool := driver.NewPool(driver.PoolConfig{Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, KeepIdle: d.KeepIdle, OverflowIdle: linger})
+	drv := driver.New(driver.Config{Dialect: d.Dialect, Primary: pool})
+	t.Cleanup(func() { drv.Close() })
+	return drv, dials, strings.TrimPrefix(cfg.DB.URL.Server().Path, "/")
+}
+
+// burst runs 6 transactions that each hold a connection until all 6 hold
+// one, so the pool has 6 connections in use at once.
+func burst(t *testing.T, drv *driver.Driver) {
+	t.Helper()
+	var started, done sync.WaitGroup
+	started.Add(6)
+	errs := make(chan error, 6)
+	for range 6 {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			ctx := context.Background()
+			tx, err := drv.Tx(ctx)
+			if err != nil {
+				started.Done()
+				errs <- err
+				return
+			}
+			var res sql.Result
+			err = tx.Exec(ctx, "SELECT 1", []any{}, &res)
+			started.Done()
+			started.Wait()
+			if err == nil {
+				err = tx.Commit()
+			} else {
+				tx.Rollback()
+			}
+			errs <- err
+		}()
+	}
+	done.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// serverConns counts the server's connections to the database.
+func serverConns(t *testing.T, dialect, database string) int {
+	t.Helper()
+	admin := testdb.Admin(t, dialect)
+	q := "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1"
+	if dialect == testdb.MySQL {
+		q = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = ?"
+	}
+	var n int
+	if err := admin.QueryRow(q, database).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestOverflowConnectionsKept: a load that keeps swinging above the pool
+// size reuses the overflow connections instead of opening new ones
+// (database/sql alone closes each as it is returned); once the load has
+// stayed at or under the pool size for OverflowIdle they are closed, on
+// the server too, and the kept ones stay. Counted by the connections dialed
+// and the server's own count of sessions.
+func TestOverflowConnectionsKept(t *testing.T) {
+	for _, dialect := range []string{testdb.Postgres, testdb.MySQL} {
+		t.Run(dialect, func(t *testing.T) {
+			const rounds = 5
+			var unkept int64
+			t.Run("OverflowIdle=0", func(t *testing.T) {
+				// The baseline: without a linger, every burst opens the
+				// overflow connections again.
+				drv, dials, _ := overflowPool(t, dialect, 0)
+				burst(t, drv)
+				dials.Store(0)
+				for range rounds {
+					burst(t, drv)
+				}
+				unkept = dials.Load()
+				if unkept < 4*rounds {
+					t.Fatalf("without OverflowIdle, %d bursts of 6 over a pool of 2 dialed %d connections; want at least %d (the overflow reopened each burst)", rounds, unkept, 4*rounds)
+				}
+			})
+			t.Run("OverflowIdle=2s", func(t *testing.T) {
+				drv, dials, database := overflowPool(t, dialect, 2*time.Second)
+				burst(t, drv)
+				dials.Store(0)
+				for range rounds {
+					burst(t, drv)
+					time.Sleep(50 * time.Millisecond)
+				}
+				if got := dials.Load(); got != 0 {
+					t.Fatalf("%d bursts of 6 over a pool of 2 dialed %d connections (%d without OverflowIdle); want 0: the 4 overflow ones are kept between bursts",
+						rounds, got, unkept)
+				}
+				if got := drv.Primary().Stats().Open; got != 6 {
+					t.Fatalf("just after the bursts the pool holds %d connections; want 6", got)
+				}
+				deadline := time.Now().Add(15 * time.Second)
+				for drv.Primary().Stats().Open != 2 && time.Now().Before(deadline) {
+					time.Sleep(100 * time.Millisecond)
+				}
+				if got := drv.Primary().Stats().Open; got != 2 {
+					t.Fatalf("long after the load fell the pool holds %d connections; want the 2 of DB_POOL_SIZE", got)
+				}
+				if got := serverConns(t, dialect, database); got != 2 {
+					t.Fatalf("the server counts %d connections to %s; want the pool's 2", got, database)
+				}
+				// The next burst opens the overflow again and keeps it.
+				dials.Store(0)
+				burst(t, drv)
+				burst(t, drv)
+				if got := dials.Load(); got != 4 {
+					t.Fatalf("two bursts after the overflow was closed dialed %d connections; want 4", got)
+				}
+			})
+		})
+	}
+}
