@@ -39,6 +39,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -134,7 +135,20 @@ func main() {
 	flag.IntVar(&o.poolSize, "pool-size", 0, "bento: DB_POOL_SIZE (0 keeps the default, 5)")
 	flag.IntVar(&o.maxOverflow, "max-overflow", -1, "bento: DB_MAX_OVERFLOW (-1 keeps the default, 10)")
 	flag.DurationVar(&o.overflowIdle, "overflow-idle", -1, "bento: DB_POOL_OVERFLOW_IDLE (-1 keeps the default, 60s; 0 closes overflow connections on return)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "relaybench:", err)
+			os.Exit(2)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "relaybench:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if err := o.check(); err != nil {
 		fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)
 		os.Exit(2)
@@ -398,13 +412,24 @@ func (c *commits) fail(err error) {
 	c.first.CompareAndSwap(nil, &s)
 }
 
-// openLoop calls op at rate per second for d, each in its own goroutine,
-// at most maxInFlight at once; a start that had to wait for a slot counts
-// as late.
+// openLoop calls op at rate per second for d, on at most maxInFlight
+// workers; a start that found every worker busy counts as late. The
+// workers live for the whole run, so their stacks grow once, as a
+// server's connection goroutines do, not once per call.
 func openLoop(ctx context.Context, rate int, d time.Duration, maxInFlight int, c *commits, op func(ctx context.Context, i int)) time.Duration {
 	interval := time.Second / time.Duration(rate)
-	sem := make(chan struct{}, maxInFlight)
+	work := make(chan int)
 	var wg sync.WaitGroup
+	opCtx := context.WithoutCancel(ctx)
+	for range maxInFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				op(opCtx, i)
+			}
+		}()
+	}
 	start := time.Now()
 	for i := 0; ; i++ {
 		at := start.Add(time.Duration(i) * interval)
@@ -415,18 +440,13 @@ func openLoop(ctx context.Context, rate int, d time.Duration, maxInFlight int, c
 			time.Sleep(w)
 		}
 		select {
-		case sem <- struct{}{}:
+		case work <- i:
 		default:
 			c.late.Add(1)
-			sem <- struct{}{}
+			work <- i
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			op(context.WithoutCancel(ctx), i)
-		}()
 	}
+	close(work)
 	wg.Wait()
 	return time.Since(start)
 }
