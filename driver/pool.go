@@ -320,8 +320,14 @@ type PoolStats struct {
 	Waits    int64         `json:"waits"`
 	WaitTime time.Duration `json:"wait_ns"`
 	Timeouts int64         `json:"timeouts"`
-	// Closed counts connections closed for being idle too long or too old.
-	Closed int64 `json:"closed"`
+	// Closed counts connections closed for being idle too long or too old:
+	// ClosedIdle for idling beyond the idle limit (with the overflow
+	// closed on return, DB_POOL_OVERFLOW_IDLE=0, this grows by about one
+	// per unit of work above DB_POOL_SIZE), ClosedLifetime for
+	// DB_POOL_RECYCLE.
+	Closed         int64 `json:"closed"`
+	ClosedIdle     int64 `json:"closed_idle"`
+	ClosedLifetime int64 `json:"closed_lifetime"`
 }
 
 // Stats returns the pool's statistics.
@@ -330,7 +336,8 @@ func (p *Pool) Stats() PoolStats {
 	st := PoolStats{
 		Role: p.role, MaxOpen: s.MaxOpenConnections, Open: s.OpenConnections, InUse: s.InUse, Idle: s.Idle,
 		Waits: p.waits.Load(), WaitTime: time.Duration(p.waitNanos.Load()), Timeouts: p.timeouts.Load(),
-		Closed: s.MaxIdleClosed + s.MaxIdleTimeClosed + s.MaxLifetimeClosed,
+		Closed:     s.MaxIdleClosed + s.MaxIdleTimeClosed + s.MaxLifetimeClosed,
+		ClosedIdle: s.MaxIdleClosed + s.MaxIdleTimeClosed, ClosedLifetime: s.MaxLifetimeClosed,
 	}
 	if p.sem != nil {
 		st.MaxOpen = cap(p.sem)

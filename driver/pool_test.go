@@ -117,6 +117,9 @@ func TestOverflowConnectionsKept(t *testing.T) {
 				if unkept < 4*rounds {
 					t.Fatalf("without OverflowIdle, %d bursts of 6 over a pool of 2 dialed %d connections; want at least %d (the overflow reopened each burst)", rounds, unkept, 4*rounds)
 				}
+				if got := drv.Primary().Stats().ClosedIdle; got < 4*(rounds+1) {
+					t.Fatalf("PoolStats.ClosedIdle = %d after %d bursts that each closed 4 overflow connections", got, rounds+1)
+				}
 			})
 			t.Run("OverflowIdle=2s", func(t *testing.T) {
 				drv, dials, database := overflowPool(t, dialect, 2*time.Second)
@@ -130,8 +133,8 @@ func TestOverflowConnectionsKept(t *testing.T) {
 					t.Fatalf("%d bursts of 6 over a pool of 2 dialed %d connections (%d without OverflowIdle); want 0: the 4 overflow ones are kept between bursts",
 						rounds, got, unkept)
 				}
-				if got := drv.Primary().Stats().Open; got != 6 {
-					t.Fatalf("just after the bursts the pool holds %d connections; want 6", got)
+				if st := drv.Primary().Stats(); st.Open != 6 || st.ClosedIdle != 0 {
+					t.Fatalf("just after the bursts the pool holds %d connections and closed %d; want 6 and 0", st.Open, st.ClosedIdle)
 				}
 				deadline := time.Now().Add(15 * time.Second)
 				for drv.Primary().Stats().Open != 2 && time.Now().Before(deadline) {
@@ -139,6 +142,9 @@ func TestOverflowConnectionsKept(t *testing.T) {
 				}
 				if got := drv.Primary().Stats().Open; got != 2 {
 					t.Fatalf("long after the load fell the pool holds %d connections; want the 2 of DB_POOL_SIZE", got)
+				}
+				if got := drv.Primary().Stats().ClosedIdle; got != 4 {
+					t.Fatalf("PoolStats.ClosedIdle = %d once the overflow was closed; want 4", got)
 				}
 				if got := serverConns(t, dialect, database); got != 2 {
 					t.Fatalf("the server counts %d connections to %s; want the pool's 2", got, database)

@@ -35,6 +35,7 @@ var (
 	poolWaits    = prometheus.NewDesc(Namespace+"_pool_waits_total", "Units of work that waited for a connection.", []string{"role"}, nil)
 	poolWaitTime = prometheus.NewDesc(Namespace+"_pool_wait_seconds_total", "Time spent waiting for a connection.", []string{"role"}, nil)
 	poolTimeouts = prometheus.NewDesc(Namespace+"_pool_timeouts_total", "Waits that ended in a pool timeout.", []string{"role"}, nil)
+	poolClosed   = prometheus.NewDesc(Namespace+"_pool_closed_total", "Connections the pool closed, by reason (idle, lifetime).", []string{"role", "reason"}, nil)
 )
 
 type poolCollector struct {
@@ -51,7 +52,7 @@ func (c *poolCollector) add(p *driver.Pool) {
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolBusy, poolWaits, poolWaitTime, poolTimeouts} {
+	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolBusy, poolWaits, poolWaitTime, poolTimeouts, poolClosed} {
 		ch <- d
 	}
 }
@@ -75,6 +76,8 @@ func collectPool(ch chan<- prometheus.Metric, s driver.PoolStats) {
 	ch <- prometheus.MustNewConstMetric(poolWaits, prometheus.CounterValue, float64(s.Waits), r)
 	ch <- prometheus.MustNewConstMetric(poolWaitTime, prometheus.CounterValue, s.WaitTime.Seconds(), r)
 	ch <- prometheus.MustNewConstMetric(poolTimeouts, prometheus.CounterValue, float64(s.Timeouts), r)
+	ch <- prometheus.MustNewConstMetric(poolClosed, prometheus.CounterValue, float64(s.ClosedIdle), r, "idle")
+	ch <- prometheus.MustNewConstMetric(poolClosed, prometheus.CounterValue, float64(s.ClosedLifetime), r, "lifetime")
 }
 
 // WatchOutbox exports the outbox backlog, read from the database at each

@@ -145,6 +145,7 @@ var allNames = []string{
 	"bento_outbox_relay_batch_duration_seconds",
 	"bento_outbox_stats_up",
 	"bento_pool_busy",
+	"bento_pool_closed_total",
 	"bento_pool_connections",
 	"bento_pool_max_open",
 	"bento_pool_timeouts_total",
