@@ -130,7 +130,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	pool := driver.NewPool(driver.PoolConfig{
 		Role: "primary", Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, Timeout: cfg.DB.PoolTimeout,
-		SerializeWrites: d.Capabilities.SingleWriter, PipelineBegin: true,
+		SerializeWrites: d.Capabilities.SingleWriter, PipelineBegin: true, BeginTxID: true,
 		KeepIdle: d.KeepIdle, OverflowIdle: cfg.DB.PoolOverflowIdle,
 	})
 	// Outermost first: user middleware, then classification and retry,

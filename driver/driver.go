@@ -19,6 +19,7 @@ package driver
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -55,6 +56,11 @@ type Statement struct {
 	// Pool runs a statement outside a transaction; nil means the primary.
 	// Replica routing sets it.
 	Pool *Pool
+	// Commit marks a transaction's deferred last statement (Tx.DeferExec),
+	// run by Commit with COMMIT right behind it, in one round trip where
+	// the driver can: a failure of a Commit statement is a failure of the
+	// COMMIT, whose outcome a lost connection leaves unknown.
+	Commit bool
 }
 
 // ReadOnly reports whether the statement only reads: a SELECT that does
@@ -190,6 +196,9 @@ func (d *Driver) baseStatement(ctx context.Context, st Statement) error {
 		if !st.Tx.wrote && !IsReadOnly(st.Query) {
 			st.Tx.wrote = true
 		}
+		if st.Commit {
+			return st.Tx.execCommit(ctx, st)
+		}
 		if rp, ok := st.Dest.(*stdRows); ok {
 			argv, _ := st.Args.([]any)
 			rows, err := st.Tx.raw.(interface {
@@ -235,7 +244,7 @@ func (d *Driver) baseBegin(ctx context.Context, opts *sql.TxOptions) (*Tx, error
 	}
 	var raw dialect.Tx
 	if p.deferBegin {
-		raw, err = beginPG(ctx, p.db, opts)
+		raw, err = beginPG(ctx, p.db, opts, p.txID)
 	} else {
 		raw, err = p.base.BeginTx(ctx, opts)
 	}
@@ -251,12 +260,18 @@ func (d *Driver) baseBegin(ctx context.Context, opts *sql.TxOptions) (*Tx, error
 	return tx, nil
 }
 
-func (d *Driver) baseEnd(_ context.Context, tx *Tx, commit bool) error {
+func (d *Driver) baseEnd(ctx context.Context, tx *Tx, commit bool) error {
 	if tx.done {
 		return sql.ErrTxDone
 	}
 	tx.done = true
 	defer tx.pool.release(tx.writeSlot)
+	final := tx.final
+	tx.final = nil
+	if commit && final != nil {
+		final.Commit = true
+		return d.stmt(ctx, *final)
+	}
 	if commit {
 		return tx.raw.Commit()
 	}
@@ -294,8 +309,9 @@ type Tx struct {
 	vals []txValue
 	buf  [6]txValue // vals' first backing array: no allocation for the usual few
 
-	writeSlot bool // holds the pool's write slot
-	wrote     bool // a statement that is not IsReadOnly ran
+	writeSlot bool       // holds the pool's write slot
+	wrote     bool       // a statement that is not IsReadOnly ran
+	final     *Statement // DeferExec's statement, run by Commit
 }
 
 // Wrote reports whether a statement that may write (not IsReadOnly) ran in
@@ -369,6 +385,46 @@ func (tx *Tx) QueryContext(ctx context.Context, query string, args ...any) (*sql
 // Commit commits the transaction through the chain (the outbox writes its
 // rows first).
 func (tx *Tx) Commit() error { return tx.drv.end(tx.ctx, tx, true) }
+
+// DeferExec makes query the transaction's last statement: Commit runs it,
+// through the middleware chain like any statement (Statement.Commit set),
+// and then commits, and Rollback drops it. On PostgreSQL with
+// PoolConfig.PipelineBegin the statement and COMMIT go to the server in
+// one round trip instead of two. Commit returns the statement's error if
+// it fails, the transaction then rolled back. Its result is not
+// available; a transaction defers one statement at most.
+func (tx *Tx) DeferExec(query string, args ...any) error {
+	switch {
+	case tx.done:
+		return sql.ErrTxDone
+	case tx.final != nil:
+		return errors.New("bento: DeferExec: the transaction already has a deferred statement")
+	}
+	tx.final = &Statement{Kind: Exec, Query: query, Args: args, Tx: tx}
+	return nil
+}
+
+// BeginTxID is the transaction's id as PostgreSQL reported it in the
+// pipeline that sent BEGIN (the value of PostgresTxIDExpr; PoolConfig.
+// BeginTxID), or "" if it was not asked for or not sent yet.
+func (tx *Tx) BeginTxID() string {
+	if pt, ok := tx.raw.(*pgTx); ok {
+		return pt.xid
+	}
+	return ""
+}
+
+// execCommit runs a deferred statement and commits.
+func (tx *Tx) execCommit(ctx context.Context, st Statement) error {
+	if pt, ok := tx.raw.(*pgTx); ok {
+		return pt.execCommit(ctx, st.Query, st.Args)
+	}
+	if err := tx.raw.Exec(ctx, st.Query, st.Args, nil); err != nil {
+		_ = tx.raw.Rollback()
+		return err
+	}
+	return tx.raw.Commit()
+}
 
 // Rollback rolls the transaction back. Calling it after Commit or
 // Rollback returns sql.ErrTxDone.

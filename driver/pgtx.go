@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
@@ -35,11 +36,23 @@ type pgTx struct {
 	ent      *entsql.Driver // ent's Exec/Query semantics on conn
 	beginSQL string
 	begun    bool
-	broken   bool // a pipelined step failed in a way that leaves the connection unusable
+	broken   bool   // a pipelined step failed in a way that leaves the connection unusable
+	wantXID  bool   // the BEGIN pipeline reads PostgresTxIDExpr
+	xid      string // what it read
 }
 
+// PostgresTxIDExpr is the SQL expression of a PostgreSQL transaction's
+// identity: its id (pg_current_xact_id, assigned by asking) and the start
+// time of the server that assigned it, "xid@start". A transaction id
+// identifies a transaction only within one life of the server: after a
+// crash, ids whose WAL was never written are handed out again, so
+// pg_xact_status of a lost transaction's id can report the commit of
+// another one; package resilience trusts the status only from the same
+// server life.
+const PostgresTxIDExpr = "pg_current_xact_id()::text || '@' || extract(epoch from pg_postmaster_start_time())::text"
+
 // beginPG takes a connection for a transaction whose BEGIN is deferred.
-func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions) (*pgTx, error) {
+func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions, wantXID bool) (*pgTx, error) {
 	begin, err := pgBeginSQL(opts)
 	if err != nil {
 		return nil, err
@@ -48,7 +61,7 @@ func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions) (*pgTx, error
 	if err != nil {
 		return nil, err
 	}
-	t := &pgTx{ctx: ctx, db: db, beginSQL: begin}
+	t := &pgTx{ctx: ctx, db: db, beginSQL: begin, wantXID: wantXID}
 	t.use(conn)
 	return t, nil
 }
@@ -177,8 +190,14 @@ func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) 
 		b := &pgx.Batch{}
 		b.Queue(t.beginSQL)
 		b.Queue(query, argv...)
+		if t.wantXID {
+			b.Queue("SELECT " + PostgresTxIDExpr)
+		}
 		br := c.SendBatch(ctx, b)
 		err := t.readFirst(c.TypeMap(), br, v, kind)
+		if err == nil && t.wantXID {
+			err = br.QueryRow().Scan(&t.xid)
+		}
 		return errors.Join(err, br.Close())
 	})
 }
@@ -198,7 +217,9 @@ func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) e
 	if err != nil {
 		return err
 	}
-	buf := &bufferedRows{m: m, fields: rows.FieldDescriptions()}
+	// A copy: the connection reuses the descriptions for its next result
+	// (the transaction id's, with BeginTxID).
+	buf := &bufferedRows{m: m, fields: slices.Clone(rows.FieldDescriptions())}
 	for rows.Next() {
 		raw := rows.RawValues()
 		n := 0
@@ -253,6 +274,79 @@ func (t *pgTx) QueryContext(ctx context.Context, query string, args ...any) (*sq
 		return nil, err
 	}
 	return t.conn.QueryContext(ctx, query, args...)
+}
+
+// execCommit sends query and COMMIT (after BEGIN, if nothing was sent
+// yet) in one pipeline, then gives the connection back to the pool. If
+// query fails, the server skips the COMMIT: the transaction is rolled back
+// and query's error returned. Any other failure is COMMIT's, with the
+// connection discarded as end does.
+func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
+	defer t.conn.Close()
+	argv, ok := args.([]any)
+	if !ok && args != nil {
+		_ = t.rollbackBegun()
+		return fmt.Errorf("bento: invalid type %T for the arguments, expected []any", args)
+	}
+	began := !t.begun
+	t.begun = true
+	var stmtErr error
+	err := t.raw(func(c *pgx.Conn) error {
+		b := &pgx.Batch{}
+		if began {
+			b.Queue(t.beginSQL)
+		}
+		b.Queue(query, argv...)
+		b.Queue("commit")
+		br := c.SendBatch(ctx, b)
+		var err error
+		if began {
+			_, err = br.Exec()
+		}
+		if err == nil {
+			if _, err = br.Exec(); err != nil {
+				stmtErr = err
+			}
+		}
+		var tag pgconn.CommandTag
+		if err == nil {
+			tag, err = br.Exec()
+		}
+		err = errors.Join(err, br.Close())
+		if stmtErr != nil && !c.IsClosed() {
+			var pg *pgconn.PgError
+			if errors.As(stmtErr, &pg) && pg.Severity != "FATAL" && pg.Severity != "PANIC" {
+				// The server skipped COMMIT and holds the failed
+				// transaction open: end it.
+				if _, rerr := c.Exec(ctx, "rollback"); rerr == nil {
+					return stmtErr
+				}
+			}
+		}
+		if err != nil {
+			t.broken = true
+			return err
+		}
+		if tag.String() == "ROLLBACK" {
+			return pgx.ErrTxCommitRollback
+		}
+		return nil
+	})
+	return err
+}
+
+// rollbackBegun rolls back a transaction whose BEGIN was sent.
+func (t *pgTx) rollbackBegun() error {
+	if !t.begun {
+		return nil
+	}
+	return t.raw(func(c *pgx.Conn) error {
+		_, err := c.Exec(t.ctx, "rollback")
+		if err != nil {
+			t.broken = true
+		}
+		return err
+	})
 }
 
 // end commits or rolls back, then gives the connection back to the pool.

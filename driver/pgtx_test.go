@@ -33,6 +33,13 @@ func (c countingConn) Write(p []byte) (int, error) {
 // table t(id serial, v int unique), counting the client's writes.
 func pgDriver(t *testing.T, pipeline bool) (*driver.Driver, *atomic.Int64) {
 	t.Helper()
+	return pgDriverWith(t, driver.PoolConfig{PipelineBegin: pipeline})
+}
+
+// pgDriverWith is pgDriver with the pool configured as pc (its DB,
+// Dialect and MaxOpen are set here).
+func pgDriverWith(t *testing.T, pc driver.PoolConfig) (*driver.Driver, *atomic.Int64) {
+	t.Helper()
 	cfg := testdb.Config(t, testdb.Postgres)
 	writes := &atomic.Int64{}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -47,7 +54,8 @@ func pgDriver(t *testing.T, pipeline bool) (*driver.Driver, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.DB.Close() })
-	pool := driver.NewPool(driver.PoolConfig{Dialect: db.Dialect, DB: db.DB, MaxOpen: 2, PipelineBegin: pipeline})
+	pc.Dialect, pc.DB, pc.MaxOpen = db.Dialect, db.DB, 2
+	pool := driver.NewPool(pc)
 	drv := driver.New(driver.Config{Dialect: db.Dialect, Primary: pool})
 	if _, err := drv.ExecContext(context.Background(), "CREATE TABLE t (id serial PRIMARY KEY, v int UNIQUE)"); err != nil {
 		t.Fatal(err)
@@ -223,4 +231,115 @@ func queryRow(ctx context.Context, tx *driver.Tx, q string, dest ...any) error {
 		return errors.Join(errors.New("no row"), rows.Err())
 	}
 	return rows.Scan(dest...)
+}
+
+// TestDeferExec: a deferred statement runs at Commit, with COMMIT in the
+// same round trip on a pipelined PostgreSQL transaction; Rollback drops
+// it; its failure is Commit's and rolls the whole transaction back,
+// leaving the connection usable. Invariant: a row exists if and only if
+// Commit returned nil. Counted by rows and by the client's writes.
+func TestDeferExec(t *testing.T) {
+	ctx := context.Background()
+	drv, writes := pgDriverWith(t, driver.PoolConfig{PipelineBegin: true, BeginTxID: true})
+	tx := func() *driver.Tx {
+		t.Helper()
+		dtx, err := drv.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dtx.(*driver.Tx)
+	}
+	// Warm the statement cache: each statement is prepared once.
+	for i := 1; i <= 2; i++ {
+		x := tx()
+		if _, err := x.ExecContext(ctx, "INSERT INTO t (v) VALUES ($1)", -i); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.DeferExec("INSERT INTO t (v) VALUES ($1)", -10*i); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := count(t, drv)
+
+	x := tx()
+	before := writes.Load()
+	if _, err := x.ExecContext(ctx, "INSERT INTO t (v) VALUES ($1)", 1); err != nil {
+		t.Fatal(err)
+	}
+	if id := x.BeginTxID(); !strings.Contains(id, "@") {
+		t.Errorf("BeginTxID() = %q after the first write, want xid@start", id)
+	}
+	if err := x.DeferExec("INSERT INTO t (v) VALUES ($1)", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.DeferExec("INSERT INTO t (v) VALUES ($1)", 3); err == nil {
+		t.Error("a second DeferExec was accepted")
+	}
+	if err := x.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := writes.Load() - before; got != 2 {
+		t.Errorf("a transaction of one statement and one deferred one made %d round trips, want 2", got)
+	}
+	if got := count(t, drv); got != base+2 {
+		t.Fatalf("%d rows after the commit, want %d", got, base+2)
+	}
+
+	// Rollback drops the deferred statement.
+	x = tx()
+	if _, err := x.ExecContext(ctx, "INSERT INTO t (v) VALUES ($1)", 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.DeferExec("INSERT INTO t (v) VALUES ($1)", 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(t, drv); got != base+2 {
+		t.Fatalf("%d rows after a rollback, want %d", got, base+2)
+	}
+
+	// A deferred statement that fails: Commit returns its error and
+	// nothing of the transaction stays.
+	x = tx()
+	if _, err := x.ExecContext(ctx, "INSERT INTO t (v) VALUES ($1)", 6); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.DeferExec("INSERT INTO t (v) VALUES ($1)", 1); err != nil { // v=1 exists
+		t.Fatal(err)
+	}
+	err := x.Commit()
+	if err == nil || !strings.Contains(err.Error(), "23505") {
+		t.Fatalf("Commit with a failing deferred statement returned %v, want the unique violation (23505)", err)
+	}
+	if got := count(t, drv); got != base+2 {
+		t.Fatalf("%d rows after the failed commit, want %d (v=6 rolled back)", got, base+2)
+	}
+	if err := x.Rollback(); !errors.Is(err, sql.ErrTxDone) {
+		t.Errorf("Rollback after Commit returned %v, want sql.ErrTxDone", err)
+	}
+
+	// Only the deferred statement: BEGIN, it and COMMIT in one round trip
+	// (the first time on a connection, pgx prepares BEGIN and COMMIT). The
+	// connections still work.
+	for i := range 3 {
+		x = tx()
+		if err := x.DeferExec("INSERT INTO t (v) VALUES ($1)", 7+count(t, drv)); err != nil {
+			t.Fatal(err)
+		}
+		before = writes.Load()
+		if err := x.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := writes.Load() - before; got != 1 && i > 0 {
+			t.Errorf("a transaction of a deferred statement alone made %d round trips, want 1", got)
+		}
+	}
+	if got := count(t, drv); got != base+5 {
+		t.Fatalf("%d rows at the end, want %d", got, base+5)
+	}
 }

@@ -60,6 +60,7 @@ type Pool struct {
 	timeout time.Duration
 
 	deferBegin bool // PostgreSQL: BEGIN goes with the first statement that writes
+	txID       bool // and the pipeline reads the transaction id
 
 	overflow *overflow // nil: database/sql closes connections beyond max idle on return
 
@@ -97,6 +98,12 @@ type PoolConfig struct {
 	// the BEGIN as usual. COMMIT and ROLLBACK, their errors and their
 	// effect on the connection are as with database/sql's transactions.
 	PipelineBegin bool
+	// BeginTxID (PostgreSQL, with PipelineBegin) adds SELECT
+	// PostgresTxIDExpr to the pipeline that sends BEGIN, so the
+	// transaction's id is known (Tx.BeginTxID) from its first round trip:
+	// resolving a lost COMMIT then needs no round trip before COMMIT to
+	// learn it, and a deferred statement (Tx.DeferExec) can go with COMMIT.
+	BeginTxID bool
 	// KeepIdle is DB's max idle (SetMaxIdleConns): the connections kept
 	// however long they sit idle. With OverflowIdle > 0 and KeepIdle <
 	// MaxOpen, the connections opened beyond KeepIdle under load are kept
@@ -124,6 +131,7 @@ func NewPool(cfg PoolConfig) *Pool {
 		p.writers = make(chan struct{}, 1)
 	}
 	p.deferBegin = cfg.PipelineBegin && cfg.Dialect == dialect.Postgres
+	p.txID = p.deferBegin && cfg.BeginTxID
 	if p.sem != nil && cfg.OverflowIdle > 0 && cfg.KeepIdle > 0 && cfg.KeepIdle < cfg.MaxOpen {
 		p.overflow = &overflow{db: cfg.DB, keep: cfg.KeepIdle, max: cfg.MaxOpen, linger: cfg.OverflowIdle, epoch: time.Now()}
 	}

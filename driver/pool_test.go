@@ -4,12 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/internal/testdb"
@@ -159,4 +161,59 @@ func TestOverflowConnectionsKept(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestDeferExecDialects: on every dialect a deferred statement runs at
+// Commit and its failure rolls the transaction back. Invariant: rows exist
+// if and only if Commit returned nil.
+func TestDeferExecDialects(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		d, err := dialects.Open(cfg.DB, dialects.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := driver.NewPool(driver.PoolConfig{Dialect: d.Dialect, DB: d.DB, MaxOpen: d.MaxOpen, PipelineBegin: true, BeginTxID: true})
+		drv := driver.New(driver.Config{Dialect: d.Dialect, Primary: pool})
+		t.Cleanup(func() { drv.Close() })
+		ctx := context.Background()
+		if _, err := drv.ExecContext(ctx, "CREATE TABLE t (id int PRIMARY KEY)"); err != nil {
+			t.Fatal(err)
+		}
+		rows := func() int {
+			var n int
+			if err := drv.DB().QueryRow("SELECT COUNT(*) FROM t").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		run := func(first, deferred int, commit bool) error {
+			tx, err := drv.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dtx := tx.(*driver.Tx)
+			if _, err := dtx.ExecContext(ctx, "INSERT INTO t (id) VALUES ("+strconv.Itoa(first)+")"); err != nil {
+				t.Fatal(err)
+			}
+			if err := dtx.DeferExec("INSERT INTO t (id) VALUES (" + strconv.Itoa(deferred) + ")"); err != nil {
+				t.Fatal(err)
+			}
+			if !commit {
+				return dtx.Rollback()
+			}
+			return dtx.Commit()
+		}
+		if err := run(1, 2, true); err != nil || rows() != 2 {
+			t.Fatalf("commit: %v, %d rows; want nil and 2", err, rows())
+		}
+		if err := run(3, 4, false); err != nil || rows() != 2 {
+			t.Fatalf("rollback: %v, %d rows; want nil and 2", err, rows())
+		}
+		if err := run(5, 1, true); err == nil || rows() != 2 {
+			t.Fatalf("a deferred duplicate key: Commit returned %v, %d rows; want an error and 2", err, rows())
+		}
+		if err := run(6, 7, true); err != nil || rows() != 4 {
+			t.Fatalf("after the failure: %v, %d rows; want nil and 4", err, rows())
+		}
+	})
 }

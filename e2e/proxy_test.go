@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bento-go/bento/internal/faultconn"
 )
 
 // CommitAction is what a PGProxy does with one COMMIT.
@@ -41,8 +43,9 @@ func (a CommitAction) String() string {
 
 // PGProxy is a TCP proxy between a client and a PostgreSQL server that
 // parses the client's protocol messages (startup, then typed messages) and
-// recognises the simple-query COMMIT a driver sends to end a transaction
-// ('Q' whose text is "commit", as pgx sends it; see internal/faultconn).
+// recognises the COMMITs a driver sends (faultconn.PGCommits): a simple
+// query, as pgx ends a transaction, or a Bind of a prepared COMMIT in a
+// pipeline (driver.Tx.DeferExec), which is cut after the Sync that runs it.
 // Decide chooses what happens to each COMMIT; it is only consulted while
 // the proxy is armed.
 type PGProxy struct {
@@ -261,6 +264,22 @@ const (
 func (p *PGProxy) up(client net.Conn, server *net.TCPConn, cutting *atomic.Bool) (half bool) {
 	startup := true
 	var head [5]byte
+	var commits faultconn.PGCommits
+	// cutAtSync: an extended-protocol COMMIT (pipelined) is being cut
+	// after sending; it is sent whole, up to the Sync that executes it.
+	cutAtSync := false
+	cut := func(msg []byte) {
+		// The client must never see the reply: end its side first, then
+		// hand the COMMIT to the server and half-close, so the server
+		// executes it and then reads the end of the stream.
+		cutting.Store(true)
+		client.Close()
+		_, _ = server.Write(msg)
+		_ = server.CloseWrite()
+		// Let the server finish: its reply is read and discarded, and the
+		// copy ends at its end of stream.
+		_ = server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	}
 	for {
 		var msg []byte
 		if startup {
@@ -297,21 +316,19 @@ func (p *PGProxy) up(client net.Conn, server *net.TCPConn, cutting *atomic.Bool)
 			if _, err := io.ReadFull(client, msg[5:]); err != nil {
 				return false
 			}
-			if p.armed.Load() && p.Decide != nil && isSimpleCommit(msg) {
+			if cutAtSync && msg[0] == 'S' {
+				cut(msg)
+				return true
+			}
+			if commits.IsCommit(msg) && p.armed.Load() && p.Decide != nil {
 				switch a := p.Decide(p.commits.Add(1)); a {
 				case CutAfterCommit:
 					p.cut.Add(1)
-					// The client must never see the reply: end its side
-					// first, then hand the COMMIT to the server and
-					// half-close, so the server executes it and then
-					// reads the end of the stream.
-					cutting.Store(true)
-					client.Close()
-					_, _ = server.Write(msg)
-					_ = server.CloseWrite()
-					// Let the server finish: its reply is read and
-					// discarded, and the copy ends at its end of stream.
-					_ = server.SetReadDeadline(time.Now().Add(10 * time.Second))
+					if msg[0] != 'Q' {
+						cutAtSync = true
+						break
+					}
+					cut(msg)
 					return true
 				case DropCommit:
 					p.dropped.Add(1)
@@ -324,17 +341,6 @@ func (p *PGProxy) up(client net.Conn, server *net.TCPConn, cutting *atomic.Bool)
 			return false
 		}
 	}
-}
-
-// isSimpleCommit reports whether msg is a simple-query message whose text
-// is COMMIT (any case, surrounding blanks and one semicolon allowed).
-func isSimpleCommit(msg []byte) bool {
-	if len(msg) < 6 || msg[0] != 'Q' {
-		return false
-	}
-	q := strings.TrimRight(string(msg[5:]), "\x00")
-	q = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";"))
-	return strings.EqualFold(q, "commit") || strings.EqualFold(q, "commit transaction") || strings.EqualFold(q, "end")
 }
 
 // proxiedURL returns rawURL (postgres://…@host:port/db…) with host:port

@@ -533,6 +533,14 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 				args = append(args, id)
 			}
 		}
+		if len(done) == 0 {
+			// The batch's last statement goes with its COMMIT (one round
+			// trip on PostgreSQL); its error is the commit's.
+			if err := tx.DeferExec(query, args...); err != nil {
+				return fmt.Errorf("outbox: relay: marking %d rows published: %w", len(chunk), err)
+			}
+			continue
+		}
 		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
 			return fmt.Errorf("outbox: relay: marking %d rows published: %w", len(chunk), err)
 		}

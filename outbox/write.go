@@ -173,6 +173,13 @@ func (w *writer) nextSequence(ctx context.Context, tx *driver.Tx, g *group) (int
 
 func (w *writer) writePostgres(ctx context.Context, tx *driver.Tx, groups []*group) error {
 	query, args := w.q.postgres(groups)
+	// With the transaction's id already known (read with BEGIN), the
+	// insert need not return it and goes to the server with COMMIT: one
+	// round trip less. (A transaction that already deferred a statement
+	// of its own inserts now.)
+	if resilience.TxID(tx) != "" && tx.DeferExec(strings.TrimSuffix(query, returningTxID), args...) == nil {
+		return nil
+	}
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("outbox: writing events: %w", err)
@@ -192,6 +199,10 @@ func (w *writer) writePostgres(ctx context.Context, tx *driver.Tx, groups []*gro
 	}
 	return nil
 }
+
+// returningTxID ends PostgreSQL's outbox inserts: they return the
+// transaction's id for resolving a lost COMMIT (resilience.SetTxID).
+const returningTxID = " RETURNING " + resilience.PostgresTxIDExpr
 
 // queries holds the dialect's statements.
 type queries struct {
@@ -214,8 +225,8 @@ func newQueries(d string, n Names) queries {
 	q.one = "WITH s AS (INSERT INTO " + seq + " (aggregatetype, aggregateid, last_sequence) VALUES ($1, $2, 1)" +
 		" ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = " + seq + ".last_sequence + 1 RETURNING last_sequence) " +
 		"INSERT INTO " + q.quote(n.Outbox) + " (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at) " +
-		"SELECT $3::uuid, $1, $2, $4, $5::jsonb, s.last_sequence, $6::jsonb, $7::timestamptz, '" + StatusPending + "', 0, $8::bigint FROM s " +
-		"RETURNING " + resilience.PostgresTxIDExpr
+		"SELECT $3::uuid, $1, $2, $4, $5::jsonb, s.last_sequence, $6::jsonb, $7::timestamptz, '" + StatusPending + "', 0, $8::bigint FROM s" +
+		returningTxID
 	q.insertPrefix = "INSERT INTO " + q.quote(n.Outbox) +
 		" (id, aggregatetype, aggregateid, " + q.quote("type") + ", payload, " + q.quote("sequence") +
 		", headers, occurred_at, status, attempts, next_attempt_at) VALUES "
@@ -303,7 +314,7 @@ func (q queries) postgres(groups []*group) (string, []any) {
 		}
 	}
 	b.WriteString(") AS v(id, aggregatetype, aggregateid, type, payload, k, n, headers, occurred_at, next_attempt_at) " +
-		"JOIN s ON s.aggregatetype = v.aggregatetype AND s.aggregateid = v.aggregateid RETURNING " + resilience.PostgresTxIDExpr)
+		"JOIN s ON s.aggregatetype = v.aggregatetype AND s.aggregateid = v.aggregateid" + returningTxID)
 	return b.String(), args
 }
 

@@ -41,7 +41,7 @@ type txIDKey struct{}
 // never written are handed out again, so pg_xact_status of a lost
 // transaction's id can report the commit of another one. ResolveCommit
 // trusts the status only from the same server life.
-const PostgresTxIDExpr = "pg_current_xact_id()::text || '@' || extract(epoch from pg_postmaster_start_time())::text"
+const PostgresTxIDExpr = bentodriver.PostgresTxIDExpr
 
 // SetTxID records the PostgreSQL transaction id of tx (the value of
 // PostgresTxIDExpr; a bare pg_current_xact_id is accepted too), for
@@ -49,10 +49,13 @@ const PostgresTxIDExpr = "pg_current_xact_id()::text || '@' || extract(epoch fro
 // RETURNING, saving a round trip.
 func SetTxID(tx *bentodriver.Tx, xid string) { tx.SetValue(txIDKey{}, xid) }
 
-// TxID returns the transaction id recorded with SetTxID, or "".
+// TxID returns the transaction id recorded with SetTxID, or the one read
+// with BEGIN (driver.PoolConfig.BeginTxID), or "".
 func TxID(tx *bentodriver.Tx) string {
-	s, _ := tx.Value(txIDKey{}).(string)
-	return s
+	if s, _ := tx.Value(txIDKey{}).(string); s != "" {
+		return s
+	}
+	return tx.BeginTxID()
 }
 
 // CurrentTxID reads pg_current_xact_id() in the transaction (assigning an

@@ -120,6 +120,11 @@ func (m *middleware) statement(next bentodriver.StatementHandler) bentodriver.St
 			return nil
 		}
 		op := st.Kind.String()
+		if st.Commit {
+			// The statement went with COMMIT (Tx.DeferExec): a lost
+			// connection may have committed.
+			return WrapCommit(err)
+		}
 		if st.Tx != nil {
 			return Wrap(err, op)
 		}

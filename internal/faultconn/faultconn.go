@@ -1,6 +1,8 @@
 // Package faultconn wraps the network connections of a database driver so
 // tests can cut one at a chosen moment: just before a COMMIT is sent, or
-// just after it was sent and before its reply is read. It is installed
+// just after it was sent and before its reply is read. A write that
+// carries a COMMIT pipelined behind other statements is dropped or sent
+// whole. It is installed
 // through the drivers' dial hooks (pgx ConnConfig.DialFunc, go-sql-driver
 // Config.DialFunc) via bento.WithDialer.
 package faultconn
@@ -58,26 +60,32 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 // Conn is a wrapped connection.
 type Conn struct {
 	net.Conn
-	d *Dialer
+	d  *Dialer
+	pg PGCommits // statements prepared on the connection (PostgreSQL)
 }
 
-// isCommit recognises a COMMIT in a PostgreSQL simple-query message ('Q')
-// or a MySQL COM_QUERY packet.
-func isCommit(b []byte) bool {
-	if len(b) < 6 {
-		return false
-	}
-	l := bytes.ToLower(b)
-	if b[0] == 'Q' && bytes.Contains(l, []byte("commit")) {
-		return true
+// isCommit recognises a write that carries a COMMIT: PostgreSQL messages
+// of which one starts a COMMIT (PGCommits), or a MySQL COM_QUERY packet.
+func (c *Conn) isCommit(b []byte) bool {
+	if msgs, ok := c.pg.Split(b); ok {
+		commit := false
+		for _, m := range msgs {
+			if c.pg.IsCommit(m) {
+				commit = true
+			}
+		}
+		if commit {
+			return true
+		}
 	}
 	// MySQL: 3-byte length, 1-byte sequence, COM_QUERY (0x03), text.
-	return len(b) > 5 && b[4] == 0x03 && bytes.HasPrefix(bytes.TrimSpace(l[5:]), []byte("commit"))
+	return len(b) > 5 && b[4] == 0x03 && bytes.HasPrefix(bytes.TrimSpace(bytes.ToLower(b[5:])), []byte("commit"))
 }
 
 func (c *Conn) Write(b []byte) (int, error) {
 	m := Mode(c.d.mode.Load())
-	if m == Pass || !isCommit(b) || !c.d.mode.CompareAndSwap(int32(m), int32(Pass)) {
+	commit := c.isCommit(b) // always: it records the statements prepared
+	if m == Pass || !commit || !c.d.mode.CompareAndSwap(int32(m), int32(Pass)) {
 		return c.Conn.Write(b)
 	}
 	c.d.fired.Add(1)
