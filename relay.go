@@ -68,20 +68,14 @@ func (db *DB) NewRelay(pub outbox.Publisher, cfg outbox.RelayConfig) (r *outbox.
 		}
 		release(func() { _ = drv.Close() })
 		cfg.SessionSettings = db.Dialect() == dialect.Postgres
-		cfg.Overlap = db.Dialect() == dialect.Postgres
 	}
 	return outbox.NewRelay(drv, pub, cfg)
 }
 
-// relayDriver opens the relay's own pool to the primary: on PostgreSQL
-// two connections, one claiming and publishing a batch while the other
-// marks and commits the previous one (RelayConfig.Overlap), elsewhere one.
+// relayDriver opens the relay's own pool of one connection to the primary.
 func (db *DB) relayDriver() (*driver.Driver, error) {
 	rc := db.cfg.DB
 	rc.PoolSize, rc.MaxOverflow = 1, 0
-	if db.Dialect() == dialect.Postgres {
-		rc.PoolSize = 2
-	}
 	// On PostgreSQL the connection starts with the batch's settings, so
 	// no batch spends a round trip setting them.
 	d, err := dialects.Open(rc, dialects.Options{DialContext: db.dial, Logger: db.logger, Settings: outbox.PostgresSessionSettings()})

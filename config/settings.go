@@ -243,7 +243,7 @@ func Settings() []Setting {
 			func(c *Config) *time.Duration { return &c.Outbox.IdempotencyRetention }),
 		boolSetting("OUTBOX_NOTIFY", true, "wake relays in other processes with LISTEN/NOTIFY (PostgreSQL)",
 			func(c *Config) *bool { return &c.Outbox.Notify }),
-		boolSetting("OUTBOX_OWN_CONNECTION", true, "a relay claims and marks rows on connections of its own (two on PostgreSQL, overlapping batches; one on MySQL), so a full application pool never delays publishing; false shares the pool",
+		boolSetting("OUTBOX_OWN_CONNECTION", true, "a relay claims and marks rows on a connection of its own (PostgreSQL, MySQL), so a full application pool never delays publishing; false shares the pool",
 			func(c *Config) *bool { return &c.Outbox.OwnConnection }),
 	}
 }

@@ -57,14 +57,6 @@ type RelayConfig struct {
 	// Release, if set, is called by Close (bento's NewRelay uses it to end
 	// the wake-up subscription).
 	Release func()
-	// Overlap lets Run claim and publish a batch while the previous one is
-	// marked and committed (PostgreSQL only): the relay's driver then
-	// needs two connections. bento's NewRelay sets it with a connection
-	// pool of the relay's own. Not on MySQL/MariaDB: there the next
-	// claim's locks (InnoDB locks index records it scans, not only the
-	// rows it returns) can block the previous batch's marks while the next
-	// batch waits for them to finish, until the lock wait timeout.
-	Overlap bool
 	// SessionSettings says that every connection of the relay's driver
 	// already carries PostgresSessionSettings (bento's NewRelay sets them
 	// when the relay has a connection of its own): a batch then skips the
@@ -235,9 +227,6 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	lastCleanup := time.Time{}
-	// The batch being marked and committed while the next one claims.
-	var finishing sync.WaitGroup
-	defer finishing.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -259,10 +248,9 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 		}
 		// Drain: batch after batch while they come back full.
 		for {
-			res, err := r.runBatch(context.WithoutCancel(ctx), &finishing)
+			res, err := r.Batch(context.WithoutCancel(ctx))
 			if err != nil {
 				if ctx.Err() != nil {
-					finishing.Wait()
 					return nil
 				}
 				r.cfg.Logger.Warn("bento: relay batch failed", "error", err.Error())
@@ -310,49 +298,6 @@ func (r *Relay) RunOnce(ctx context.Context) (BatchResult, error) {
 	}
 }
 
-// runBatch is Run's batch. On PostgreSQL with RelayConfig.Overlap a
-// batch's marks and COMMIT go on in the background while Run goes on to
-// claim the next one, on another connection: a relay then needs two. Until the first batch
-// commits, its rows are locked (the next claim skips them) and still
-// pending (so no later event of their aggregates is a head): the next
-// batch never holds what the first does, nor overtakes it within an
-// aggregate, exactly as with two relays. One batch at most is finishing;
-// runBatch waits for it before handing over its own.
-func (r *Relay) runBatch(ctx context.Context, finishing *sync.WaitGroup) (BatchResult, error) {
-	if r.dialect != dialect.Postgres || !r.cfg.Overlap {
-		return r.Batch(ctx)
-	}
-	start := time.Now()
-	b, res, err := r.claimPublish(ctx)
-	finishing.Wait()
-	if b == nil {
-		if r.cfg.Observer != nil && err != nil {
-			r.cfg.Observer.Batch(0, 0, 0, 0, time.Since(start))
-		}
-		return res, err
-	}
-	finishing.Add(1)
-	go func() {
-		defer finishing.Done()
-		res, err := r.finish(ctx, b)
-		if r.cfg.Observer != nil {
-			r.cfg.Observer.Batch(res.Claimed, res.Published, res.Failed, res.Dead, time.Since(start))
-		}
-		if err != nil && ctx.Err() == nil {
-			r.cfg.Logger.Warn("bento: relay batch failed", "error", err.Error())
-		}
-	}()
-	// What the claim and the publish said; the marks are the finisher's.
-	for _, e := range b.results {
-		if errors.Is(e, ErrUnavailable) {
-			res.Unavailable++
-		} else if e == nil {
-			res.Published++
-		}
-	}
-	return res, nil
-}
-
 // Batch claims, publishes and marks one batch.
 func (r *Relay) Batch(ctx context.Context) (BatchResult, error) {
 	start := time.Now()
@@ -371,48 +316,13 @@ func (r *Relay) Batch(ctx context.Context) (BatchResult, error) {
 
 // batchLocked claims with FOR UPDATE SKIP LOCKED and holds the lock while
 // publishing.
-func (r *Relay) batchLocked(ctx context.Context) (BatchResult, error) {
-	b, res, err := r.claimPublish(ctx)
-	if b == nil {
-		return res, err
-	}
-	return r.finish(ctx, b)
-}
-
-// lockedBatch is a batch claimed and published whose transaction, holding
-// its rows locked, still has to mark them and commit.
-type lockedBatch struct {
-	tx       *driver.Tx
-	msgs     []Message
-	attempts []int
-	results  []error
-	res      BatchResult
-}
-
-// finish marks a locked batch and commits.
-func (r *Relay) finish(ctx context.Context, b *lockedBatch) (BatchResult, error) {
-	res := b.res
-	if err := r.mark(ctx, b.tx, b.msgs, b.attempts, b.results, &res); err != nil {
-		_ = b.tx.Rollback()
-		return res, err
-	}
-	if err := b.tx.Commit(); err != nil {
-		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
-	}
-	r.observePublished(b.msgs, b.results)
-	r.logDead(res)
-	return res, nil
-}
-
-// claimPublish claims a batch and publishes it. It returns nil when
-// nothing was claimed or the claim failed.
-func (r *Relay) claimPublish(ctx context.Context) (_ *lockedBatch, res BatchResult, err error) {
+func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 	// A lost COMMIT of a batch needs no resolution: rows it did not mark
 	// stay pending and are published again, which the broker dedupes.
 	ctx = resilience.WithoutCommitResolution(ctx)
 	tx, err := r.drv.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
-		return nil, res, fmt.Errorf("outbox: relay: begin: %w", err)
+		return res, fmt.Errorf("outbox: relay: begin: %w", err)
 	}
 	dtx := tx.(*driver.Tx)
 	defer func() {
@@ -443,7 +353,7 @@ func (r *Relay) claimPublish(ctx context.Context) (_ *lockedBatch, res BatchResu
 		// cycle, and with it the commit→published latency.
 		if !r.cfg.SessionSettings {
 			if _, err := dtx.ExecContext(ctx, r.q.settings); err != nil {
-				return nil, res, fmt.Errorf("outbox: relay: %w", err)
+				return res, fmt.Errorf("outbox: relay: %w", err)
 			}
 		}
 	}
@@ -452,10 +362,19 @@ func (r *Relay) claimPublish(ctx context.Context) (_ *lockedBatch, res BatchResu
 		if err == nil {
 			err = dtx.Rollback()
 		}
-		return nil, res, err
+		return res, err
 	}
 	res.Claimed = len(msgs)
-	return &lockedBatch{tx: dtx, msgs: msgs, attempts: attempts, results: r.publish(ctx, msgs), res: res}, res, nil
+	results := r.publish(ctx, msgs)
+	if err := r.mark(ctx, dtx, msgs, attempts, results, &res); err != nil {
+		return res, err
+	}
+	if err := dtx.Commit(); err != nil {
+		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
+	}
+	r.observePublished(msgs, results)
+	r.logDead(res)
+	return res, nil
 }
 
 // batchSingle is SQLite's batch: the only relay reads, publishes, then

@@ -1402,11 +1402,9 @@ func BenchmarkRelayBurnDown(b *testing.B) {
 	}
 }
 
-// TestRelayRunOrderWhileWriting: Run with batches that overlap (the next
-// claims and publishes while the previous marks and commits, with the
-// relay's own connections) keeps each aggregate's order and publishes
-// every event once, while writers keep adding events to the same
-// aggregates. Invariant: per aggregate the published sequences are exactly
+// TestRelayRunOrderWhileWriting: Run, with small batches on the relay's
+// own connection, keeps each aggregate's order and publishes every event
+// once while writers keep adding events to the same aggregates. Invariant: per aggregate the published sequences are exactly
 // 1..10 in order; the stream of deliveries has no duplicate.
 func TestRelayRunOrderWhileWriting(t *testing.T) {
 	testdb.Each(t, func(t *testing.T, cfg config.Config) {
