@@ -312,7 +312,9 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 		if err == nil {
 			tag, err = br.Exec()
 		}
-		err = errors.Join(err, br.Close())
+		if cerr := br.Close(); err == nil {
+			err = cerr // Close repeats the first error; keep one
+		}
 		if stmtErr != nil && !c.IsClosed() {
 			var pg *pgconn.PgError
 			if errors.As(stmtErr, &pg) && pg.Severity != "FATAL" && pg.Severity != "PANIC" {
