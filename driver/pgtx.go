@@ -169,9 +169,9 @@ func (t *pgTx) pipelined(query string) bool { return !t.begun && !IsReadOnly(que
 // *sql.Result; for a Query, v is an *entsql.Rows that gets the rows read
 // into memory (a statement that writes returns few).
 func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) error {
-	argv, ok := args.([]any)
-	if !ok && args != nil {
-		return fmt.Errorf("bento: invalid type %T for the arguments, expected []any", args)
+	argv, err := pgArgs(args)
+	if err != nil {
+		return err
 	}
 	switch v.(type) {
 	case nil, *sql.Result:
@@ -198,8 +198,26 @@ func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) 
 		if err == nil && t.wantXID {
 			err = br.QueryRow().Scan(&t.xid)
 		}
-		return errors.Join(err, br.Close())
+		return closeBatch(br, err)
 	})
+}
+
+// pgArgs returns a statement's arguments as pgx takes them.
+func pgArgs(args any) ([]any, error) {
+	argv, ok := args.([]any)
+	if !ok && args != nil {
+		return nil, fmt.Errorf("bento: invalid type %T for the arguments, expected []any", args)
+	}
+	return argv, nil
+}
+
+// closeBatch closes br and returns err, or Close's error if err is nil:
+// Close repeats the batch's first error, which err already is.
+func closeBatch(br pgx.BatchResults, err error) error {
+	if cerr := br.Close(); err == nil {
+		return cerr
+	}
+	return err
 }
 
 func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) error {
@@ -282,16 +300,15 @@ func (t *pgTx) QueryContext(ctx context.Context, query string, args ...any) (*sq
 // and query's error returned. Any other failure is COMMIT's, with the
 // connection discarded as end does.
 func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
-	defer t.conn.Close()
-	argv, ok := args.([]any)
-	if !ok && args != nil {
-		_ = t.rollbackBegun()
-		return fmt.Errorf("bento: invalid type %T for the arguments, expected []any", args)
+	argv, err := pgArgs(args)
+	if err != nil {
+		return errors.Join(err, t.end(false))
 	}
+	defer t.conn.Close()
 	began := !t.begun
 	t.begun = true
 	var stmtErr error
-	err := t.raw(func(c *pgx.Conn) error {
+	return t.raw(func(c *pgx.Conn) error {
 		b := &pgx.Batch{}
 		if began {
 			b.Queue(t.beginSQL)
@@ -312,9 +329,7 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 		if err == nil {
 			tag, err = br.Exec()
 		}
-		if cerr := br.Close(); err == nil {
-			err = cerr // Close repeats the first error; keep one
-		}
+		err = closeBatch(br, err)
 		if stmtErr != nil && !c.IsClosed() {
 			var pg *pgconn.PgError
 			if errors.As(stmtErr, &pg) && pg.Severity != "FATAL" && pg.Severity != "PANIC" {
@@ -333,21 +348,6 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 			return pgx.ErrTxCommitRollback
 		}
 		return nil
-	})
-	return err
-}
-
-// rollbackBegun rolls back a transaction whose BEGIN was sent.
-func (t *pgTx) rollbackBegun() error {
-	if !t.begun {
-		return nil
-	}
-	return t.raw(func(c *pgx.Conn) error {
-		_, err := c.Exec(t.ctx, "rollback")
-		if err != nil {
-			t.broken = true
-		}
-		return err
 	})
 }
 

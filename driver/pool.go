@@ -344,9 +344,9 @@ func (p *Pool) Stats() PoolStats {
 	st := PoolStats{
 		Role: p.role, MaxOpen: s.MaxOpenConnections, Open: s.OpenConnections, InUse: s.InUse, Idle: s.Idle,
 		Waits: p.waits.Load(), WaitTime: time.Duration(p.waitNanos.Load()), Timeouts: p.timeouts.Load(),
-		Closed:     s.MaxIdleClosed + s.MaxIdleTimeClosed + s.MaxLifetimeClosed,
 		ClosedIdle: s.MaxIdleClosed + s.MaxIdleTimeClosed, ClosedLifetime: s.MaxLifetimeClosed,
 	}
+	st.Closed = st.ClosedIdle + st.ClosedLifetime
 	if p.sem != nil {
 		st.MaxOpen = cap(p.sem)
 		st.Busy = len(p.sem)

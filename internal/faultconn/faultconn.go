@@ -67,12 +67,11 @@ type Conn struct {
 // isCommit recognises a write that carries a COMMIT: PostgreSQL messages
 // of which one starts a COMMIT (PGCommits), or a MySQL COM_QUERY packet.
 func (c *Conn) isCommit(b []byte) bool {
-	if msgs, ok := c.pg.Split(b); ok {
+	if msgs, ok := SplitPG(b); ok {
 		commit := false
 		for _, m := range msgs {
-			if c.pg.IsCommit(m) {
-				commit = true
-			}
+			// Every message: IsCommit records the statements prepared.
+			commit = c.pg.IsCommit(m) || commit
 		}
 		if commit {
 			return true

@@ -43,10 +43,10 @@ func (c *PGCommits) IsCommit(msg []byte) bool {
 	return false
 }
 
-// Split cuts b, the bytes of one write, into typed messages. It reports
-// false if b is not a whole number of them (a startup message, say, or
-// another protocol).
-func (c *PGCommits) Split(b []byte) ([][]byte, bool) {
+// SplitPG cuts b, the bytes of one write, into typed PostgreSQL messages.
+// It reports false if b is not a whole number of them (a startup message,
+// say, or another protocol).
+func SplitPG(b []byte) ([][]byte, bool) {
 	var msgs [][]byte
 	for len(b) > 0 {
 		if len(b) < 5 || b[0] < 'A' || b[0] > 'z' {
