@@ -11,7 +11,10 @@
 #   latency     orders committed at RATE/s for DURATION (open loop), each
 #               with its event; commit→published p50/p99 at a JetStream
 #               consumer: Bento woken in process, by LISTEN/NOTIFY, and by a
-#               1 s poll; Watermill at its default 1 s poll and tuned to 10 ms
+#               1 s poll; Watermill at its default 1 s poll and tuned to 10 ms;
+#               "stored p99" is commit → stored in the stream (the relay and
+#               the broker's store; the rest is delivery to the consumer),
+#               "cpu busy" the machine's CPU in use while committing
 #
 # Every run has a fresh PostgreSQL database (dropped at the end) and its own
 # JetStream stream RELAYBENCH_<run> on NATS (deleted at the end). The two
@@ -49,7 +52,7 @@ while [ $# -gt 0 ]; do
     --private-pg) private=1; shift ;;
     --quick) N=5000; N1=1000; DURATION=5s; RATE=500; WARMUP=1s; shift ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "relay-bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -151,12 +154,12 @@ for b in 1 100 1000; do
 done
 echo
 echo "Commit→published at a JetStream consumer, ${RATE} events/s for ${DURATION} (ms)"
-printf '  %-34s %9s %9s %9s %10s %9s\n' arm p50 p99 max committed missing
+printf '  %-34s %9s %9s %9s %12s %9s %10s %9s\n' arm p50 p99 max "stored p99" "cpu busy" committed missing
 for k in lat-bento-inproc:"bento, in-process wake-up" lat-bento-notify:"bento, LISTEN/NOTIFY" lat-bento-poll:"bento, 1 s poll only" \
          lat-watermill-1s:"watermill, 1 s poll (default)" lat-watermill-10ms:"watermill, 10 ms poll"; do
   key=${k%%:*}; title=${k#*:}
-  printf '  %-34s %9s %9s %9s %10s %9s\n' "$title" "$(get "$key" p50_ms)" "$(get "$key" p99_ms)" "$(get "$key" max_ms)" \
-    "$(get "$key" committed)" "$(get "$key" missing)"
+  printf '  %-34s %9s %9s %9s %12s %9s %10s %9s\n' "$title" "$(get "$key" p50_ms)" "$(get "$key" p99_ms)" "$(get "$key" max_ms)" \
+    "$(get "$key" stored_p99_ms)" "$(get "$key" cpu_busy)" "$(get "$key" committed)" "$(get "$key" missing)"
 done
 echo
 b100=$(ratio "$(get burn-bento-100 events_per_s)" "$(get burn-watermill-100 events_per_s)")

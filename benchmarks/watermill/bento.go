@@ -192,7 +192,7 @@ func bentoLatency(ctx context.Context, e *env, res *result) error {
 	if err != nil {
 		return err
 	}
-	c := &commits{at: map[int64]time.Time{}, warmEnd: time.Now().Add(e.o.warmup)}
+	c := e.newCommits()
 	took := openLoop(ctx, e.o.rate, e.o.duration, e.o.maxInFlight, c, func(ctx context.Context, i int) {
 		started := time.Now()
 		o, err := svc.Place(ctx, shop.PlaceOrder{Customer: fmt.Sprintf("latency-%d@example.com", i), Lines: []shop.Line{benchLine}}, "")

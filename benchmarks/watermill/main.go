@@ -40,7 +40,9 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,6 +73,7 @@ type options struct {
 	poolSize       int
 	maxOverflow    int
 	overflowIdle   time.Duration
+	series         string
 }
 
 // result is the one JSON object a run prints.
@@ -110,6 +113,15 @@ type result struct {
 	P95          float64 `json:"p95_ms,omitempty"`
 	P99          float64 `json:"p99_ms,omitempty"`
 	Max          float64 `json:"max_ms,omitempty"`
+	// StoredP50/P99: commit → stored in the stream (the relay's part and
+	// the broker's store, by the stream's timestamp; NATS runs on this
+	// machine, so one clock); the rest of the latency is the delivery to
+	// the consumer.
+	StoredP50 float64 `json:"stored_p50_ms,omitempty"`
+	StoredP99 float64 `json:"stored_p99_ms,omitempty"`
+	// CPUBusy is the share of the machine's CPU time in use while events
+	// were committed (Linux /proc/stat; absent elsewhere).
+	CPUBusy float64 `json:"cpu_busy,omitempty"`
 
 	Error string `json:"error,omitempty"`
 }
@@ -135,8 +147,22 @@ func main() {
 	flag.IntVar(&o.poolSize, "pool-size", 0, "bento: DB_POOL_SIZE (0 keeps the default, 5)")
 	flag.IntVar(&o.maxOverflow, "max-overflow", -1, "bento: DB_MAX_OVERFLOW (-1 keeps the default, 10)")
 	flag.DurationVar(&o.overflowIdle, "overflow-idle", -1, "bento: DB_POOL_OVERFLOW_IDLE (-1 keeps the default, 60s; 0 closes overflow connections on return)")
+	flag.StringVar(&o.series, "series", "", "latency: write one CSV line per measured event to this file (committed_ms since the warm-up ended, negative during it, commit_ms, latency_ms, stored_ms: commit→stored in the stream)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	tracefile := flag.String("trace", "", "write a Go execution trace of the run to this file")
 	flag.Parse()
+	if *tracefile != "" {
+		f, err := os.Create(*tracefile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "relaybench:", err)
+			os.Exit(2)
+		}
+		if err := trace.Start(f); err != nil {
+			fmt.Fprintln(os.Stderr, "relaybench:", err)
+			os.Exit(2)
+		}
+		defer trace.Stop()
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -338,11 +364,12 @@ func (e *env) waitStream(ctx context.Context, n uint64, timeout time.Duration, p
 // arrivals records when each event (by key) arrived at a JetStream
 // consumer of the run's stream.
 type arrivals struct {
-	mu   sync.Mutex
-	at   map[int64]time.Time
-	dups int64
-	n    atomic.Int64
-	cc   jetstream.ConsumeContext
+	mu     sync.Mutex
+	at     map[int64]time.Time
+	stored map[int64]time.Time // when the stream stored each message (for -series)
+	dups   int64
+	n      atomic.Int64
+	cc     jetstream.ConsumeContext
 }
 
 // consume starts an ordered JetStream consumer on the stream; key pulls
@@ -352,7 +379,7 @@ func (e *env) consume(ctx context.Context, key func(jetstream.Msg) (int64, bool)
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
-	a := &arrivals{at: map[int64]time.Time{}}
+	a := &arrivals{at: map[int64]time.Time{}, stored: map[int64]time.Time{}}
 	cc, err := c.Consume(func(m jetstream.Msg) {
 		now := time.Now()
 		k, ok := key(m)
@@ -364,6 +391,9 @@ func (e *env) consume(ctx context.Context, key func(jetstream.Msg) (int64, bool)
 			a.dups++
 		} else {
 			a.at[k] = now
+			if md, err := m.Metadata(); err == nil {
+				a.stored[k] = md.Timestamp
+			}
 			a.n.Add(1)
 		}
 		a.mu.Unlock()
@@ -391,15 +421,21 @@ type commits struct {
 	mu      sync.Mutex
 	at      map[int64]time.Time
 	commitD []time.Duration
-	warmEnd time.Time
-	failed  atomic.Int64
-	late    atomic.Int64
-	first   atomic.Pointer[string]
+	began   map[int64]time.Time // when each event's transaction began (for -series)
+
+	cpuStart, cpuEnd cpuTimes // the machine's CPU time when the load began and ended
+	warmEnd          time.Time
+	failed           atomic.Int64
+	late             atomic.Int64
+	first            atomic.Pointer[string]
 }
 
 func (c *commits) record(k int64, started, done time.Time) {
 	c.mu.Lock()
 	c.at[k] = done
+	if c.began != nil {
+		c.began[k] = started
+	}
 	if !started.Before(c.warmEnd) {
 		c.commitD = append(c.commitD, done.Sub(started))
 	}
@@ -431,6 +467,7 @@ func openLoop(ctx context.Context, rate int, d time.Duration, maxInFlight int, c
 		}()
 	}
 	start := time.Now()
+	c.cpuStart, _ = readCPU()
 	for i := 0; ; i++ {
 		at := start.Add(time.Duration(i) * interval)
 		if at.Sub(start) >= d || ctx.Err() != nil {
@@ -446,6 +483,7 @@ func openLoop(ctx context.Context, rate int, d time.Duration, maxInFlight int, c
 			work <- i
 		}
 	}
+	c.cpuEnd, _ = readCPU()
 	close(work)
 	wg.Wait()
 	return time.Since(start)
@@ -465,19 +503,38 @@ func (e *env) finishLatency(c *commits, a *arrivals, took time.Duration, res *re
 	defer a.mu.Unlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var lat []time.Duration
+	var lat, stored []time.Duration
 	var missing int64
+	var series *os.File
+	if e.o.series != "" {
+		var err error
+		if series, err = os.Create(e.o.series); err != nil {
+			return err
+		}
+		fmt.Fprintln(series, "committed_ms,commit_ms,latency_ms,stored_ms")
+	}
 	for k, done := range c.at {
 		got, ok := a.at[k]
 		if !ok {
 			missing++
 			continue
 		}
+		if series != nil {
+			fmt.Fprintf(series, "%.3f,%.3f,%.3f,%.3f\n", ms(done.Sub(c.warmEnd)), ms(done.Sub(c.began[k])), ms(max(0, got.Sub(done))), ms(a.stored[k].Sub(done)))
+		}
 		if done.Sub(c.warmEnd) < 0 && e.o.warmup > 0 {
 			// committed during the warm-up: not measured
 			continue
 		}
 		lat = append(lat, max(0, got.Sub(done)))
+		if at, ok := a.stored[k]; ok {
+			stored = append(stored, max(0, at.Sub(done)))
+		}
+	}
+	if series != nil {
+		if err := series.Close(); err != nil {
+			return err
+		}
 	}
 	res.Rate, res.DurationS = e.o.rate, round3(took.Seconds())
 	res.Committed, res.Failed, res.Late = committed, c.failed.Load(), c.late.Load()
@@ -487,6 +544,11 @@ func (e *env) finishLatency(c *commits, a *arrivals, took time.Duration, res *re
 	res.CommitP50, res.CommitP99 = ms(cl.p50), ms(cl.p99)
 	l := pct(lat)
 	res.P50, res.P95, res.P99, res.Max = ms(l.p50), ms(l.p95), ms(l.p99), ms(l.max)
+	sl := pct(stored)
+	res.StoredP50, res.StoredP99 = ms(sl.p50), ms(sl.p99)
+	if t := c.cpuEnd.total - c.cpuStart.total; t > 0 {
+		res.CPUBusy = round3(float64(c.cpuEnd.busy-c.cpuStart.busy) / float64(t))
+	}
 	if p := c.first.Load(); p != nil {
 		fmt.Fprintf(os.Stderr, "relaybench: first failed commit: %s\n", *p)
 	}
@@ -527,4 +589,46 @@ func redact(u string) string {
 		return "(unparsable URL)"
 	}
 	return p.Redacted()
+}
+
+// newCommits starts the record of a latency run's commits; the warm-up
+// begins now.
+func (e *env) newCommits() *commits {
+	c := &commits{at: map[int64]time.Time{}, warmEnd: time.Now().Add(e.o.warmup)}
+	if e.o.series != "" {
+		c.began = map[int64]time.Time{}
+	}
+	return c
+}
+
+// cpuTimes is the machine's CPU time (all CPUs, in clock ticks) from the
+// first line of /proc/stat: busy and in all.
+type cpuTimes struct{ busy, total int64 }
+
+// readCPU reads /proc/stat; elsewhere than on Linux it fails and the
+// result has no cpu_busy.
+func readCPU() (cpuTimes, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return cpuTimes{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	// user nice system idle iowait irq softirq, then steal (not ours to
+	// use) and guest time (already in user).
+	var t cpuTimes
+	for i, v := range f[1:min(len(f), 8)] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return cpuTimes{}, fmt.Errorf("/proc/stat: %w", err)
+		}
+		t.total += n
+		if i != 3 && i != 4 {
+			t.busy += n
+		}
+	}
+	return t, nil
 }

@@ -198,7 +198,7 @@ func watermillLatency(ctx context.Context, e *env, res *result) error {
 	if err != nil {
 		return err
 	}
-	c := &commits{at: map[int64]time.Time{}, warmEnd: time.Now().Add(e.o.warmup)}
+	c := e.newCommits()
 	const (
 		insOrder = `INSERT INTO orders (version, customer, status, total_cents, created_at, updated_at) VALUES (1, $1, 'pending', $2, $3, $3) RETURNING id`
 		insLine  = `INSERT INTO order_lines (sku, quantity, unit_price_cents, order_lines) VALUES ($1, $2, $3, $4)`
