@@ -21,7 +21,7 @@
 # systems alternate so drift hits both.
 #
 # Usage:
-#   scripts/relay-bench.sh [--private-pg] [--quick] [--out FILE]
+#   scripts/relay-bench.sh [--private-pg] [--nats-server BIN] [--quick] [--out FILE]
 #
 #   --private-pg  run a private PostgreSQL 15 cluster (initdb in /tmp, fsync
 #                 on, as the postgres user) instead of the server of
@@ -30,13 +30,21 @@
 #                 than the cluster's oldest running transaction
 #                 (pg_snapshot_xmin), so one idle-in-transaction session
 #                 anywhere on the server stalls the forwarder.
+#   --nats-server BIN
+#                 run a private NATS server from BIN (JetStream, its store
+#                 in /tmp) instead of the one at RELAYBENCH_NATS, to measure
+#                 against another NATS version, e.g. the current release:
+#                 GOBIN=/tmp/nats go install github.com/nats-io/nats-server/v2@v2.15.2
 #   --quick       small sizes to check that everything works (N=5,000,
 #                 N1=1,000, DURATION=5s, RATE=500)
 #   --out FILE    also keep every run's JSON line in FILE
 #
 # Environment: RELAYBENCH_PG_ADMIN (postgres://postgres@127.0.0.1:5432/postgres),
 # RELAYBENCH_NATS (nats://127.0.0.1:4222), N (100000 events, batch 100 and
-# 1000), N1 (10000 events, batch 1), RATE (1000), DURATION (30s), WARMUP (2s).
+# 1000), N1 (10000 events, batch 1), RATE (1000), DURATION (30s), WARMUP (5s:
+# each latency run starts on a new database with a cold pool, and PostgreSQL
+# starting its backends under the full rate keeps commits behind for the
+# first 2-3 s; see BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,13 +54,15 @@ N=${N:-100000}
 N1=${N1:-10000}
 RATE=${RATE:-1000}
 DURATION=${DURATION:-30s}
-WARMUP=${WARMUP:-2s}
+WARMUP=${WARMUP:-5s}
+natsbin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --private-pg) private=1; shift ;;
     --quick) N=5000; N1=1000; DURATION=5s; RATE=500; WARMUP=1s; shift ;;
+    --nats-server) natsbin=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "relay-bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +71,12 @@ export RELAYBENCH_PG_ADMIN=${RELAYBENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:
 
 work=$(mktemp -d /tmp/relay-bench-XXXXXX)
 pgdir=""
+natspid=""
 cleanup() {
+  if [ -n "$natspid" ]; then
+    kill "$natspid" 2>/dev/null || true
+    wait "$natspid" 2>/dev/null || true
+  fi
   if [ -n "$pgdir" ]; then
     runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" stop -m fast >/dev/null 2>&1 || true
     rm -rf "$pgdir"
@@ -91,6 +106,18 @@ max_connections = 100
 EOF
   runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" start -w -t 60 >/dev/null
   export RELAYBENCH_PG_ADMIN="postgres://postgres@127.0.0.1:$port/postgres"
+fi
+
+if [ -n "$natsbin" ]; then
+  nport=$(( 54000 + RANDOM % 900 ))
+  say "start $natsbin on port $nport (JetStream store in $work/nats)"
+  "$natsbin" -a 127.0.0.1 -p "$nport" -js -sd "$work/nats" -l "$work/nats.log" &
+  natspid=$!
+  export RELAYBENCH_NATS="nats://127.0.0.1:$nport"
+  for _ in $(seq 1 50); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$nport") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
 fi
 
 if command -v psql >/dev/null; then
@@ -167,6 +194,9 @@ b1000=$(ratio "$(get burn-bento-1000 events_per_s)" "$(get burn-watermill-1000 e
 p99r=$(ratio "$(get lat-bento-inproc p99_ms)" "$(get lat-watermill-1s p99_ms)")
 p99=$(get lat-bento-inproc p99_ms)
 burn=$(get burn-bento-1000 events_per_s)
+natsv=$(awk -F'\t' '$1 == "lat-bento-inproc" { print $2 }' "$results" | sed -nE 's/.*"nats_server":"([^"]*)".*/\1/p')
+echo "NATS server ${natsv:-?} at ${RELAYBENCH_NATS}"
+echo
 echo "Targets"
 echo "  relay throughput bento ≥ 3× watermill (batch 100):   ${b100}×  $(check "$b100" '>=' 3)"
 echo "  relay throughput bento ≥ 3× watermill (batch 1000):  ${b1000}×  $(check "$b1000" '>=' 3)"

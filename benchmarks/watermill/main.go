@@ -87,6 +87,8 @@ type result struct {
 	Wake      string `json:"wake,omitempty"`
 	PollMS    int64  `json:"poll_ms"`
 	GoVersion string `json:"go"`
+	// NATSVersion is the version of the NATS server the run published to.
+	NATSVersion string `json:"nats_server,omitempty"`
 
 	// burndown
 	Events       int     `json:"events,omitempty"`
@@ -136,7 +138,7 @@ func main() {
 	flag.IntVar(&o.batch, "batch", 100, "relay batch size (Bento OUTBOX_BATCH_SIZE) or watermill-sql SubscribeBatchSize")
 	flag.IntVar(&o.rate, "rate", 1000, "latency: events committed per second")
 	flag.DurationVar(&o.duration, "duration", 30*time.Second, "latency: how long events are committed")
-	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "latency: events committed in this first stretch are not measured")
+	flag.DurationVar(&o.warmup, "warmup", 5*time.Second, "latency: events committed in this first stretch are not measured (a fresh database and a cold pool keep commits behind for the first 2-3 s at 1,000/s on 2 cores)")
 	flag.StringVar(&o.wake, "wake", "inproc", "bento latency: inproc (the unit of work wakes the relay in process), notify (LISTEN/NOTIFY) or poll")
 	flag.DurationVar(&o.poll, "poll", time.Second, "poll interval: Bento OUTBOX_POLL_INTERVAL, watermill-sql PollInterval")
 	flag.IntVar(&o.maxInFlight, "max-in-flight", 256, "latency: most transactions in flight at once (open loop; a start that must wait counts as late)")
@@ -254,6 +256,7 @@ func run(ctx context.Context, o options) (res result, err error) {
 		return res, fmt.Errorf("connecting to NATS at %s: %w", o.natsURL, err)
 	}
 	defer e.nc.Close()
+	res.NATSVersion = e.nc.ConnectedServerVersion()
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		return res, err
 	}
