@@ -46,6 +46,7 @@ type Metrics struct {
 	failed      prometheus.Counter
 	dead        prometheus.Counter
 	batch       prometheus.Histogram
+	publish     prometheus.Histogram
 	toPublished prometheus.Histogram
 
 	routed      *prometheus.CounterVec
@@ -91,6 +92,8 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Outbox events dead-lettered after their last attempt."})
 	m.batch = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: "outbox", Name: "relay_batch_duration_seconds",
 		Help: "Relay batches: claim, publish, mark.", Buckets: fast})
+	m.publish = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: "outbox", Name: "publish_duration_seconds",
+		Help: "Relay batches' publish: from handing the batch to the publisher to its last acknowledgement or failure.", Buckets: fast})
 	m.toPublished = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: "outbox", Name: "commit_to_published_seconds",
 		Help: "From an event's recording to the broker's acknowledgement.", Buckets: fast})
 	m.routed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Subsystem: "replica", Name: "routed_total",
@@ -108,7 +111,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.drainReject = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: "drain", Name: "rejected",
 		Help: "Work refused by the last drain."})
 	reg.MustRegister(m.statements, m.transactions, m.retries, m.ambiguous, m.units, m.unitDuration, m.unitAttempts,
-		m.published, m.failed, m.dead, m.batch, m.toPublished, m.routed, m.fallbacks, m.replicaUp, m.replicaLag,
+		m.published, m.failed, m.dead, m.batch, m.publish, m.toPublished, m.routed, m.fallbacks, m.replicaUp, m.replicaLag,
 		m.drainState, m.drainTook, m.drainReject)
 	m.okExec = m.statements.WithLabelValues("exec", "ok")
 	m.okQuery = m.statements.WithLabelValues("query", "ok")
@@ -210,6 +213,16 @@ func (m *Metrics) Batch(claimed, published, failed, dead int, took time.Duration
 	m.failed.Add(float64(failed))
 	m.dead.Add(float64(dead))
 	m.batch.Observe(took.Seconds())
+}
+
+var (
+	_ outbox.RelayObserver   = (*Metrics)(nil)
+	_ outbox.PublishObserver = (*Metrics)(nil)
+)
+
+// Publish implements outbox.PublishObserver.
+func (m *Metrics) Publish(_ int, took time.Duration) {
+	m.publish.Observe(took.Seconds())
 }
 
 // Published implements outbox.RelayObserver.

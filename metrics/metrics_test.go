@@ -141,6 +141,7 @@ var allNames = []string{
 	"bento_outbox_failed_total",
 	"bento_outbox_oldest_pending_age_seconds",
 	"bento_outbox_pending",
+	"bento_outbox_publish_duration_seconds",
 	"bento_outbox_published_total",
 	"bento_outbox_relay_batch_duration_seconds",
 	"bento_outbox_stats_up",
@@ -219,6 +220,7 @@ func TestNewRegistersOnGivenRegistryOnly(t *testing.T) {
 	m.Ambiguous(resilience.Committed)
 	m.UnitDone("committed", 1, time.Millisecond, nil)
 	m.Batch(1, 1, 0, 0, time.Millisecond)
+	m.Publish(1, time.Millisecond)
 	m.Published(outbox.Message{OccurredAt: time.Now()}, time.Now())
 	m.Routed("primary", "write")
 	m.Fallback("replica_error")
@@ -545,6 +547,14 @@ func TestHooks(t *testing.T) {
 			t.Errorf("batch duration sum %v, want 0.03", s)
 		}
 	})
+	t.Run("Publish", func(t *testing.T) {
+		m.Publish(5, 4*time.Millisecond)
+		m.Publish(1, 60*time.Millisecond)
+		expect(t, reg, "bento_outbox_publish_duration_seconds", nil, 2)
+		if s := sum(t, reg, "bento_outbox_publish_duration_seconds", nil); !near(s, 0.064) {
+			t.Errorf("publish duration sum %v, want 0.064", s)
+		}
+	})
 	t.Run("Published", func(t *testing.T) {
 		at := time.Now()
 		m.Published(outbox.Message{OccurredAt: at.Add(-2 * time.Second)}, at)
@@ -731,6 +741,12 @@ func TestWatchOutbox(t *testing.T) {
 	expect(t, reg, "bento_outbox_commit_to_published_seconds", nil, 3)
 	if s := sum(t, reg, "bento_outbox_commit_to_published_seconds", nil); s < 0.06 || s > 180 {
 		t.Errorf("commit-to-published sum %v s for 3 events >= 20 ms old, want between 0.06 and 180", s)
+	}
+	// One publish per batch that claimed rows, never longer than its batch.
+	batches := value(t, reg, "bento_outbox_relay_batch_duration_seconds", nil)
+	expect(t, reg, "bento_outbox_publish_duration_seconds", nil, batches)
+	if p, b := sum(t, reg, "bento_outbox_publish_duration_seconds", nil), sum(t, reg, "bento_outbox_relay_batch_duration_seconds", nil); p <= 0 || p > b {
+		t.Errorf("publish time %v s, want above 0 and at most the batches' %v s", p, b)
 	}
 	if n := value(t, reg, "bento_outbox_relay_batch_duration_seconds", nil); n < 1 {
 		t.Errorf("relay batches observed: %v, want >= 1", n)

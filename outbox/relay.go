@@ -49,7 +49,8 @@ type RelayConfig struct {
 	Wake <-chan struct{}
 	// Logger gets one line per dead letter and per failed batch.
 	Logger *slog.Logger
-	// Observer, if set, is told about every batch (metrics).
+	// Observer, if set, is told about every batch (metrics), and about
+	// each batch's publish if it is also a PublishObserver.
 	Observer RelayObserver
 	// Lock is how a SQLite relay makes sure it is the only one on its
 	// database (nil: NewRelay takes a lock file next to the database).
@@ -95,6 +96,16 @@ type RelayObserver interface {
 	Batch(claimed, published, failed, dead int, took time.Duration)
 	// Published reports one published message.
 	Published(m Message, at time.Time)
+}
+
+// PublishObserver is an optional extension of RelayObserver: a relay
+// whose Observer implements it also reports each batch's publish, n
+// messages handed to the Publisher and how long the Publisher took to
+// return (every acknowledgement or failure). Set apart from the batch's
+// claim and mark, it shows the broker's share of the commit→published
+// latency; a broker that stalls shows here first.
+type PublishObserver interface {
+	Publish(n int, took time.Duration)
 }
 
 // BatchResult is what one batch did.
@@ -467,7 +478,11 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 func (r *Relay) publish(ctx context.Context, msgs []Message) []error {
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	defer cancel()
+	start := time.Now()
 	results := r.pub.Publish(pctx, msgs)
+	if po, ok := r.cfg.Observer.(PublishObserver); ok {
+		po.Publish(len(msgs), time.Since(start))
+	}
 	if len(results) != len(msgs) {
 		return errorsFor(len(msgs), fmt.Errorf("outbox: publisher returned %d results for %d messages", len(results), len(msgs)))
 	}
