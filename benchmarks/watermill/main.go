@@ -369,7 +369,7 @@ func (e *env) waitStream(ctx context.Context, n uint64, timeout time.Duration, p
 type arrivals struct {
 	mu     sync.Mutex
 	at     map[int64]time.Time
-	stored map[int64]time.Time // when the stream stored each message (for -series)
+	stored map[int64]time.Time // when the stream stored each message (its JetStream timestamp)
 	dups   int64
 	n      atomic.Int64
 	cc     jetstream.ConsumeContext
@@ -523,7 +523,11 @@ func (e *env) finishLatency(c *commits, a *arrivals, took time.Duration, res *re
 			continue
 		}
 		if series != nil {
-			fmt.Fprintf(series, "%.3f,%.3f,%.3f,%.3f\n", ms(done.Sub(c.warmEnd)), ms(done.Sub(c.began[k])), ms(max(0, got.Sub(done))), ms(a.stored[k].Sub(done)))
+			stored := "" // no JetStream metadata
+			if at, ok := a.stored[k]; ok {
+				stored = strconv.FormatFloat(ms(at.Sub(done)), 'f', 3, 64)
+			}
+			fmt.Fprintf(series, "%.3f,%.3f,%.3f,%s\n", ms(done.Sub(c.warmEnd)), ms(done.Sub(c.began[k])), ms(max(0, got.Sub(done))), stored)
 		}
 		if done.Sub(c.warmEnd) < 0 && e.o.warmup > 0 {
 			// committed during the warm-up: not measured
