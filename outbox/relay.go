@@ -154,6 +154,7 @@ type Relay struct {
 	drv     *driver.Driver
 	dialect string
 	pub     Publisher
+	pubObs  PublishObserver // cfg.Observer, if it is one
 	cfg     RelayConfig
 	q       relayQueries
 	release func()
@@ -191,6 +192,7 @@ func NewRelay(drv *driver.Driver, pub Publisher, cfg RelayConfig) (*Relay, error
 	}
 	r := &Relay{drv: drv, dialect: drv.Dialect(), pub: pub, cfg: cfg,
 		q: newRelayQueries(drv.Dialect(), cfg.Names), rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x62656e746f))}
+	r.pubObs, _ = cfg.Observer.(PublishObserver)
 	if r.dialect == dialect.SQLite {
 		lock := cfg.Lock
 		if lock == nil {
@@ -480,8 +482,8 @@ func (r *Relay) publish(ctx context.Context, msgs []Message) []error {
 	defer cancel()
 	start := time.Now()
 	results := r.pub.Publish(pctx, msgs)
-	if po, ok := r.cfg.Observer.(PublishObserver); ok {
-		po.Publish(len(msgs), time.Since(start))
+	if r.pubObs != nil {
+		r.pubObs.Publish(len(msgs), time.Since(start))
 	}
 	if len(results) != len(msgs) {
 		return errorsFor(len(msgs), fmt.Errorf("outbox: publisher returned %d results for %d messages", len(results), len(msgs)))

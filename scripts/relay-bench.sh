@@ -146,9 +146,10 @@ run() {
   if [ -n "$out" ]; then printf '%s\n' "$line" >>"$out"; fi
   printf '  %s: %s\n' "$key" "$line" >&2
 }
-# get KEY FIELD: a number from a kept JSON line ("" when missing).
+# get KEY FIELD: a number or a string from a kept JSON line ("" when missing).
 get() {
-  awk -F'\t' -v k="$1" '$1 == k { print $2 }' "$results" | sed -nE "s/.*\"$2\":([0-9.eE+-]+).*/\1/p" | head -1
+  awk -F'\t' -v k="$1" '$1 == k { print $2 }' "$results" |
+    sed -nE -e "s/.*\"$2\":([0-9.eE+-]+).*/\1/p" -e "s/.*\"$2\":\"([^\"]*)\".*/\1/p" | head -1
 }
 
 for b in 1 100 1000; do
@@ -194,7 +195,7 @@ b1000=$(ratio "$(get burn-bento-1000 events_per_s)" "$(get burn-watermill-1000 e
 p99r=$(ratio "$(get lat-bento-inproc p99_ms)" "$(get lat-watermill-1s p99_ms)")
 p99=$(get lat-bento-inproc p99_ms)
 burn=$(get burn-bento-1000 events_per_s)
-natsv=$(awk -F'\t' '$1 == "lat-bento-inproc" { print $2 }' "$results" | sed -nE 's/.*"nats_server":"([^"]*)".*/\1/p')
+natsv=$(get lat-bento-inproc nats_server)
 echo "NATS server ${natsv:-?} at ${RELAYBENCH_NATS}"
 echo
 echo "Targets"

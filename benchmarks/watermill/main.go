@@ -35,6 +35,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/prometheus/procfs"
+	"io"
 	"math"
 	"net/url"
 	"os"
@@ -128,7 +130,12 @@ type result struct {
 	Error string `json:"error,omitempty"`
 }
 
-func main() {
+func main() { os.Exit(relaybench()) }
+
+// relaybench runs one benchmark and returns the exit code; its deferred
+// work (the profile and the trace) runs before main exits, failed runs
+// included: they are the ones to look into.
+func relaybench() int {
 	o := options{}
 	flag.StringVar(&o.system, "system", "bento", "bento (the relay) or watermill (watermill-sql + forwarder + watermill-nats)")
 	flag.StringVar(&o.mode, "mode", "burndown", "burndown or latency")
@@ -153,33 +160,21 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	tracefile := flag.String("trace", "", "write a Go execution trace of the run to this file")
 	flag.Parse()
-	if *tracefile != "" {
-		f, err := os.Create(*tracefile)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "relaybench:", err)
-			os.Exit(2)
-		}
-		if err := trace.Start(f); err != nil {
-			fmt.Fprintln(os.Stderr, "relaybench:", err)
-			os.Exit(2)
-		}
-		defer trace.Stop()
+	stopTrace, err := record(*tracefile, trace.Start, trace.Stop)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relaybench:", err)
+		return 2
 	}
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "relaybench:", err)
-			os.Exit(2)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(os.Stderr, "relaybench:", err)
-			os.Exit(2)
-		}
-		defer pprof.StopCPUProfile()
+	defer stopTrace()
+	stopProfile, err := record(*cpuprofile, pprof.StartCPUProfile, pprof.StopCPUProfile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relaybench:", err)
+		return 2
 	}
+	defer stopProfile()
 	if err := o.check(); err != nil {
 		fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)
-		os.Exit(2)
+		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -191,8 +186,32 @@ func main() {
 	fmt.Println(string(b))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
+}
+
+// record starts writing a CPU profile or an execution trace to path and
+// returns what stops it and closes the file. With no path it records
+// nothing.
+func record(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		stop()
+		if err := f.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "relaybench:", err)
+		}
+	}, nil
 }
 
 func envOr(k, def string) string {
@@ -522,20 +541,21 @@ func (e *env) finishLatency(c *commits, a *arrivals, took time.Duration, res *re
 			missing++
 			continue
 		}
+		storedAt, hasStored := a.stored[k] // not without JetStream metadata
 		if series != nil {
-			stored := "" // no JetStream metadata
-			if at, ok := a.stored[k]; ok {
-				stored = strconv.FormatFloat(ms(at.Sub(done)), 'f', 3, 64)
+			storedMS := ""
+			if hasStored {
+				storedMS = strconv.FormatFloat(ms(storedAt.Sub(done)), 'f', 3, 64)
 			}
-			fmt.Fprintf(series, "%.3f,%.3f,%.3f,%s\n", ms(done.Sub(c.warmEnd)), ms(done.Sub(c.began[k])), ms(max(0, got.Sub(done))), stored)
+			fmt.Fprintf(series, "%.3f,%.3f,%.3f,%s\n", ms(done.Sub(c.warmEnd)), ms(done.Sub(c.began[k])), ms(max(0, got.Sub(done))), storedMS)
 		}
 		if done.Sub(c.warmEnd) < 0 && e.o.warmup > 0 {
 			// committed during the warm-up: not measured
 			continue
 		}
 		lat = append(lat, max(0, got.Sub(done)))
-		if at, ok := a.stored[k]; ok {
-			stored = append(stored, max(0, at.Sub(done)))
+		if hasStored {
+			stored = append(stored, max(0, storedAt.Sub(done)))
 		}
 	}
 	if series != nil {
@@ -554,7 +574,7 @@ func (e *env) finishLatency(c *commits, a *arrivals, took time.Duration, res *re
 	sl := pct(stored)
 	res.StoredP50, res.StoredP99 = ms(sl.p50), ms(sl.p99)
 	if t := c.cpuEnd.total - c.cpuStart.total; t > 0 {
-		res.CPUBusy = round3(float64(c.cpuEnd.busy-c.cpuStart.busy) / float64(t))
+		res.CPUBusy = round3((c.cpuEnd.busy - c.cpuStart.busy) / t)
 	}
 	if p := c.first.Load(); p != nil {
 		fmt.Fprintf(os.Stderr, "relaybench: first failed commit: %s\n", *p)
@@ -608,34 +628,23 @@ func (e *env) newCommits() *commits {
 	return c
 }
 
-// cpuTimes is the machine's CPU time (all CPUs, in clock ticks) from the
-// first line of /proc/stat: busy and in all.
-type cpuTimes struct{ busy, total int64 }
+// cpuTimes is the machine's CPU time (all CPUs, in seconds): busy and in
+// all.
+type cpuTimes struct{ busy, total float64 }
 
-// readCPU reads /proc/stat; elsewhere than on Linux it fails and the
-// result has no cpu_busy.
+// readCPU reads the machine's CPU time from /proc/stat; elsewhere than on
+// Linux it fails and the result has no cpu_busy.
 func readCPU() (cpuTimes, error) {
-	b, err := os.ReadFile("/proc/stat")
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return cpuTimes{}, err
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 5 || f[0] != "cpu" {
-		return cpuTimes{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	st, err := fs.Stat()
+	if err != nil {
+		return cpuTimes{}, err
 	}
-	// user nice system idle iowait irq softirq, then steal (not ours to
-	// use) and guest time (already in user).
-	var t cpuTimes
-	for i, v := range f[1:min(len(f), 8)] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return cpuTimes{}, fmt.Errorf("/proc/stat: %w", err)
-		}
-		t.total += n
-		if i != 3 && i != 4 {
-			t.busy += n
-		}
-	}
-	return t, nil
+	// Steal is not ours to use; guest time is already in user.
+	c := st.CPUTotal
+	busy := c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ
+	return cpuTimes{busy: busy, total: busy + c.Idle + c.Iowait}, nil
 }
