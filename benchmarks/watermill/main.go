@@ -35,7 +35,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/prometheus/procfs"
 	"io"
 	"math"
 	"net/url"
@@ -54,6 +53,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/procfs"
 )
 
 type options struct {
@@ -541,19 +541,20 @@ func (e *env) finishLatency(c *commits, a *arrivals, took time.Duration, res *re
 			missing++
 			continue
 		}
+		latency := max(0, got.Sub(done))
 		storedAt, hasStored := a.stored[k] // not without JetStream metadata
 		if series != nil {
 			storedMS := ""
 			if hasStored {
 				storedMS = strconv.FormatFloat(ms(storedAt.Sub(done)), 'f', 3, 64)
 			}
-			fmt.Fprintf(series, "%.3f,%.3f,%.3f,%s\n", ms(done.Sub(c.warmEnd)), ms(done.Sub(c.began[k])), ms(max(0, got.Sub(done))), storedMS)
+			fmt.Fprintf(series, "%.3f,%.3f,%.3f,%s\n", ms(done.Sub(c.warmEnd)), ms(done.Sub(c.began[k])), ms(latency), storedMS)
 		}
 		if done.Sub(c.warmEnd) < 0 && e.o.warmup > 0 {
 			// committed during the warm-up: not measured
 			continue
 		}
-		lat = append(lat, max(0, got.Sub(done)))
+		lat = append(lat, latency)
 		if hasStored {
 			stored = append(stored, max(0, storedAt.Sub(done)))
 		}
