@@ -48,7 +48,7 @@ func (n *PGNotifier) Run(ctx context.Context, wake <-chan struct{}) {
 			return
 		case <-wake:
 		}
-		if _, err := n.drv.ExecContext(ctx, "SELECT pg_notify($1, '')", n.channel); err != nil && ctx.Err() == nil {
+		if _, err := n.drv.ExecContext(driver.UsePrimary(ctx), "SELECT pg_notify($1, '')", n.channel); err != nil && ctx.Err() == nil {
 			n.logger.Warn("bento: outbox NOTIFY failed; relays fall back to polling", "error", err.Error())
 		}
 		// At most one NOTIFY per NotifyInterval: under a high commit rate

@@ -10,9 +10,13 @@ import (
 // Publisher delivers outbox messages to a broker.
 type Publisher interface {
 	// Publish sends msgs and returns one result per message, in order: nil
-	// when the broker acknowledged it, the error otherwise. Messages of one
-	// call belong to different aggregates, so they may be sent
-	// concurrently. Publish must respect ctx.
+	// when the broker acknowledged it, the error otherwise. A call holds
+	// runs: the events of one aggregate come in sequence order, and must
+	// reach the broker in that order (events of different aggregates may
+	// be sent concurrently). Once an event fails before it was sent, the
+	// later events of its aggregate in the call must not be sent: their
+	// result is ErrSkipped (RunGuard keeps track). Publish must respect
+	// ctx.
 	Publish(ctx context.Context, msgs []Message) []error
 }
 
@@ -84,10 +88,16 @@ func (p *ChannelPublisher) C() <-chan Message { return p.c }
 // ctx allows.
 func (p *ChannelPublisher) Publish(ctx context.Context, msgs []Message) []error {
 	out := make([]error, len(msgs))
+	var guard RunGuard
 	for i, m := range msgs {
+		if guard.Blocked(m) {
+			out[i] = ErrSkipped
+			continue
+		}
 		if p.Reject != nil {
 			if err := p.Reject(m); err != nil {
 				out[i] = err
+				guard.Fail(m)
 				continue
 			}
 		}

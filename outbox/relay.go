@@ -3,17 +3,17 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"entgo.io/ent/dialect"
-	entsql "entgo.io/ent/dialect/sql"
 	"github.com/google/uuid"
 
 	"github.com/bento-go/bento/dialects"
@@ -114,6 +114,9 @@ type BatchResult struct {
 	// Unavailable counts the failures the broker caused (ErrUnavailable),
 	// included in Failed.
 	Unavailable int
+	// Skipped counts the events left pending, with no attempt counted,
+	// because an earlier event of their aggregate in the batch failed.
+	Skipped int
 
 	dead []deadLetter // logged once the batch committed
 }
@@ -144,9 +147,14 @@ func (r *Relay) logDead(res BatchResult) {
 //     database runs, enforced by a lock file.
 //   - Rows are claimed by status, never by an "id greater than the last"
 //     cursor.
-//   - Only the first pending event of an aggregate is claimable: a later
-//     event is not published while an earlier one is pending or waiting to
-//     be retried. Other aggregates are not held up.
+//   - A batch claims runs: an aggregate's first pending event and the
+//     pending events that follow it, in sequence order, so a backlog on a
+//     few hot aggregates drains as fast as one spread over many. A later
+//     event is never published while an earlier one of its aggregate is
+//     pending in another batch or waiting to be retried; when an event of
+//     a run fails, the rest of its run stays pending and waits for it.
+//     Other aggregates are not held up. See claim.go for the statement
+//     and why its cost does not grow with the backlog.
 //   - A failed publish is retried after a backoff (next_attempt_at); after
 //     MaxAttempts it is dead-lettered with its last error, and the
 //     aggregate's later events go on. Requeue puts dead letters back.
@@ -157,9 +165,11 @@ type Relay struct {
 	pubObs  PublishObserver // cfg.Observer, if it is one
 	cfg     RelayConfig
 	q       relayQueries
+	cq      claimQueries
 	release func()
 	rng     *rand.Rand
 	mu      sync.Mutex
+	cursor  claimCursor // where the claim's window starts (guarded by mu)
 }
 
 // NewRelay returns a relay that reads the outbox through drv (a Bento
@@ -191,7 +201,7 @@ func NewRelay(drv *driver.Driver, pub Publisher, cfg RelayConfig) (*Relay, error
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	r := &Relay{drv: drv, dialect: drv.Dialect(), pub: pub, cfg: cfg,
-		q: newRelayQueries(drv.Dialect(), cfg.Names), rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x62656e746f))}
+		q: newRelayQueries(drv.Dialect(), cfg.Names), cq: newClaimQueries(drv.Dialect(), cfg.Names), rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x62656e746f))}
 	r.pubObs, _ = cfg.Observer.(PublishObserver)
 	if r.dialect == dialect.SQLite {
 		lock := cfg.Lock
@@ -259,7 +269,8 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 		case <-listen:
 		default:
 		}
-		// Drain: batch after batch while they come back full.
+		// Drain: batch after batch while they publish; wait only once a
+		// batch found nothing to claim (or the broker is down).
 		for {
 			res, err := r.Batch(context.WithoutCancel(ctx))
 			if err != nil {
@@ -269,8 +280,8 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 				r.cfg.Logger.Warn("bento: relay batch failed", "error", err.Error())
 				break
 			}
-			if res.Claimed < r.cfg.BatchSize || ctx.Err() != nil || (res.Unavailable > 0 && res.Published == 0) {
-				break // nothing more now, or the broker is down: wait
+			if ctx.Err() != nil || !res.progressed() {
+				break
 			}
 		}
 		if (r.cfg.Retention > 0 || r.cfg.IdempotencyRetention > 0) && time.Since(lastCleanup) > max(r.cfg.PollInterval, time.Minute) {
@@ -292,8 +303,19 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 	}
 }
 
+// progressed reports whether the batch changed the outbox so that the
+// next one may find other work: it claimed something, and the broker was
+// not down for all of it.
+func (res BatchResult) progressed() bool {
+	if res.Claimed == 0 || (res.Unavailable > 0 && res.Published == 0) {
+		return false
+	}
+	return res.Published+res.Failed+res.Dead > 0
+}
+
 // RunOnce publishes batches until nothing is claimable now (pending rows
-// waiting for a retry later stay pending) and returns the totals.
+// waiting for a retry later stay pending, and while the broker is down it
+// stops at the first batch) and returns the totals.
 func (r *Relay) RunOnce(ctx context.Context) (BatchResult, error) {
 	var total BatchResult
 	for {
@@ -302,11 +324,10 @@ func (r *Relay) RunOnce(ctx context.Context) (BatchResult, error) {
 		total.Published += res.Published
 		total.Failed += res.Failed
 		total.Dead += res.Dead
-		if err != nil || res.Claimed == 0 || ctx.Err() != nil {
+		total.Unavailable += res.Unavailable
+		total.Skipped += res.Skipped
+		if err != nil || ctx.Err() != nil || !res.progressed() {
 			return total, err
-		}
-		if res.Published == 0 && res.Dead == 0 && res.Claimed < r.cfg.BatchSize {
-			return total, nil // all failed: they wait for their backoff
 		}
 	}
 }
@@ -429,52 +450,6 @@ func (r *Relay) observePublished(msgs []Message, results []error) {
 	}
 }
 
-// claim reads the claimable heads: in tx with row locks, or (SQLite)
-// without a transaction.
-func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, error) {
-	// Through ent's Query, which on PostgreSQL sends the claim in one
-	// pipeline with the transaction's BEGIN (driver.PoolConfig.
-	// PipelineBegin): the claim is the batch's first statement.
-	var q dialect.ExecQuerier = r.drv
-	if tx != nil {
-		q = tx
-	}
-	var rows entsql.Rows
-	if err := q.Query(ctx, r.q.claim, []any{time.Now().UnixMicro(), r.cfg.BatchSize}, &rows); err != nil {
-		return nil, nil, fmt.Errorf("outbox: relay: claiming: %w", err)
-	}
-	defer rows.Close()
-	msgs := make([]Message, 0, r.cfg.BatchSize)
-	var attempts []int
-	for rows.Next() {
-		var (
-			m        Message
-			id       string
-			payload  string
-			headers  sql.NullString
-			attempt  int
-			occurred sql.NullTime
-		)
-		if err := rows.Scan(&id, &m.AggregateType, &m.AggregateID, &m.Type, &payload, &m.Sequence, &headers, &occurred, &attempt); err != nil {
-			return nil, nil, fmt.Errorf("outbox: relay: reading a claimed row: %w", err)
-		}
-		var err error
-		if m.ID, err = uuid.Parse(id); err != nil {
-			return nil, nil, fmt.Errorf("outbox: relay: row id %q: %w", id, err)
-		}
-		m.Payload = json.RawMessage(payload)
-		m.OccurredAt = occurred.Time
-		if headers.Valid && headers.String != "" && headers.String != "null" {
-			if err := json.Unmarshal([]byte(headers.String), &m.Headers); err != nil {
-				return nil, nil, fmt.Errorf("outbox: relay: row %s headers: %w", id, err)
-			}
-		}
-		msgs = append(msgs, m)
-		attempts = append(attempts, attempt)
-	}
-	return msgs, attempts, rows.Err()
-}
-
 // publish runs the publisher with a timeout; a publisher that returns the
 // wrong number of results fails them all.
 func (r *Relay) publish(ctx context.Context, msgs []Message) []error {
@@ -491,13 +466,30 @@ func (r *Relay) publish(ctx context.Context, msgs []Message) []error {
 	return results
 }
 
-// mark records each message's fate in tx.
+// mark records each message's fate in tx. Messages come in runs, each
+// aggregate's in sequence order: the first failure in a run is recorded
+// (attempts, backoff, or dead letter), and the run's later messages are
+// left pending as they were, whatever their own result (results[i] is set
+// to ErrSkipped for them, so nothing reports them published).
 func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempts []int, results []error, res *BatchResult) error {
 	now := time.Now().UTC()
-	var done []string
+	var (
+		done  []string
+		guard RunGuard
+	)
 	for i, m := range msgs {
+		if guard.Blocked(m) {
+			results[i] = ErrSkipped
+			res.Skipped++
+			continue
+		}
 		if results[i] == nil {
 			done = append(done, m.ID.String())
+			continue
+		}
+		guard.Fail(m)
+		if errors.Is(results[i], ErrSkipped) {
+			res.Skipped++
 			continue
 		}
 		n := attempts[i] + 1
@@ -514,18 +506,14 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 		case n >= r.cfg.MaxAttempts || errors.As(results[i], &permanent):
 			status = StatusDead
 			res.Dead++
-			res.dead = append(res.dead, deadLetter{m: m, attempts: n, err: results[i].Error()})
+			res.dead = append(res.dead, deadLetter{m: m, attempts: n, err: storableError(results[i].Error())})
 			next = now.Add(r.backoff(n)).UnixMicro()
 		default:
 			res.Failed++
 			next = now.Add(r.backoff(n)).UnixMicro()
 		}
-		lastErr := results[i].Error()
-		if len(lastErr) > 2000 {
-			lastErr = lastErr[:2000]
-		}
-		if _, err := tx.ExecContext(ctx, r.q.fail, n, next, lastErr, status, m.ID.String()); err != nil {
-			return fmt.Errorf("outbox: relay: recording a failed publish: %w", err)
+		if err := r.recordFailure(ctx, tx, m, n, next, storableError(results[i].Error()), status); err != nil {
+			return err
 		}
 	}
 	res.Published = len(done)
@@ -563,6 +551,83 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 		}
 	}
 	return nil
+}
+
+// maxErrorRunes bounds the stored text of a failed publish (the column
+// holds 2,048 characters).
+const maxErrorRunes = 2000
+
+// storableError makes a publish error's text storable on every dialect:
+// valid UTF-8 (PostgreSQL rejects anything else, 22021), no NUL (which no
+// PostgreSQL text can hold), at most maxErrorRunes characters, never cut
+// inside a character.
+func storableError(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.ReplaceAll(s, "\x00", `\x00`)
+	if utf8.RuneCountInString(s) <= maxErrorRunes {
+		return s
+	}
+	rs := []rune(s)
+	return string(rs[:maxErrorRunes-1]) + "…"
+}
+
+// asciiError is s with every character outside printable ASCII escaped,
+// for a column whose character set refuses some of them (a MySQL table in
+// utf8mb3 or latin1, say).
+func asciiError(s string) string {
+	q := strconv.QuoteToASCII(s)
+	q = q[1 : len(q)-1]
+	if len(q) > maxErrorRunes {
+		q = q[:maxErrorRunes]
+	}
+	return q
+}
+
+// recordFailure writes a failed publish: attempts, next attempt, status and
+// the error's text. Text that is not plain ASCII is written under a
+// savepoint: if the database refuses it (a character set that cannot hold
+// it), the row gets the text escaped to ASCII instead, and the batch's
+// other rows are marked as they should be. A failure that survives that is
+// the connection's or the database's, and fails the batch.
+func (r *Relay) recordFailure(ctx context.Context, tx *driver.Tx, m Message, n int, next int64, text, status string) error {
+	exec := func(text string) error {
+		_, err := tx.ExecContext(ctx, r.q.fail, n, next, text, status, m.ID.String())
+		return err
+	}
+	if isPlainASCII(text) {
+		if err := exec(text); err != nil {
+			return fmt.Errorf("outbox: relay: recording a failed publish of %s: %w", m.ID, err)
+		}
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT bento_mark"); err != nil {
+		return fmt.Errorf("outbox: relay: recording a failed publish of %s: %w", m.ID, err)
+	}
+	err := exec(text)
+	if err != nil {
+		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT bento_mark"); rerr != nil {
+			return fmt.Errorf("outbox: relay: recording a failed publish of %s: %w", m.ID, errors.Join(err, rerr))
+		}
+		r.cfg.Logger.Warn("bento: relay stored an event's error text escaped to ASCII", "event_id", m.ID.String(), "error", err.Error())
+		if err = exec(asciiError(text)); err != nil {
+			return fmt.Errorf("outbox: relay: recording a failed publish of %s: %w", m.ID, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT bento_mark"); err != nil {
+		return fmt.Errorf("outbox: relay: recording a failed publish of %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// isPlainASCII reports whether s has only printable ASCII, tabs and
+// newlines: text every character set stores.
+func isPlainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 0x20 && c != '\t' && c != '\n') || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // backoff is the delay after the n-th failed attempt.
@@ -631,7 +696,8 @@ type Stats struct {
 func ReadStats(ctx context.Context, drv *driver.Driver, names Names) (Stats, error) {
 	q := newRelayQueries(drv.Dialect(), names)
 	var st Stats
-	rows, err := drv.QueryContext(ctx, q.stats)
+	// On the primary: a replica's counts can be behind.
+	rows, err := drv.QueryContext(driver.UsePrimary(ctx), q.stats)
 	if err != nil {
 		return st, fmt.Errorf("outbox: stats: %w", err)
 	}
@@ -689,11 +755,11 @@ func Requeue(ctx context.Context, drv *driver.Driver, names Names, ids ...uuid.U
 
 // relayQueries are the relay's statements for one dialect.
 type relayQueries struct {
-	dialect, table       string
-	settings             string // PostgreSQL: PostgresSessionSettings for the transaction
-	claim, fail, cleanup string
-	cleanupKeys          string
-	stats, requeueAll    string
+	dialect, table    string
+	settings          string // PostgreSQL: PostgresSessionSettings for the transaction
+	fail, cleanup     string
+	cleanupKeys       string
+	stats, requeueAll string
 }
 
 func newRelayQueries(d string, n Names) relayQueries {
@@ -701,38 +767,13 @@ func newRelayQueries(d string, n Names) relayQueries {
 	quote := func(s string) string { return dialects.QuoteIdent(d, s) }
 	t := quote(n.Outbox)
 	q.table = t
-	typ, seq := quote("type"), quote("sequence")
 	p := func(i int) string { return dialects.Placeholder(d, i) }
-	idText, payloadText, headersText := "o.id", "o.payload", "o.headers"
 	if d == dialect.Postgres {
-		idText, payloadText, headersText = "o.id::text", "o.payload::text", "o.headers::text"
 		var sets []string
 		for _, kv := range postgresSettings() {
 			sets = append(sets, "set_config('"+kv[0]+"', '"+kv[1]+"', true)")
 		}
 		q.settings = "SELECT " + strings.Join(sets, ", ")
-	}
-	// A head is a pending row with no pending row of its aggregate before
-	// it. On PostgreSQL that is asked as "the first pending row of its
-	// aggregate in sequence order": a lookup only the aggregate index can
-	// answer without a sort, so with the batch's settings
-	// (PostgresSessionSettings) it is the plan whatever the statistics. As
-	// NOT EXISTS, a plan made on an empty table probed the claim index
-	// (status only) instead, reading every pending row for each one.
-	head := " AND NOT EXISTS (SELECT 1 FROM " + t + " e WHERE e.aggregatetype = o.aggregatetype AND e.aggregateid = o.aggregateid" +
-		" AND e.status = '" + StatusPending + "' AND e." + seq + " < o." + seq + ")"
-	if d == dialect.Postgres {
-		head = " AND o." + seq + " = (SELECT e." + seq + " FROM " + t + " e WHERE e.aggregatetype = o.aggregatetype AND e.aggregateid = o.aggregateid" +
-			" AND e.status = '" + StatusPending + "' ORDER BY e." + seq + " LIMIT 1)"
-	}
-	q.claim = "SELECT " + idText + ", o.aggregatetype, o.aggregateid, o." + typ + ", " + payloadText + ", o." + seq + ", " + headersText +
-		", o.occurred_at, o.attempts FROM " + t + " o WHERE o.status = '" + StatusPending + "' AND o.next_attempt_at <= " + p(1) +
-		head + " ORDER BY o.next_attempt_at LIMIT " + p(2)
-	switch d {
-	case dialect.Postgres:
-		q.claim += " FOR UPDATE OF o SKIP LOCKED"
-	case dialect.MySQL:
-		q.claim += " FOR UPDATE SKIP LOCKED"
 	}
 	q.fail = "UPDATE " + t + " SET attempts = " + p(1) + ", next_attempt_at = " + p(2) + ", last_error = " + p(3) +
 		", status = " + p(4) + " WHERE id = " + p(5)

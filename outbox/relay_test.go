@@ -304,10 +304,17 @@ func (s *sink) Publish(ctx context.Context, msgs []outbox.Message) []error {
 	out := make([]error, len(msgs))
 	var pass []outbox.Message
 	var at []int
+	var guard outbox.RunGuard
 	for i, m := range msgs {
+		if guard.Blocked(m) {
+			out[i] = outbox.ErrSkipped
+			continue
+		}
 		if out[i] = s.rejected(m); out[i] == nil {
 			pass = append(pass, m)
 			at = append(at, i)
+		} else {
+			guard.Fail(m)
 		}
 	}
 	if len(pass) > 0 {

@@ -60,7 +60,12 @@ func Tables(n Names) []*schema.Table {
 		AddColumn(next).
 		AddColumn(&schema.Column{Name: "last_error", Type: field.TypeString, Size: 2048, Nullable: true}).
 		AddColumn(&schema.Column{Name: "published_at", Type: field.TypeTime, Nullable: true, SchemaType: microTime})
-	outbox.AddIndex(n.Outbox+"_claim", false, []string{"status", "next_attempt_at"})
+	// The relay's claim (claim.go): the due index orders the window of
+	// pending rows by due time, with the id as a tie-breaker for its
+	// cursor; the pending index finds an aggregate's head and run without
+	// reading its published or dead rows.
+	outbox.AddIndex(n.Outbox+"_due", false, []string{"status", "next_attempt_at", "id"})
+	outbox.AddIndex(n.Outbox+"_pending", false, []string{"aggregatetype", "aggregateid", "status", "sequence"})
 	outbox.AddIndex(n.Outbox+"_aggregate_sequence", true, []string{"aggregatetype", "aggregateid", "sequence"})
 	outbox.SetComment("Bento transactional outbox (Debezium outbox event router compatible)")
 

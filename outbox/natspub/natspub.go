@@ -155,10 +155,13 @@ const (
 	HeaderOccurredAt    = "Bento-Occurred-At"
 )
 
-// Publish sends the messages asynchronously and waits for every PubAck
-// (or ctx). A duplicate ack (the stream already had the event id) counts as
-// published. While the connection is down every message fails at once;
-// waiting for room among the acks in flight is bounded by ctx too.
+// Publish sends the messages asynchronously, in order on one connection
+// (so each aggregate's run reaches the stream in sequence order), and
+// waits for every PubAck (or ctx). A duplicate ack (the stream already had
+// the event id) counts as published. A message that cannot be sent stops
+// its aggregate's run: the later ones are not sent (outbox.ErrSkipped).
+// While the connection is down every message fails at once; waiting for
+// room among the acks in flight is bounded by ctx too.
 func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error {
 	out := make([]error, len(msgs))
 	if !p.nc.IsConnected() {
@@ -169,7 +172,12 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 		return out
 	}
 	futures := make([]jetstream.PubAckFuture, len(msgs))
+	var guard outbox.RunGuard
 	for i, m := range msgs {
+		if guard.Blocked(m) {
+			out[i] = outbox.ErrSkipped
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			for j := i; j < len(msgs); j++ {
 				out[j] = fmt.Errorf("natspub: %s: not sent: %w: %w", msgs[j].ID, outbox.ErrUnavailable, err)
@@ -203,6 +211,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 				err = fmt.Errorf("%w: %w", outbox.ErrUnavailable, err)
 			}
 			out[i] = fmt.Errorf("natspub: publishing %s to %s: %w", m.ID, nm.Subject, err)
+			guard.Fail(m) // its aggregate's later events must not overtake it
 			continue
 		}
 		futures[i] = f
