@@ -47,25 +47,33 @@ import (
 // goes back to the oldest rows once it reaches the end: a poison event with
 // a long backlog behind it never hides the aggregates after it.
 
-// windowFactor is the window's size in batches.
+// windowFactor is the window's size in batches: a batch of uniform events
+// finds enough aggregates in it even when another relay holds the first
+// batch's worth.
 const windowFactor = 2
 
 // claimCursor is where a relay's window starts: the oldest due rows when
-// zero, or the rows after (at, id) on the due index.
+// unset, or the rows due after at. The cursor sweeps: each claim moves it
+// to the end of its window, so a batch does not walk again the front of
+// the due index that the batches before it emptied (on PostgreSQL the
+// entries of deleted rows stay in the index until VACUUM, and with a
+// replica's hot_standby_feedback or a long transaction they cost a heap
+// visit each). Rows due before the cursor (committed late, or left by a
+// window that filled its batch) are taken once the sweep reaches the end
+// and starts again from the front, in the same claim.
 type claimCursor struct {
 	set bool
 	at  int64
-	id  string
 }
 
 // claimQueries are the statements of the claim for one dialect.
 type claimQueries struct {
 	dialect string
-	// runs claims the runs of the window's aggregates (with and without a
-	// cursor); after reads the due index's key window rows on (the end of
-	// the window) to move the cursor past it.
-	runs, runsAfter   statement
-	windowEnd, endAft statement
+	// runs claims the runs of the window's aggregates, from the front or
+	// after a cursor; window reads the window's end and size, to move the
+	// cursor past a window with nothing claimable.
+	runs, runsAfter     statement
+	window, windowAfter statement
 }
 
 func newClaimQueries(d string, n Names) claimQueries {
@@ -77,25 +85,18 @@ func newClaimQueries(d string, n Names) claimQueries {
 	if d == dialect.Postgres {
 		idText, payloadText, headersText = "r.id::text", "r.payload::text", "r.headers::text"
 	}
-	// Bind parameters are named here and numbered per dialect by bind.
+	// Parameters are named here and numbered per dialect by compile.
 	due := "w.status = " + pending + " AND w.next_attempt_at <= :now"
-	after := ""
-	switch d {
-	case dialect.MySQL:
-		// MariaDB's range optimizer takes the >= bound; the OR only
-		// filters the rows tied on next_attempt_at.
-		after = " AND w.next_attempt_at >= :at AND (w.next_attempt_at > :at OR w.id > :id)"
-	default:
-		after = " AND (w.next_attempt_at, w.id) > (:at, :id)"
-	}
-	window := func(cond string) string {
-		return "SELECT w.aggregatetype, w.aggregateid FROM " + t + " w WHERE " + due + cond +
+	window := func(after bool) string {
+		cond := ""
+		if after {
+			cond = " AND w.next_attempt_at > :at"
+		}
+		return "SELECT w.aggregatetype, w.aggregateid, w.next_attempt_at, w." + seq + " FROM " + t + " w WHERE " + due + cond +
 			" ORDER BY w.next_attempt_at, w.id LIMIT :window"
 	}
 	// "ORDER BY status, sequence" with status fixed is the order of the
-	// pending index alone: with the batch's settings (no sort) it is the
-	// index PostgreSQL must use, whatever the statistics say, and it never
-	// reads an aggregate's published or dead rows.
+	// pending index.
 	bySeq := " ORDER BY %[1]s.status, %[1]s." + seq
 	head := func(col string) string {
 		return "(SELECT e." + col + " FROM " + t + " e WHERE e.aggregatetype = a.aggregatetype AND e.aggregateid = a.aggregateid" +
@@ -103,24 +104,31 @@ func newClaimQueries(d string, n Names) claimQueries {
 	}
 	columns := "SELECT " + idText + ", r.aggregatetype, r.aggregateid, r." + typ + ", " + payloadText + ", r." + seq + ", " + headersText +
 		", r.occurred_at, r.attempts"
-	runs := func(cond string) string {
+	runs := func(after bool) string {
 		if d == dialect.Postgres {
-			// Laterals: each aggregate's head is one probe of the pending
-			// index, and its run one range of it, parameterised by the
-			// aggregate, so no plan can read the index whole.
-			return columns + ", hd.head FROM (SELECT a.aggregatetype, a.aggregateid FROM (" + window(cond) + ") a" +
-				" GROUP BY a.aggregatetype, a.aggregateid) g" +
+			// Laterals: each aggregate's head is one probe of the index,
+			// and its run one range of it, parameterised by the aggregate,
+			// so no plan can read an index whole. The probe starts after
+			// the sequence this relay last published of the aggregate (its
+			// hints, :hk and :hl), so it does not walk the entries its own
+			// deletes left before the head; never after the aggregate's
+			// first row in the window, which is pending (a requeued dead
+			// letter shows there, and the hint gives way).
+			return columns + ", hd.head, g.wend FROM (SELECT a.aggregatetype, a.aggregateid, max(a.next_attempt_at) AS wend, min(a." + seq + ") AS wmin FROM (" +
+				window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) g" +
 				" CROSS JOIN LATERAL (SELECT e." + seq + " AS head, e.next_attempt_at AS due FROM " + t + " e" +
 				" WHERE e.aggregatetype = g.aggregatetype AND e.aggregateid = g.aggregateid AND e.status = " + pending +
+				" AND e." + seq + " > least(g.wmin - 1, coalesce((SELECT h.low FROM unnest(:hk::text[], :hl::bigint[]) AS h(k, low)" +
+				" WHERE h.k = g.aggregatetype || chr(31) || g.aggregateid), 0))" +
 				fmt.Sprintf(bySeq, "e") + " LIMIT 1) hd" +
 				" CROSS JOIN LATERAL (SELECT * FROM " + t + " x WHERE x.aggregatetype = g.aggregatetype AND x.aggregateid = g.aggregateid" +
 				" AND x.status = " + pending + " AND x." + seq + " >= hd.head AND x." + seq + " < hd.head + :run AND x.next_attempt_at <= :now" +
 				fmt.Sprintf(bySeq, "x") + " LIMIT :run) r" +
 				" WHERE hd.due <= :now LIMIT :batch FOR UPDATE OF r SKIP LOCKED"
 		}
-		q := columns + ", h.head FROM (" +
-			"SELECT a.aggregatetype, a.aggregateid, " + head(seq) + " AS head, " + head("next_attempt_at") + " AS head_due" +
-			" FROM (" + window(cond) + ") a GROUP BY a.aggregatetype, a.aggregateid) h" +
+		q := columns + ", h.head, h.wend FROM (" +
+			"SELECT a.aggregatetype, a.aggregateid, max(a.next_attempt_at) AS wend, " + head(seq) + " AS head, " +
+			head("next_attempt_at") + " AS head_due FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) h" +
 			" JOIN " + t + " r ON r.aggregatetype = h.aggregatetype AND r.aggregateid = h.aggregateid AND r.status = " + pending +
 			" AND r." + seq + " >= h.head AND r." + seq + " < h.head + :run AND r.next_attempt_at <= :now" +
 			" WHERE h.head_due <= :now LIMIT :batch"
@@ -129,23 +137,11 @@ func newClaimQueries(d string, n Names) claimQueries {
 		}
 		return q
 	}
-	windowID := "w.id"
-	if d == dialect.Postgres {
-		windowID = "w.id::text"
+	size := func(after bool) string {
+		return "SELECT max(a.next_attempt_at), count(*) FROM (" + window(after) + ") a"
 	}
-	end := func(cond string) string {
-		return "SELECT w.next_attempt_at, " + windowID + " FROM " + t + " w WHERE " + due + cond +
-			" ORDER BY w.next_attempt_at, w.id LIMIT 1 OFFSET :last"
-	}
-	return claimQueries{dialect: d, runs: compile(d, runs("")), runsAfter: compile(d, runs(after)),
-		windowEnd: compile(d, end("")), endAft: compile(d, end(after))}
-}
-
-// claimArgs are the values of a claim's named parameters.
-type claimArgs struct {
-	now                int64
-	cursor             claimCursor
-	window, run, batch int
+	return claimQueries{dialect: d, runs: compile(d, runs(false)), runsAfter: compile(d, runs(true)),
+		window: compile(d, size(false)), windowAfter: compile(d, size(true))}
 }
 
 // statement is a claim statement in the dialect's placeholders, with the
@@ -197,16 +193,16 @@ func (st statement) args(a claimArgs) []any {
 			args[i] = a.now
 		case "at":
 			args[i] = a.cursor.at
-		case "id":
-			args[i] = a.cursor.id
+		case "hk":
+			args[i] = a.hintKeys
+		case "hl":
+			args[i] = a.hintLows
 		case "window":
 			args[i] = a.window
 		case "run":
 			args[i] = a.run
 		case "batch":
 			args[i] = a.batch
-		case "last":
-			args[i] = a.window - 1
 		default:
 			panic("outbox: unknown claim parameter " + name)
 		}
@@ -214,20 +210,41 @@ func (st statement) args(a claimArgs) []any {
 	return args
 }
 
+// claimArgs are the values of a claim's named parameters.
+type claimArgs struct {
+	now                int64
+	cursor             claimCursor
+	window, run, batch int
+	// PostgreSQL: per aggregate (type and id joined by \x1f), the last
+	// sequence this relay published or dead-lettered.
+	hintKeys []string
+	hintLows []int64
+}
+
 // claimed is one row a claim returned.
 type claimed struct {
 	m        Message
 	attempts int
-	head     int64
+	head     int64 // the head of its aggregate the statement found
+	wend     int64 // the due time of its aggregate's last row in the window
 }
 
 // claim reads the claimable runs: in tx with row locks, or (SQLite)
 // without a transaction. It returns them grouped by aggregate, each run
 // in sequence order, and each message's attempts so far.
+//
+// A window with nothing claimable (every aggregate in it held by another
+// relay or waiting for a retry) moves the cursor past it and doubles the
+// next window, so a relay gets past a backlog it cannot take in a number
+// of statements logarithmic in its size; at the end the sweep starts
+// again from the front once.
 func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, error) {
 	r.mu.Lock()
 	a := claimArgs{now: time.Now().UnixMicro(), cursor: r.cursor, window: windowFactor * r.cfg.BatchSize,
 		run: r.cfg.BatchSize, batch: r.cfg.BatchSize}
+	if r.dialect == dialect.Postgres {
+		a.hintKeys, a.hintLows = r.hints.args(time.Now())
+	}
 	r.mu.Unlock()
 	setCursor := func(c claimCursor) {
 		r.mu.Lock()
@@ -240,49 +257,58 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 		if err != nil {
 			return nil, nil, err
 		}
-		if len(rows) > 0 {
-			msgs, attempts := runs(rows)
-			if len(msgs) > 0 {
-				setCursor(a.cursor)
-				return msgs, attempts, nil
+		if msgs, attempts := runs(rows); len(msgs) > 0 {
+			end := a.cursor
+			for _, c := range rows {
+				if !end.set || c.wend > end.at {
+					end = claimCursor{set: true, at: c.wend}
+				}
 			}
+			setCursor(end)
+			return msgs, attempts, nil
 		}
 		// Nothing claimable in this window: look past it, or start again
-		// from the oldest rows once past the end.
-		end, ok, err := r.windowEnd(ctx, tx, a)
+		// from the front once past the end.
+		end, n, err := r.windowSize(ctx, tx, a)
 		if err != nil {
 			return nil, nil, err
 		}
 		switch {
-		case ok:
-			a.cursor = end
+		case n > 0:
+			a.cursor = claimCursor{set: true, at: end}
+			a.window *= 2
 		case wrapped:
 			setCursor(claimCursor{})
 			return nil, nil, nil
 		default:
-			a.cursor, wrapped = claimCursor{}, true
+			a.cursor, a.window, wrapped = claimCursor{}, windowFactor*r.cfg.BatchSize, true
 		}
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
 		}
 	}
 }
 
-// claimRows runs the claim statement once.
-func (r *Relay) claimRows(ctx context.Context, tx *driver.Tx, a claimArgs) ([]claimed, error) {
-	query := r.cq.runs
-	if a.cursor.set {
-		query = r.cq.runsAfter
-	}
-	// Through ent's Query, which on PostgreSQL sends the claim in one
-	// pipeline with the transaction's BEGIN (driver.PoolConfig.
-	// PipelineBegin): the claim is the batch's first statement.
+// query runs a claim statement in tx, or outside a transaction (SQLite).
+// Through ent's Query, which on PostgreSQL sends the batch's first
+// statement in one pipeline with its BEGIN (driver.PoolConfig.
+// PipelineBegin).
+func (r *Relay) query(ctx context.Context, tx *driver.Tx, st statement, a claimArgs, rows *entsql.Rows) error {
 	var q dialect.ExecQuerier = r.drv
 	if tx != nil {
 		q = tx
 	}
+	return q.Query(driver.UsePrimary(ctx), st.sql, st.args(a), rows)
+}
+
+// claimRows runs the claim statement once.
+func (r *Relay) claimRows(ctx context.Context, tx *driver.Tx, a claimArgs) ([]claimed, error) {
+	st := r.cq.runs
+	if a.cursor.set {
+		st = r.cq.runsAfter
+	}
 	var rows entsql.Rows
-	if err := q.Query(driver.UsePrimary(ctx), query.sql, query.args(a), &rows); err != nil {
+	if err := r.query(ctx, tx, st, a, &rows); err != nil {
 		return nil, fmt.Errorf("outbox: relay: claiming: %w", err)
 	}
 	defer rows.Close()
@@ -296,7 +322,7 @@ func (r *Relay) claimRows(ctx context.Context, tx *driver.Tx, a claimArgs) ([]cl
 			occurred sql.NullTime
 		)
 		if err := rows.Scan(&id, &c.m.AggregateType, &c.m.AggregateID, &c.m.Type, &payload, &c.m.Sequence, &headers, &occurred,
-			&c.attempts, &c.head); err != nil {
+			&c.attempts, &c.head, &c.wend); err != nil {
 			return nil, fmt.Errorf("outbox: relay: reading a claimed row: %w", err)
 		}
 		var err error
@@ -315,30 +341,90 @@ func (r *Relay) claimRows(ctx context.Context, tx *driver.Tx, a claimArgs) ([]cl
 	return out, rows.Err()
 }
 
-// windowEnd returns the due index's key of the window's last row, and
-// false when the window was not full (it reached the end).
-func (r *Relay) windowEnd(ctx context.Context, tx *driver.Tx, a claimArgs) (claimCursor, bool, error) {
-	query := r.cq.windowEnd
+// windowSize returns the due time of the window's last row and how many
+// rows it has.
+func (r *Relay) windowSize(ctx context.Context, tx *driver.Tx, a claimArgs) (int64, int, error) {
+	st := r.cq.window
 	if a.cursor.set {
-		query = r.cq.endAft
-	}
-	var q dialect.ExecQuerier = r.drv
-	if tx != nil {
-		q = tx
+		st = r.cq.windowAfter
 	}
 	var rows entsql.Rows
-	if err := q.Query(driver.UsePrimary(ctx), query.sql, query.args(a), &rows); err != nil {
-		return claimCursor{}, false, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
+	if err := r.query(ctx, tx, st, a, &rows); err != nil {
+		return 0, 0, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
 	}
 	defer rows.Close()
-	if !rows.Next() {
-		return claimCursor{}, false, rows.Err()
+	var (
+		end sql.NullInt64
+		n   int
+	)
+	if rows.Next() {
+		if err := rows.Scan(&end, &n); err != nil {
+			return 0, 0, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
+		}
 	}
-	c := claimCursor{set: true}
-	if err := rows.Scan(&c.at, &c.id); err != nil {
-		return claimCursor{}, false, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
+	return end.Int64, n, rows.Err()
+}
+
+// hints remember, per aggregate this relay published a run of, the last
+// sequence it published or dead-lettered: no row of the aggregate at or
+// before it is pending (writers only append), so the head probe starts
+// after it, or before the aggregate's first row in the window if that is
+// lower (a dead letter made pending again by Requeue). At most maxHints
+// are kept, the most recently used, for at most hintTTL.
+type hints struct {
+	m map[[2]string]hint
+}
+
+type hint struct {
+	low  int64
+	used time.Time
+}
+
+const (
+	maxHints = 256
+	hintTTL  = time.Minute
+)
+
+// note records that the aggregate's rows up to seq are no longer pending.
+// Only aggregates with more than one event in the batch are noted: those
+// are the hot ones whose heads the next batches probe again.
+func (h *hints) note(aggType, aggID string, seq int64, run int, now time.Time) {
+	k := [2]string{aggType, aggID}
+	if _, known := h.m[k]; !known && run < 2 {
+		return
 	}
-	return c, true, rows.Err()
+	if h.m == nil {
+		h.m = map[[2]string]hint{}
+	}
+	if cur, ok := h.m[k]; ok && cur.low > seq {
+		seq = cur.low
+	}
+	h.m[k] = hint{low: seq, used: now}
+	if len(h.m) > maxHints {
+		var oldest [2]string
+		var at time.Time
+		for k, v := range h.m {
+			if at.IsZero() || v.used.Before(at) {
+				oldest, at = k, v.used
+			}
+		}
+		delete(h.m, oldest)
+	}
+}
+
+// args returns the hints as the claim's arrays, dropping expired ones.
+func (h *hints) args(now time.Time) ([]string, []int64) {
+	keys := make([]string, 0, len(h.m))
+	lows := make([]int64, 0, len(h.m))
+	for k, v := range h.m {
+		if now.Sub(v.used) > hintTTL {
+			delete(h.m, k)
+			continue
+		}
+		keys = append(keys, k[0]+"\x1f"+k[1])
+		lows = append(lows, v.low)
+	}
+	return keys, lows
 }
 
 // runs keeps, of the claimed rows, each aggregate's run: the rows from

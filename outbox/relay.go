@@ -170,6 +170,7 @@ type Relay struct {
 	rng     *rand.Rand
 	mu      sync.Mutex
 	cursor  claimCursor // where the claim's window starts (guarded by mu)
+	hints   hints       // PostgreSQL: where heads are (guarded by mu)
 }
 
 // NewRelay returns a relay that reads the outbox through drv (a Bento
@@ -407,8 +408,32 @@ func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
 	}
 	r.observePublished(msgs, results)
+	r.noteHints(msgs, results)
 	r.logDead(res)
 	return res, nil
+}
+
+// noteHints records, once a batch committed, how far it published each
+// aggregate (PostgreSQL: see hints).
+func (r *Relay) noteHints(msgs []Message, results []error) {
+	if r.dialect != dialect.Postgres {
+		return
+	}
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := 0; i < len(msgs); {
+		j, last := i, int64(-1)
+		for ; j < len(msgs) && msgs[j].AggregateType == msgs[i].AggregateType && msgs[j].AggregateID == msgs[i].AggregateID; j++ {
+			if results[j] == nil {
+				last = msgs[j].Sequence
+			}
+		}
+		if last >= 0 {
+			r.hints.note(msgs[i].AggregateType, msgs[i].AggregateID, last, j-i, now)
+		}
+		i = j
+	}
 }
 
 // batchSingle is SQLite's batch: the only relay reads, publishes, then
