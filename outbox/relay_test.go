@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -1461,5 +1462,53 @@ func TestRelayRunOrderWhileWriting(t *testing.T) {
 		if c := pending(); c != 0 {
 			t.Fatalf("%d rows still pending", c)
 		}
+	})
+}
+
+// TestRelayHostileErrorText: invariant — a publisher's error text that no
+// column can hold as it is (invalid UTF-8, NUL, a 4-byte character, 5,000
+// bytes of 2-byte characters whose cut at a byte count splits one) never
+// stops the relay: the event is retried and dead-lettered after its
+// attempts with a storable last_error, and the healthy events of its
+// batches are published exactly once each.
+func TestRelayHostileErrorText(t *testing.T) {
+	hostile := "\xff\xfe broken \x00 nul 😀 " + strings.Repeat("é", 2500)
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		e := openRelayEnv(t, cfg)
+		audit(t, e.writeEnv)
+		ctx := context.Background()
+		e.record(ctx, "Poison", map[string][]int{"P": {1}})
+		e.record(ctx, "Healthy", map[string][]int{"H1": {1}, "H2": {1}})
+		poison := e.outboxRows("aggregatetype = 'Poison'")[0].ID
+		e.sink.setReject(func(m outbox.Message) error {
+			if m.ID.String() == poison {
+				return errors.New(hostile)
+			}
+			return nil
+		})
+		const maxAttempts = 3
+		r := e.relay(func(c *outbox.RelayConfig) {
+			c.MaxAttempts, c.Backoff, c.MaxBackoff = maxAttempts, time.Millisecond, time.Millisecond
+		})
+		waitFor(t, 30*time.Second, "nothing pending", func() bool {
+			if _, err := r.RunOnce(ctx); err != nil {
+				t.Fatalf("RunOnce: %v", err)
+			}
+			return e.stats().Pending == 0
+		})
+		dead := e.outboxRows("status = 'dead'")
+		if len(dead) != 1 || dead[0].ID != poison || dead[0].Attempts != maxAttempts || dead[0].LastError == nil {
+			t.Fatalf("dead rows %+v, want the poison event with %d attempts and its error", dead, maxAttempts)
+		}
+		text := *dead[0].LastError
+		if !utf8.ValidString(text) || strings.ContainsRune(text, 0) || utf8.RuneCountInString(text) > 2048 ||
+			!strings.Contains(text, "broken") || !strings.HasSuffix(text, "…") {
+			t.Errorf("stored last_error %q… (%d characters): want valid UTF-8, no NUL, at most 2,048 characters, cut with …",
+				string([]rune(text)[:40]), utf8.RuneCountInString(text))
+		}
+		want := audited(t, e.writeEnv)
+		delete(want, poison)
+		got := e.sink.deliveries()
+		exactlyOnce(t, want, got)
 	})
 }
