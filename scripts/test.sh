@@ -26,7 +26,7 @@ echo "test: go test"
 go test -count=1 -timeout 25m ${BENTO_TEST_FLAGS:-} ./...
 
 echo "test: short fuzz runs (the committed corpora also run as regression tests above)"
-for target in "./config FuzzParseURL" "./config FuzzDuration" "./shop FuzzPlaceOrderBody"; do
+for target in "./config FuzzParseURL" "./config FuzzRedact" "./config FuzzDuration" "./shop FuzzPlaceOrderBody"; do
   set -- $target
   go test "$1" -run '^$' -fuzz "^$2\$" -fuzztime "${BENTO_FUZZTIME:-10s}"
 done
