@@ -84,10 +84,10 @@ func TestRedactUserinfoAndParams(t *testing.T) {
 	// What stays visible: the host, the user name next to a password, and
 	// parameters that are not secrets.
 	for in, want := range map[string]string{
-		"nats://" + tokenSecret + "@host:4222":         "nats://xxxxx@host:4222",
-		"nats://u:" + tokenSecret + "@host:4222":       "nats://u:xxxxx@host:4222",
+		"nats://" + tokenSecret + "@host:4222":        "nats://xxxxx@host:4222",
+		"nats://u:" + tokenSecret + "@host:4222":      "nats://u:xxxxx@host:4222",
 		"nats://h:4222?token=" + tokenSecret + "&x=1": "nats://h:4222?token=xxxxx&x=1",
-		"nats://h:4222":                                "nats://h:4222",
+		"nats://h:4222": "nats://h:4222",
 	} {
 		if got := Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)

@@ -222,8 +222,10 @@ func (u URL) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
 func Redact(s string) string { return redactString(s) }
 
 // RedactIn returns text with every secret that urls (as given to Redact)
-// holds replaced, wherever it appears: for error messages from libraries
-// that quote the URL they were given.
+// holds replaced wherever it appears, as written, unescaped or quoted as %q
+// quotes it: for error messages from libraries that quote the URL they were
+// given. It errs on the side of hiding: a very short secret is replaced in
+// words that merely contain it too.
 func RedactIn(text, urls string) string {
 	var secrets []string
 	for _, sp := range secretSpans(urls) {
@@ -279,9 +281,9 @@ func redactString(s string) string { return redactSpans(s, secretSpans(s)) }
 // string that may not parse: the userinfo is what lies between the start
 // of the authority (after "://", or from the start if there is no scheme)
 // and its last "@"; if it starts with a user name (no "@", "/", "?" or
-// "#") and a ":", what follows that ":" is a password, and otherwise all of
-// it is secret (a NATS token is given as nats://TOKEN@host). The values of secret query parameters are secrets
-// too.
+// "#") and a ":", what follows that ":" is a password, and otherwise all
+// of it is secret (a NATS token is given as nats://TOKEN@host). The values
+// of secret query parameters are secrets too.
 func secretSpans(s string) [][2]int {
 	var spans [][2]int
 	start := 0
