@@ -80,8 +80,9 @@ type PoolConfig struct {
 	// MaxOpen is the number of units of work admitted at once; <= 0 means
 	// no limit beyond database/sql's own.
 	MaxOpen int
-	// Timeout bounds the wait for a free slot; <= 0 waits as long as the
-	// context allows.
+	// Timeout bounds a unit of work's whole wait for its slots: the write
+	// slot (SerializeWrites) and a connection slot together, one deadline
+	// for both. <= 0 waits as long as the context allows.
 	Timeout time.Duration
 	// SerializeWrites admits one writing unit of work at a time (a
 	// transaction that is not read-only, or a statement outside one that
