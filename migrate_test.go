@@ -2,6 +2,7 @@ package bento_test
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"testing"
 	"time"
@@ -88,4 +89,87 @@ func TestDropAllFailureRestoresForeignKeys(t *testing.T) {
 			t.Fatalf("%s = %d after a failed DropAll: the pool handed out a connection with foreign key checks off", check, on)
 		}
 	})
+}
+
+// TestDropAllCancelledRestoresForeignKeys: a DropAll whose context ends
+// while a DROP waits for a lock (another session holds the table) still
+// leaves no connection with foreign key checks off in the pool. On SQLite
+// the connection survives the interruption and the checks are turned back
+// on over a context the cancellation does not reach; on MariaDB the driver
+// closes a connection whose statement was cancelled, so turning the checks
+// back on fails and DropAll discards the connection (its error says so).
+// Either way the next query, on the pool of one, sees the checks on.
+func TestDropAllCancelledRestoresForeignKeys(t *testing.T) {
+	for _, d := range []string{testdb.SQLite, testdb.MySQL} {
+		t.Run(d, func(t *testing.T) {
+			cfg := testdb.Config(t, d)
+			cfg.DB.PoolSize, cfg.DB.MaxOverflow, cfg.DB.PoolTimeout = 1, 0, 10*time.Second
+			// The session that holds the table: a plain connection on
+			// MariaDB; on SQLite another pool on the file, as another
+			// process would have.
+			var raw *sql.DB
+			if d == testdb.SQLite {
+				other, err := bento.Open(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer other.Close()
+				raw = other.Pool().DB()
+			} else {
+				raw = testdb.OpenRaw(t, cfg.DB.URL.Secret())
+			}
+			ctx := context.Background()
+			if _, err := raw.ExecContext(ctx, "CREATE TABLE held (id INT)"); err != nil {
+				t.Fatal(err)
+			}
+			holder, err := raw.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Close()
+			lock, unlock := "LOCK TABLES held READ", "UNLOCK TABLES"
+			if d == testdb.SQLite {
+				lock, unlock = "BEGIN IMMEDIATE", "ROLLBACK"
+			}
+			if _, err := holder.ExecContext(ctx, lock); err != nil {
+				t.Fatal(err)
+			}
+			db, err := bento.Open(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			dctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err = db.DropAll(dctx, bento.IReallyWantToDropAllTables, &schema.Table{Name: "held"})
+			took := time.Since(start)
+			if _, uerr := holder.ExecContext(ctx, unlock); uerr != nil {
+				t.Fatal(uerr)
+			}
+			if err == nil {
+				t.Fatal("DropAll succeeded while another session held the table")
+			}
+			if took > 5*time.Second {
+				t.Fatalf("DropAll took %s with a 500 ms context", took)
+			}
+			t.Logf("DropAll after %s: %v", took.Round(time.Millisecond), err)
+			check := map[string]string{testdb.SQLite: "PRAGMA foreign_keys", testdb.MySQL: "SELECT @@FOREIGN_KEY_CHECKS"}[d]
+			var rows entsql.Rows
+			if err := db.Driver().Query(ctx, check, []any{}, &rows); err != nil {
+				t.Fatalf("%s after the cancelled DropAll: %v", check, err)
+			}
+			defer rows.Close()
+			var on int
+			if !rows.Next() {
+				t.Fatalf("%s returned no row", check)
+			}
+			if err := rows.Scan(&on); err != nil {
+				t.Fatal(err)
+			}
+			if on != 1 {
+				t.Fatalf("%s = %d after a cancelled DropAll: the pool handed out a connection with foreign key checks off", check, on)
+			}
+		})
+	}
 }
