@@ -63,32 +63,43 @@ func TestDropAllFailureRestoresForeignKeys(t *testing.T) {
 		}
 		defer db.Close()
 		ctx := context.Background()
-		probe := map[string]struct{ bad, check string }{
-			dialect.MySQL:    {strings.Repeat("x", 65), "SELECT @@FOREIGN_KEY_CHECKS"},
-			dialect.SQLite:   {"sqlite_master", "PRAGMA foreign_keys"},
-			dialect.Postgres: {"pg_class", "SELECT 1"}, // no session setting to restore
+		bad := map[string]string{
+			dialect.MySQL:    strings.Repeat("x", 65),
+			dialect.SQLite:   "sqlite_master",
+			dialect.Postgres: "pg_class",
 		}[db.Dialect()]
-		bad, check := probe.bad, probe.check
 		err = db.DropAll(ctx, bento.IReallyWantToDropAllTables, &schema.Table{Name: bad})
 		if err == nil || !strings.Contains(err.Error(), "DROP TABLE") {
 			t.Fatalf("DropAll with table %q = %v, want the DROP's error", bad, err)
 		}
-		var rows entsql.Rows
-		if err := db.Driver().Query(ctx, check, []any{}, &rows); err != nil {
-			t.Fatalf("%s after the failed DropAll: %v", check, err)
-		}
-		defer rows.Close()
-		var on int
-		if !rows.Next() {
-			t.Fatalf("%s returned no row", check)
-		}
-		if err := rows.Scan(&on); err != nil {
-			t.Fatal(err)
-		}
-		if on != 1 {
-			t.Fatalf("%s = %d after a failed DropAll: the pool handed out a connection with foreign key checks off", check, on)
-		}
+		requireForeignKeysOn(t, db, "a failed DropAll")
 	})
+}
+
+// requireForeignKeysOn fails t unless the next connection db's pool hands
+// out has foreign key checks on (MySQL's FOREIGN_KEY_CHECKS, SQLite's
+// PRAGMA foreign_keys; PostgreSQL has no such session setting, and only
+// the query is checked).
+func requireForeignKeysOn(t *testing.T, db *bento.DB, after string) {
+	t.Helper()
+	check := map[string]string{
+		dialect.MySQL: "SELECT @@FOREIGN_KEY_CHECKS", dialect.SQLite: "PRAGMA foreign_keys", dialect.Postgres: "SELECT 1",
+	}[db.Dialect()]
+	var rows entsql.Rows
+	if err := db.Driver().Query(context.Background(), check, []any{}, &rows); err != nil {
+		t.Fatalf("%s after %s: %v", check, after, err)
+	}
+	defer rows.Close()
+	var on int
+	if !rows.Next() {
+		t.Fatalf("%s returned no row", check)
+	}
+	if err := rows.Scan(&on); err != nil {
+		t.Fatal(err)
+	}
+	if on != 1 {
+		t.Fatalf("%s = %d after %s: the pool handed out a connection with foreign key checks off", check, on, after)
+	}
 }
 
 // TestDropAllCancelledRestoresForeignKeys: a DropAll whose context ends
@@ -154,22 +165,7 @@ func TestDropAllCancelledRestoresForeignKeys(t *testing.T) {
 				t.Fatalf("DropAll took %s with a 500 ms context", took)
 			}
 			t.Logf("DropAll after %s: %v", took.Round(time.Millisecond), err)
-			check := map[string]string{testdb.SQLite: "PRAGMA foreign_keys", testdb.MySQL: "SELECT @@FOREIGN_KEY_CHECKS"}[d]
-			var rows entsql.Rows
-			if err := db.Driver().Query(ctx, check, []any{}, &rows); err != nil {
-				t.Fatalf("%s after the cancelled DropAll: %v", check, err)
-			}
-			defer rows.Close()
-			var on int
-			if !rows.Next() {
-				t.Fatalf("%s returned no row", check)
-			}
-			if err := rows.Scan(&on); err != nil {
-				t.Fatal(err)
-			}
-			if on != 1 {
-				t.Fatalf("%s = %d after a cancelled DropAll: the pool handed out a connection with foreign key checks off", check, on)
-			}
+			requireForeignKeysOn(t, db, "a cancelled DropAll")
 		})
 	}
 }
