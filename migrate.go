@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	sqldriver "database/sql/driver"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -113,8 +114,12 @@ type ConfirmDropAll string
 const IReallyWantToDropAllTables ConfirmDropAll = "I really want to drop all tables"
 
 // DropAll drops the given tables and Bento's own. It refuses unless confirm
-// is IReallyWantToDropAllTables. Tables that do not exist are skipped.
-func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*schema.Table) error {
+// is IReallyWantToDropAllTables. Tables that do not exist are skipped. On
+// MySQL and SQLite the drops run with foreign key checks off on one
+// connection; the checks are turned back on whether or not a drop failed,
+// and a connection on which that fails is closed, never returned to the
+// pool.
+func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*schema.Table) (err error) {
 	if confirm != IReallyWantToDropAllTables {
 		return fmt.Errorf("bento: DropAll refused: pass bento.IReallyWantToDropAllTables to drop every table (got %q)", string(confirm))
 	}
@@ -129,31 +134,31 @@ func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*sc
 			names = append(names, n)
 		}
 	}
-	var stmts []string
+	// MySQL and SQLite drop with foreign key checks off, a session setting:
+	// it is turned back on however the drops end, and a connection on which
+	// that fails is discarded rather than returned to the pool with checks
+	// off.
+	var checksOff, checksOn string
 	switch db.db.Dialect {
 	case dialect.MySQL:
-		stmts = append(stmts, "SET FOREIGN_KEY_CHECKS = 0")
+		checksOff, checksOn = "SET FOREIGN_KEY_CHECKS = 0", "SET FOREIGN_KEY_CHECKS = 1"
 	case dialect.SQLite:
-		stmts = append(stmts, "PRAGMA foreign_keys = OFF")
+		checksOff, checksOn = "PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON"
 	}
 	quoted := make([]string, len(names))
 	for i, n := range names {
 		quoted[i] = dialects.QuoteIdent(db.db.Dialect, n)
 	}
-	drop := "DROP TABLE IF EXISTS " + strings.Join(quoted, ", ")
-	if db.db.Dialect == dialect.Postgres {
-		drop += " CASCADE"
-	}
-	if db.db.Dialect == dialect.SQLite {
+	var drops []string
+	switch db.db.Dialect {
+	case dialect.SQLite:
 		for _, q := range quoted {
-			stmts = append(stmts, "DROP TABLE IF EXISTS "+q)
+			drops = append(drops, "DROP TABLE IF EXISTS "+q)
 		}
-		stmts = append(stmts, "PRAGMA foreign_keys = ON")
-	} else {
-		stmts = append(stmts, drop)
-	}
-	if db.db.Dialect == dialect.MySQL {
-		stmts = append(stmts, "SET FOREIGN_KEY_CHECKS = 1")
+	case dialect.Postgres:
+		drops = append(drops, "DROP TABLE IF EXISTS "+strings.Join(quoted, ", ")+" CASCADE")
+	default:
+		drops = append(drops, "DROP TABLE IF EXISTS "+strings.Join(quoted, ", "))
 	}
 	// Session settings must stay on one connection.
 	release, err := db.pool.Acquire(ctx, true)
@@ -166,7 +171,24 @@ func (db *DB) DropAll(ctx context.Context, confirm ConfirmDropAll, tables ...*sc
 		return fmt.Errorf("bento: DropAll: connecting: %w", err)
 	}
 	defer conn.Close()
-	for _, s := range stmts {
+	if checksOff != "" {
+		if _, err := conn.ExecContext(ctx, checksOff); err != nil {
+			return fmt.Errorf("bento: DropAll: %s: %w", checksOff, err)
+		}
+		defer func() {
+			// Even when ctx has ended: the connection must not go back to
+			// the pool with checks off.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), db.cfg.DB.ConnectTimeout+time.Second)
+			defer cancel()
+			if _, onErr := conn.ExecContext(rctx, checksOn); onErr != nil {
+				// Discard the connection: database/sql closes a Conn
+				// whose Raw returns driver.ErrBadConn.
+				_ = conn.Raw(func(any) error { return sqldriver.ErrBadConn })
+				err = errors.Join(err, fmt.Errorf("bento: DropAll: %s (connection discarded): %w", checksOn, onErr))
+			}
+		}()
+	}
+	for _, s := range drops {
 		if _, err := conn.ExecContext(ctx, s); err != nil {
 			return fmt.Errorf("bento: DropAll: %s: %w", s, err)
 		}

@@ -13,6 +13,7 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -302,6 +303,15 @@ type Error struct {
 
 func (e *Error) Error() string {
 	return fmt.Sprintf("%s=%q (%s): %s; accepted: %s", e.Setting, e.Value, e.Source, e.Problem, e.Accepts)
+}
+
+// MarshalJSON encodes the outbox settings with the NATS URLs' secrets
+// redacted, as String and LogValue show them.
+func (o Outbox) MarshalJSON() ([]byte, error) {
+	type plain Outbox // without this method
+	p := plain(o)
+	p.NATSURL = redactList(o.NATSURL)
+	return json.Marshal(p)
 }
 
 // String renders the configuration on one line, with secrets redacted.

@@ -34,17 +34,7 @@ func (s Setting) Flag() string {
 // show returns v as it may be displayed: secrets redacted.
 func (s Setting) show(v string) string {
 	if s.secret && s.list {
-		// A part without a scheme may be the tail of a password that held
-		// a comma: show none of it.
-		parts := strings.Split(v, ",")
-		for i, p := range parts {
-			if p = strings.TrimSpace(p); p != "" && !strings.Contains(p, "://") {
-				parts[i] = redacted
-				continue
-			}
-			parts[i] = redactString(p)
-		}
-		return strings.Join(parts, ",")
+		return redactList(v)
 	}
 	if s.secret {
 		// One URL: splitting it (on ",", say) would cut a password that
@@ -52,6 +42,21 @@ func (s Setting) show(v string) string {
 		return redactString(v)
 	}
 	return v
+}
+
+// redactList redacts v, URLs separated by commas, one by one. A part without
+// a scheme may be the tail of a password that held a comma: none of it is
+// shown.
+func redactList(v string) string {
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		if p = strings.TrimSpace(p); p != "" && !strings.Contains(p, "://") {
+			parts[i] = redacted
+			continue
+		}
+		parts[i] = redactString(p)
+	}
+	return strings.Join(parts, ",")
 }
 
 // Settings returns every setting in a stable order.
@@ -181,7 +186,7 @@ func Settings() []Setting {
 		enumSetting("OUTBOX_PUBLISHER", "log", "where the relay publishes events: log (JSON lines through the logger), nats (JetStream) or none (no relay)",
 			[]string{"log", "nats", "none"}, func(c *Config) *string { return &c.Outbox.Publisher }),
 		{
-			Name: "OUTBOX_NATS_URL", Default: "nats://127.0.0.1:4222", secret: true,
+			Name: "OUTBOX_NATS_URL", Default: "nats://127.0.0.1:4222", secret: true, list: true,
 			Usage:   "NATS server of the nats publisher",
 			Accepts: "nats://[user:pass@]host:port (tls:// too), several separated by commas",
 			apply: func(c *Config, v string) error {
@@ -199,7 +204,7 @@ func Settings() []Setting {
 				}
 				return nil
 			},
-			get: func(c Config) string { return redactString(c.Outbox.NATSURL) },
+			get: func(c Config) string { return redactList(c.Outbox.NATSURL) },
 		},
 		{
 			Name: "OUTBOX_SUBJECT_PREFIX", Default: "bento",

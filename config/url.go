@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -23,10 +24,13 @@ const acceptedURLs = "postgres://user:pass@host:5432/db, postgresql://…, mysql
 // redacted replaces every secret shown to a user.
 const redacted = "xxxxx"
 
-// secretParams are query parameters whose values are secrets.
+// secretParams are query parameters whose values are secrets, by their
+// name lowercased with "-" and "_" removed. isSecretParam also takes any
+// name that contains "pass", "secret", "token" or "credential" or ends in
+// "key" (sslkey, apikey, private_key, accessKey, nkey, ...).
 var secretParams = map[string]bool{
-	"password": true, "passwd": true, "pass": true, "pwd": true,
-	"sslpassword": true, "sslkey": true, "secret": true, "token": true,
+	"auth": true, "authorization": true, "sig": true, "signature": true,
+	"jwt": true, "seed": true, "sas": true,
 }
 
 // URL is a parsed database URL. Its String method never shows a password.
@@ -210,9 +214,45 @@ func (u URL) GoString() string { return fmt.Sprintf("config.URL(%q)", u.String()
 func (u URL) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
 
 // Redact returns s, a URL or a list of URLs given as text, with its
-// passwords and secret parameters replaced: for messages about URLs that
-// are not database URLs (a NATS server, say).
+// secrets replaced: the password of a user:password@, the whole of a
+// userinfo without a password (nats://TOKEN@host, where the name is the
+// token), and the values of secret query parameters (password, token,
+// secret, sslkey, ...). It is for messages about URLs that are not database
+// URLs (a NATS server, say) and for text that may not parse as a URL.
 func Redact(s string) string { return redactString(s) }
+
+// RedactIn returns text with every secret that urls (as given to Redact)
+// holds replaced wherever it appears, as written, unescaped or quoted as %q
+// quotes it: for error messages from libraries that quote the URL they were
+// given. It errs on the side of hiding: a very short secret is replaced in
+// words that merely contain it too.
+func RedactIn(text, urls string) string {
+	var secrets []string
+	for _, sp := range secretSpans(urls) {
+		sec := urls[sp[0]:sp[1]]
+		if sec == "" {
+			continue
+		}
+		// As given, unescaped, and as %q (or strconv.Quote) shows it.
+		forms := []string{sec}
+		if u, err := url.PathUnescape(sec); err == nil {
+			forms = append(forms, u)
+		}
+		for _, f := range forms {
+			q := strconv.Quote(f)
+			secrets = append(secrets, f, q[1:len(q)-1])
+		}
+	}
+	// Longest first, so that a secret containing another is replaced whole.
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	for _, sec := range secrets {
+		if sec == "" {
+			continue
+		}
+		text = strings.ReplaceAll(text, sec, redacted)
+	}
+	return text
+}
 
 // redactURL renders u with its password and secret query values replaced.
 func redactURL(u *url.URL) string {
@@ -234,11 +274,17 @@ func redactURL(u *url.URL) string {
 }
 
 // redactString redacts a URL-like string that may not parse, without
-// trusting a parser to find the password: the part between the first ":"
+// trusting a parser to find the secrets: see secretSpans.
+func redactString(s string) string { return redactSpans(s, secretSpans(s)) }
+
+// secretSpans returns the byte ranges of the secrets of s, a URL-like
+// string that may not parse: the userinfo is what lies between the start
 // of the authority (after "://", or from the start if there is no scheme)
-// and its last "@" is replaced, and so are the values of secret query
-// parameters.
-func redactString(s string) string {
+// and its last "@"; if it starts with a user name (no "@", "/", "?" or
+// "#") and a ":", what follows that ":" is a password, and otherwise all
+// of it is secret (a NATS token is given as nats://TOKEN@host). The values
+// of secret query parameters are secrets too.
+func secretSpans(s string) [][2]int {
 	var spans [][2]int
 	start := 0
 	if i := strings.Index(s, "://"); i >= 0 {
@@ -246,15 +292,18 @@ func redactString(s string) string {
 	} else if strings.HasPrefix(s, "//") {
 		start = len("//")
 	}
-	if at := strings.LastIndex(s[start:], "@"); at >= 0 {
-		if colon := strings.Index(s[start:start+at], ":"); colon >= 0 {
+	if at := strings.LastIndex(s[start:], "@"); at > 0 {
+		userinfo := s[start : start+at]
+		if colon := strings.Index(userinfo, ":"); colon >= 0 && !strings.ContainsAny(userinfo[:colon], "@/?#") {
 			spans = append(spans, [2]int{start + colon + 1, start + at})
+		} else {
+			spans = append(spans, [2]int{start, start + at})
 		}
 	}
 	if q := strings.Index(s, "?"); q >= 0 {
 		spans = append(spans, querySpans(s[q+1:], q+1)...)
 	}
-	return redactSpans(s, spans)
+	return spans
 }
 
 // redactQuery replaces the values of secret parameters in a raw query,
@@ -288,7 +337,20 @@ func isSecretParam(k, v string) bool {
 		k = uk
 	}
 	k = strings.ToLower(strings.TrimSpace(k))
-	return secretParams[k] || (k == "_pragma" && isKeyPragma(v))
+	if k == "_pragma" {
+		return isKeyPragma(v)
+	}
+	k = strings.NewReplacer("-", "", "_", "").Replace(k)
+	switch {
+	case secretParams[k], strings.HasSuffix(k, "key"):
+		return true
+	}
+	for _, part := range []string{"pass", "pwd", "secret", "token", "credential"} {
+		if strings.Contains(k, part) {
+			return true
+		}
+	}
+	return false
 }
 
 // isKeyPragma reports whether the raw value of a _pragma parameter sets an

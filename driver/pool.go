@@ -80,8 +80,9 @@ type PoolConfig struct {
 	// MaxOpen is the number of units of work admitted at once; <= 0 means
 	// no limit beyond database/sql's own.
 	MaxOpen int
-	// Timeout bounds the wait for a free slot; <= 0 waits as long as the
-	// context allows.
+	// Timeout bounds a unit of work's whole wait for its slots: the write
+	// slot (SerializeWrites) and a connection slot together, one deadline
+	// for both. <= 0 waits as long as the context allows.
 	Timeout time.Duration
 	// SerializeWrites admits one writing unit of work at a time (a
 	// transaction that is not read-only, or a statement outside one that
@@ -238,11 +239,24 @@ func (p *Pool) DB() *sql.DB { return p.db }
 // all. It reports whether it took the write slot.
 func (p *Pool) acquire(ctx context.Context, write bool) (wrote bool, err error) {
 	write = write && p.writers != nil
+	// One deadline for both slots: the write slot's wait counts against
+	// the connection slot's.
+	var start, deadline time.Time
+	begin := func() {
+		if start.IsZero() {
+			p.waits.Add(1) // once per unit of work, however many slots it waits for
+			start = time.Now()
+			if p.timeout > 0 {
+				deadline = start.Add(p.timeout)
+			}
+		}
+	}
 	if write {
 		select {
 		case p.writers <- struct{}{}:
 		default:
-			if err := p.acquireSlow(ctx, p.writers, time.Now(), "write"); err != nil {
+			begin()
+			if err := p.acquireSlow(ctx, p.writers, start, deadline, "write"); err != nil {
 				return false, err
 			}
 		}
@@ -251,7 +265,8 @@ func (p *Pool) acquire(ctx context.Context, write bool) (wrote bool, err error) 
 		select {
 		case p.sem <- struct{}{}:
 		default:
-			if err := p.acquireSlow(ctx, p.sem, time.Now(), ""); err != nil {
+			begin()
+			if err := p.acquireSlow(ctx, p.sem, start, deadline, ""); err != nil {
 				if write {
 					<-p.writers
 				}
@@ -265,12 +280,14 @@ func (p *Pool) acquire(ctx context.Context, write bool) (wrote bool, err error) 
 	return write, nil
 }
 
-func (p *Pool) acquireSlow(ctx context.Context, sem chan struct{}, start time.Time, what string) error {
-	p.waits.Add(1)
-	defer func() { p.waitNanos.Add(int64(time.Since(start))) }()
+// acquireSlow waits for a slot of sem until ctx ends or deadline (none if
+// zero) passes; start is when the caller began to wait, for the figures.
+func (p *Pool) acquireSlow(ctx context.Context, sem chan struct{}, start, deadline time.Time, what string) error {
+	waitStart := time.Now()
+	defer func() { p.waitNanos.Add(int64(time.Since(waitStart))) }()
 	var timeout <-chan time.Time
-	if p.timeout > 0 {
-		t := time.NewTimer(p.timeout)
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
 		defer t.Stop()
 		timeout = t.C
 	}

@@ -3,6 +3,7 @@ package driver_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"net"
 	"strconv"
 	"strings"
@@ -216,4 +217,62 @@ func TestDeferExecDialects(t *testing.T) {
 			t.Fatalf("after the failure: %v, %d rows; want nil and 4", err, rows())
 		}
 	})
+}
+
+// TestPoolTimeoutBoundsBothSlots: a write unit of work that waits for
+// SQLite's write slot and then for a connection slot gives up after one
+// DB_POOL_TIMEOUT in all, not one per slot. With one connection slot held
+// by a reader and the write slot held by a writer that is itself waiting
+// for that connection, the caller waits for the write slot until the
+// writer times out (about one timeout), then for the connection: it must
+// time out at its own deadline, which has passed by then, not after a
+// second timeout.
+func TestPoolTimeoutBoundsBothSlots(t *testing.T) {
+	const timeout = time.Second
+	cfg := testdb.Config(t, testdb.SQLite)
+	d, err := dialects.Open(cfg.DB, dialects.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := driver.NewPool(driver.PoolConfig{Dialect: d.Dialect, DB: d.DB, MaxOpen: 1, Timeout: timeout, SerializeWrites: true})
+	t.Cleanup(func() { pool.Close() })
+	ctx := context.Background()
+	releaseRead, err := pool.Acquire(ctx, false) // holds the one connection slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer releaseRead()
+	writerDone := make(chan error, 1)
+	go func() {
+		// Takes the write slot at once, then waits for the connection.
+		_, err := pool.Acquire(ctx, true)
+		writerDone <- err
+	}()
+	// Let the writer take the write slot first.
+	for deadline := time.Now().Add(5 * time.Second); pool.Stats().Waits < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never started waiting")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	_, err = pool.Acquire(ctx, true)
+	took := time.Since(start)
+	if !errors.Is(err, driver.ErrPoolTimeout) {
+		t.Fatalf("Acquire = %v, want a pool timeout", err)
+	}
+	if werr := <-writerDone; !errors.Is(werr, driver.ErrPoolTimeout) {
+		t.Fatalf("the writer's Acquire = %v, want a pool timeout", werr)
+	}
+	// One timeout plus scheduling slack; two timeouts would be about 2 s.
+	if took > timeout+timeout/2 {
+		t.Fatalf("Acquire waited %s for two slots with DB_POOL_TIMEOUT %s: want at most one timeout in all", took, timeout)
+	}
+	var pte *driver.PoolTimeoutError
+	if errors.As(err, &pte) && pte.Waited > took {
+		t.Fatalf("PoolTimeoutError.Waited %s > the %s measured", pte.Waited, took)
+	}
+	if st := pool.Stats(); st.Waits != 2 || st.Timeouts != 2 {
+		t.Fatalf("Stats: %d waits, %d timeouts; want 2 and 2 (one per unit of work)", st.Waits, st.Timeouts)
+	}
 }

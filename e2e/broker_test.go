@@ -290,6 +290,7 @@ func TestNATSDownUnderLoad(t *testing.T) {
 
 	Invariants(t, db, "postgres", "natsdown", res)
 	requireClassified(t, res)
+	requireCallerSawNothing(t, res)
 	requireNoIdleInTx(t, testdb.Admin(t, testdb.Postgres), app)
 	var whileDown int
 	for _, at := range ackTimes(o.rec.Attempts()) {
@@ -388,6 +389,7 @@ func TestRelayKill9(t *testing.T) {
 	summary(t, fault, res)
 	Invariants(t, db, "postgres", "kill9", res)
 	requireClassified(t, res)
+	requireCallerSawNothing(t, res)
 	requireNoIdleInTx(t, admin, app)
 
 	// The killed relays' sessions end (their claims roll back) once the

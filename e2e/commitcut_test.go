@@ -115,6 +115,7 @@ func TestCommitCutAfterSent(t *testing.T) {
 
 	Invariants(t, db, "postgres", "commitcut", res)
 	requireClassified(t, res)
+	requireCallerSawNothing(t, res)
 	requireNoIdleInTx(t, testdb.Admin(t, testdb.Postgres), app)
 	if cut == 0 || dropped == 0 {
 		t.Fatalf("the proxy cut %d and dropped %d of %d COMMITs: the fault was not injected", cut, dropped, commits)

@@ -69,6 +69,7 @@ func TestSQLiteConcurrentWriters(t *testing.T) {
 		summary(t, "sqlite, 16 writers", res)
 		Invariants(t, db, "sqlite3", "lite", res)
 		cats := checkRefusals(t, res)
+		requireCallerSawNothing(t, res)
 		busy := busyRefusals(res)
 		if busy != 0 {
 			t.Errorf("%d requests were refused with SQLITE_BUSY / locked", busy)
@@ -111,6 +112,7 @@ func TestSQLiteConcurrentWriters(t *testing.T) {
 			summary(t, prefix, res)
 			Invariants(t, db, "sqlite3", prefix, res)
 			cats := checkRefusals(t, res)
+			requireCallerSawNothing(t, res)
 			busy := busyRefusals(res)
 			busyTotal += busy
 			c := res.Count()

@@ -5,12 +5,14 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bento-go/bento"
+	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/ent/order"
@@ -254,6 +256,27 @@ func TestAmbiguousCommitResolved(t *testing.T) {
 		err = tx.Commit()
 		if !errors.Is(err, resilience.ErrCommitUnknown) || resilience.Classify(err) != resilience.Ambiguous || resilience.IsRetryable(err) {
 			t.Fatalf("unresolved cut commit: %s, retryable=%t: %v", resilience.Classify(err), resilience.IsRetryable(err), err)
+		}
+
+		// The same with a statement sent with the COMMIT (Tx.DeferExec, as
+		// the outbox does): the statement's error and the COMMIT's are one
+		// failure, and its text says "ambiguous error ... in commit" once.
+		slot := &driver.TxSlot{}
+		tx, err = c2.BeginTx(driver.WithTxSlot(ctx, slot), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx.Order.Create().SetCustomer("unresolved-deferred@example.com").SetTotalCents(1).SaveX(ctx)
+		if err := slot.Tx.DeferExec("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		d2.Arm(faultconn.CutAfterCommit)
+		err = tx.Commit()
+		if !errors.Is(err, resilience.ErrCommitUnknown) || resilience.Classify(err) != resilience.Ambiguous {
+			t.Fatalf("unresolved cut commit with a deferred statement: %s: %v", resilience.Classify(err), err)
+		}
+		if n := strings.Count(err.Error(), "error in commit") + strings.Count(err.Error(), "] in commit"); n != 1 {
+			t.Fatalf("the error names the failed commit %d times, want once: %v", n, err)
 		}
 	})
 }

@@ -220,6 +220,13 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 		if err == nil {
 			return nil
 		}
+		// A statement sent with the COMMIT (Tx.DeferExec) comes back
+		// already classified by the statement hook (WrapCommit): this is
+		// the same failure, so it is classified once, from its cause, and
+		// its text does not repeat "ambiguous error in commit".
+		if e, ok := err.(*Error); ok && e.Op == "commit" {
+			err = e.Err
+		}
 		cat := ClassifyCommit(err)
 		_, code := classify(err)
 		if cat != Ambiguous || xid == "" {

@@ -9,10 +9,43 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 scripts/replica.sh
 
+# with_progress runs a command and, every minute until it ends, prints how
+# long it has run and which test binaries (its children named *.test) are
+# running, so that a long run (e2e takes minutes) is never silent. The
+# command's own output, go test's ok/FAIL lines included, is untouched.
+with_progress() {
+  local start pid ticker rc=0
+  start=$(date +%s)
+  "$@" &
+  pid=$!
+  (
+    while sleep 60; do
+      kill -0 "$pid" 2>/dev/null || exit 0
+      running=$(ps -o args= --ppid "$pid" 2>/dev/null | awk '{print $1}' | grep '\.test$' |
+        xargs -r -n1 basename | sed 's/\.test$//' | sort | tr '\n' ' ' || true)
+      echo "test: ... $(( ($(date +%s) - start) / 60 )) min into '$*'; running now: ${running:-building or starting packages}"
+    done
+  ) &
+  ticker=$!
+  wait "$pid" || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  return "$rc"
+}
+
 echo "test: go generate leaves no diff"
 go generate ./...
+# Generated code that does not compile is a generator failure, never
+# something to commit (ent's parallel formatting once dropped an import
+# from ent/tx.go; ent/entc.go now formats serially).
+if ! build_err=$(go build ./ent/... ./internal/configdoc/... 2>&1); then
+  echo "$build_err" >&2
+  echo "test: go generate ./... produced code that does not compile: do NOT commit it." >&2
+  echo "test: restore the committed code (git checkout -- ent/ README.md), run go generate ./... again and report the failure." >&2
+  exit 1
+fi
 if ! git diff --exit-code --stat -- ent/ README.md; then
-  echo "test: go generate ./... changed generated code: run it and commit the result" >&2
+  echo "test: go generate ./... changed generated code (it compiles): the committed code is out of date; run go generate ./... and commit the result" >&2
   exit 1
 fi
 echo "test: gofmt and go vet"
@@ -23,10 +56,10 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 echo "test: go test"
-go test -count=1 -timeout 25m ${BENTO_TEST_FLAGS:-} ./...
+with_progress go test -count=1 -timeout 25m ${BENTO_TEST_FLAGS:-} ./...
 
 echo "test: short fuzz runs (the committed corpora also run as regression tests above)"
-for target in "./config FuzzParseURL" "./config FuzzDuration" "./shop FuzzPlaceOrderBody"; do
+for target in "./config FuzzParseURL" "./config FuzzRedact" "./config FuzzDuration" "./shop FuzzPlaceOrderBody"; do
   set -- $target
   go test "$1" -run '^$' -fuzz "^$2\$" -fuzztime "${BENTO_FUZZTIME:-10s}"
 done

@@ -180,6 +180,16 @@ type currentKey struct{ u any }
 //   - A Do nested in another Do of the same UnitOfWork (same context chain)
 //     joins the outer transaction: fn runs in it, and its error goes to the
 //     outer fn. It takes no options.
+//
+// What Do returns when fn fails: fn's error itself when it is not retried
+// (err == the value fn returned; errors.Unwrap, errors.Is and errors.As see
+// what they would see on fn's error); a rollback that fails after it is
+// logged, not added to it. A retryable error that is still failing when
+// the policy gives up comes back as a *resilience.RetryError whose Err is
+// the last attempt's error. An error after an attempt whose COMMIT outcome
+// stayed unknown is wrapped with resilience.ErrCommitUnknown ("<err> (and an
+// earlier attempt's commit outcome is unknown: ...)"), so that errors.Is
+// finds both.
 func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, c C) error, opts ...Option) error {
 	if cur, ok := ctx.Value(currentKey{u}).(*current[C]); ok {
 		if len(opts) > 0 {
@@ -303,13 +313,13 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 		stored, found, err := lookupKey(ctx, slot.Tx, s.names, s.key)
 		if err != nil {
 			finished = true
-			return false, false, errors.Join(err, u.rollback(tx, cancelTx, s))
+			return false, false, u.rollbackAfter(err, tx, cancelTx, s)
 		}
 		settled = true
 		if found {
 			finished = true
 			if err := stored.check(s.key, s.fingerprint); err != nil {
-				return false, true, errors.Join(err, u.rollback(tx, cancelTx, s))
+				return false, true, u.rollbackAfter(err, tx, cancelTx, s)
 			}
 			if sink != nil {
 				sink.replay, sink.replayed = stored.result, true
@@ -332,8 +342,11 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 			finished = true
 			_ = u.rollback(tx, cancelTx, s)
 			stored, found, lerr := lookupKeyOutside(ctx, slot.Tx.Driver(), s.names, s.key)
+			if lerr != nil {
+				err = errors.Join(err, lerr)
+			}
 			if lerr != nil || !found {
-				return false, settled, errors.Join(err, lerr)
+				return false, settled, err
 			}
 			if err := stored.check(s.key, s.fingerprint); err != nil {
 				return false, true, err
@@ -346,9 +359,22 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 	}
 	finished = true
 	if err != nil {
-		return false, settled, errors.Join(err, u.rollback(tx, cancelTx, s))
+		return false, settled, u.rollbackAfter(err, tx, cancelTx, s)
 	}
 	return false, settled, tx.Commit()
+}
+
+// rollbackAfter rolls tx back after the attempt failed with err, and
+// returns err itself: a rollback that fails too is logged, not joined to
+// it, so that the caller gets fn's error as fn returned it (==,
+// errors.Unwrap). The transaction is over either way: a failed rollback
+// leaves nothing committed, and database/sql does not reuse a connection
+// whose rollback failed on a broken connection.
+func (u *UnitOfWork[C, T]) rollbackAfter(err error, tx T, cancelTx context.CancelFunc, s *settings) error {
+	if rerr := u.rollback(tx, cancelTx, s); rerr != nil {
+		s.logger.Warn("bento: unit of work: rollback failed after an error", "error", err.Error(), "rollback_error", rerr.Error())
+	}
+	return err
 }
 
 // rollback rolls tx back within the rollback timeout.

@@ -686,3 +686,50 @@ func TestFakePort(t *testing.T) {
 		}
 	})
 }
+
+// stockError is an application error type, for errors.As.
+type stockError struct{ sku string }
+
+func (e *stockError) Error() string { return "out of stock: " + e.sku }
+
+// TestFailedUnitReturnsUsersError: a unit of work whose fn fails returns
+// fn's error itself, not a wrapper of it: == holds, errors.Unwrap gives
+// what it gives on fn's error, errors.Is and errors.As find what fn put in
+// it, and the text is fn's. (Do returned errors.Join(err, rollbackErr),
+// whose Unwrap is nil.) The work is rolled back.
+func TestFailedUnitReturnsUsersError(t *testing.T) {
+	errOutOfStock := errors.New("out of stock")
+	typed := &stockError{sku: "tea"}
+	wrapped := fmt.Errorf("checking stock: %w", errOutOfStock)
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		e := openEnv(t, cfg)
+		for _, userErr := range []error{errOutOfStock, typed, wrapped} {
+			customer := "failed-" + userErr.Error() + "@example.com"
+			err := e.uow.Do(context.Background(), func(ctx context.Context, tx *ent.Client) error {
+				if _, err := place(ctx, tx, customer); err != nil {
+					return err
+				}
+				return userErr
+			})
+			if err != userErr {
+				t.Errorf("Do returned %#v (%v), want fn's error itself %#v", err, err, userErr)
+			}
+			if errors.Unwrap(err) != errors.Unwrap(userErr) {
+				t.Errorf("errors.Unwrap(Do's error) = %v, want %v", errors.Unwrap(err), errors.Unwrap(userErr))
+			}
+			if !errors.Is(err, userErr) || (userErr == wrapped && !errors.Is(err, errOutOfStock)) {
+				t.Errorf("errors.Is does not find fn's error in %v", err)
+			}
+			var se *stockError
+			if errors.As(userErr, &se) && (!errors.As(err, &se) || se != typed) {
+				t.Errorf("errors.As does not find fn's *stockError in %v", err)
+			}
+			if err != nil && err.Error() != userErr.Error() {
+				t.Errorf("Do's error says %q, fn's said %q", err, userErr)
+			}
+			if n := e.orders(customer); n != 0 {
+				t.Errorf("%d orders after a failed unit of work, want 0 (rolled back)", n)
+			}
+		}
+	})
+}

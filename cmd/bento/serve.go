@@ -92,144 +92,185 @@ With no configuration it uses the SQLite file bento.db in the working directory.
 
 On SIGTERM or SIGINT: /readyz turns 503, DB_DRAIN_PRESTOP_DELAY passes, the listener stops
 taking requests, the relay finishes its batch, the database drains (DB_DRAIN_MODE) and the
-process exits 0. A second signal forces the drain.`,
+process exits 0. A second signal forces the drain. If the HTTP server fails, the same shutdown
+runs and the process exits 1; a malformed --addr exits 2 before anything starts.`,
 		flags: func(fs *flag.FlagSet) {
 			addr = fs.String("addr", "127.0.0.1:8080", "listen address HOST:PORT")
 		},
 		run: func(ctx context.Context, inv *invocation) int {
-			// ctx ends at the first signal; the service's own life is
-			// governed by the shutdown sequence below.
-			base := context.WithoutCancel(ctx)
-			st, err := inv.openStack(base, true)
-			if err != nil {
-				return inv.fail("", err)
+			if err := checkAddr(*addr); err != nil {
+				fmt.Fprintf(inv.stderr, "bento serve: --addr %q: %v; accepted: HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8080, :8080, [::1]:8080 (port 0 picks a free one)\n", *addr, err)
+				return exitConfig
 			}
-			db := st.db
-			svc := shop.NewService(st.uow, st.client)
-
-			workers, stopWorkers := context.WithCancel(base)
-			defer stopWorkers()
-			var wg sync.WaitGroup
-			pub, closePub, err := bento.Publisher(base, inv.cfg.Outbox, db)
-			if err != nil {
-				db.Close()
-				return inv.fail("", err)
-			}
-			if pub != nil {
-				rc := db.RelayConfig()
-				rc.Observer = st.metrics
-				relay, err := db.NewRelay(pub, rc)
-				if err != nil {
-					closePub()
-					db.Close()
-					return inv.fail("", err)
-				}
-				defer relay.Close()
-				if relay.Pool() != db.Pool() {
-					st.metrics.WatchPool(relay.Pool())
-				}
-				listen, err := db.Listen(workers)
-				if err != nil {
-					closePub()
-					db.Close()
-					return inv.fail("", err)
-				}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if err := relay.Run(workers, listen); err != nil {
-						inv.logger.Error("bento: relay stopped", "error", err.Error())
-					}
-				}()
-			}
-			defer closePub()
-			wg.Add(1)
-			go func() { defer wg.Done(); db.RunNotify(workers) }()
-
-			var notReady bool
-			var mu sync.Mutex
-			handler := shop.NewHandler(svc, shop.HTTPOptions{
-				Logger:  inv.logger,
-				Metrics: promhttp.HandlerFor(st.reg, promhttp.HandlerOpts{}),
-				Ready: func(ctx context.Context) error {
-					mu.Lock()
-					nr := notReady
-					mu.Unlock()
-					if nr || st.drainer.Draining() {
-						return drain.ErrDraining
-					}
-					return db.Health(ctx, 2*time.Second)
-				},
-			})
-			ln, err := net.Listen("tcp", *addr)
-			if err != nil {
-				stopWorkers()
-				wg.Wait()
-				db.Close()
-				return inv.fail("", fmt.Errorf("listening on %s: %w", *addr, err))
-			}
-			// Each request is a read-your-writes session: after it commits,
-			// its reads see the commit even with replicas behind.
-			sessions := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				handler.ServeHTTP(w, r.WithContext(replica.WithSession(r.Context())))
-			})
-			srv := &http.Server{Handler: sessions, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
-			served := make(chan error, 1)
-			go func() { served <- srv.Serve(ln) }()
-			inv.logger.Info("bento: serving", "addr", ln.Addr().String(), "dialect", db.Dialect(), "url", inv.cfg.DB.URL,
-				"publisher", inv.cfg.Outbox.Publisher, "drain_mode", inv.cfg.Drain.Mode)
-			fmt.Fprintf(inv.stdout, "listening on http://%s\n", ln.Addr())
-
-			shutdown := &drain.Shutdown{
-				NotReady: func() {
-					mu.Lock()
-					notReady = true
-					mu.Unlock()
-					// Replies from now on carry Connection: close, so clients
-					// do not reuse connections the server is about to drop.
-					srv.SetKeepAlivesEnabled(false)
-				},
-				PreStopDelay: inv.cfg.Drain.PreStopDelay,
-				StopIntake:   srv.Shutdown,
-				StopWorkers: func(ctx context.Context) error {
-					stopWorkers()
-					done := make(chan struct{})
-					go func() { wg.Wait(); close(done) }()
-					select {
-					case <-done:
-						return nil
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-				},
-				Drainer: st.drainer,
-				Logger:  inv.logger,
-			}
-			failed := make(chan struct{})
-			go func() {
-				if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-					inv.logger.Error("bento: server failed", "error", err.Error())
-					close(failed)
-				}
-			}()
-			// The first signal is ctx's: main registered for SIGTERM and
-			// SIGINT before anything started, so a signal that arrived
-			// while starting (migrating) is not lost — shutdown.Wait would
-			// only hear signals sent after it began listening, and main's
-			// registration keeps the default action from ending the
-			// process. Only a signal after the first escalates.
-			select {
-			case <-ctx.Done():
-				inv.logger.Info("bento: shutdown: signal received", "cause", context.Cause(ctx).Error())
-			case <-failed:
-			}
-			escalate := make(chan os.Signal, 1)
-			signal.Notify(escalate, syscall.SIGTERM, os.Interrupt)
-			stats := shutdown.Run(escalate)
-			signal.Stop(escalate)
-			inv.logger.Info("bento: stopped", "drain_success", stats.Success, "in_flight_end", stats.InFlightEnd,
-				"rejected", stats.Rejected, "took", stats.Took.Round(time.Millisecond))
-			return exitOK
+			return serve(ctx, inv, func() (net.Listener, error) { return net.Listen("tcp", *addr) })
 		},
 	}
+}
+
+// checkAddr reports what is wrong with a listen address, before anything
+// is opened: it must be HOST:PORT (the host may be empty) with a numeric
+// port or a service name.
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err)
+		}
+		return err
+	}
+	if port == "" {
+		return errors.New("missing port")
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("invalid port %q", port)
+	}
+	return nil
+}
+
+// serve runs the service on the listener listen opens once the schema is
+// migrated, until the first signal (ctx's end) or until the HTTP server
+// fails; it returns exitOK after a shutdown on a signal, exitFail after one
+// because the server failed (or if it could not start).
+func serve(ctx context.Context, inv *invocation, listen func() (net.Listener, error)) int {
+	// ctx ends at the first signal; the service's own life is
+	// governed by the shutdown sequence below.
+	base := context.WithoutCancel(ctx)
+	st, err := inv.openStack(base, true)
+	if err != nil {
+		return inv.fail("", err)
+	}
+	db := st.db
+	svc := shop.NewService(st.uow, st.client)
+
+	workers, stopWorkers := context.WithCancel(base)
+	defer stopWorkers()
+	var wg sync.WaitGroup
+	pub, closePub, err := bento.Publisher(base, inv.cfg.Outbox, db)
+	if err != nil {
+		db.Close()
+		return inv.fail("", err)
+	}
+	if pub != nil {
+		rc := db.RelayConfig()
+		rc.Observer = st.metrics
+		relay, err := db.NewRelay(pub, rc)
+		if err != nil {
+			closePub()
+			db.Close()
+			return inv.fail("", err)
+		}
+		defer relay.Close()
+		if relay.Pool() != db.Pool() {
+			st.metrics.WatchPool(relay.Pool())
+		}
+		listen, err := db.Listen(workers)
+		if err != nil {
+			closePub()
+			db.Close()
+			return inv.fail("", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := relay.Run(workers, listen); err != nil {
+				inv.logger.Error("bento: relay stopped", "error", err.Error())
+			}
+		}()
+	}
+	defer closePub()
+	wg.Add(1)
+	go func() { defer wg.Done(); db.RunNotify(workers) }()
+
+	var notReady bool
+	var mu sync.Mutex
+	handler := shop.NewHandler(svc, shop.HTTPOptions{
+		Logger:  inv.logger,
+		Metrics: promhttp.HandlerFor(st.reg, promhttp.HandlerOpts{}),
+		Ready: func(ctx context.Context) error {
+			mu.Lock()
+			nr := notReady
+			mu.Unlock()
+			if nr || st.drainer.Draining() {
+				return drain.ErrDraining
+			}
+			return db.Health(ctx, 2*time.Second)
+		},
+	})
+	ln, err := listen()
+	if err != nil {
+		stopWorkers()
+		wg.Wait()
+		db.Close()
+		return inv.fail("", fmt.Errorf("listening: %w", err))
+	}
+	// Each request is a read-your-writes session: after it commits,
+	// its reads see the commit even with replicas behind.
+	sessions := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handler.ServeHTTP(w, r.WithContext(replica.WithSession(r.Context())))
+	})
+	srv := &http.Server{Handler: sessions, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	inv.logger.Info("bento: serving", "addr", ln.Addr().String(), "dialect", db.Dialect(), "url", inv.cfg.DB.URL,
+		"publisher", inv.cfg.Outbox.Publisher, "drain_mode", inv.cfg.Drain.Mode)
+	fmt.Fprintf(inv.stdout, "listening on http://%s\n", ln.Addr())
+
+	shutdown := &drain.Shutdown{
+		NotReady: func() {
+			mu.Lock()
+			notReady = true
+			mu.Unlock()
+			// Replies from now on carry Connection: close, so clients
+			// do not reuse connections the server is about to drop.
+			srv.SetKeepAlivesEnabled(false)
+		},
+		PreStopDelay: inv.cfg.Drain.PreStopDelay,
+		StopIntake:   srv.Shutdown,
+		StopWorkers: func(ctx context.Context) error {
+			stopWorkers()
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			select {
+			case <-done:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+		Drainer: st.drainer,
+		Logger:  inv.logger,
+	}
+	failed := make(chan struct{})
+	var serveErr error // set before failed is closed
+	go func() {
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			inv.logger.Error("bento: server failed", "error", err.Error())
+			serveErr = err
+			close(failed)
+		}
+	}()
+	// The first signal is ctx's: main registered for SIGTERM and
+	// SIGINT before anything started, so a signal that arrived
+	// while starting (migrating) is not lost — shutdown.Wait would
+	// only hear signals sent after it began listening, and main's
+	// registration keeps the default action from ending the
+	// process. Only a signal after the first escalates.
+	var exitErr error
+	select {
+	case <-ctx.Done():
+		inv.logger.Info("bento: shutdown: signal received", "cause", context.Cause(ctx).Error())
+	case <-failed:
+		exitErr = serveErr
+	}
+	escalate := make(chan os.Signal, 1)
+	signal.Notify(escalate, syscall.SIGTERM, os.Interrupt)
+	stats := shutdown.Run(escalate)
+	signal.Stop(escalate)
+	inv.logger.Info("bento: stopped", "drain_success", stats.Success, "in_flight_end", stats.InFlightEnd,
+		"rejected", stats.Rejected, "took", stats.Took.Round(time.Millisecond))
+	if exitErr != nil {
+		return inv.fail("HTTP server failed", exitErr)
+	}
+	return exitOK
 }

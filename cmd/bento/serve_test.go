@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -815,5 +816,85 @@ func testServeSIGTERMWhileStarting(t *testing.T, bin string) {
 	t.Logf("exit %d, %s after SIGTERM", code, took.Round(time.Millisecond))
 	if code != 0 {
 		t.Errorf("exit code %d, want 0 (the SIGTERM during startup shuts the service down gracefully)\nstderr:\n%s", code, tail(s.stderr.String(), 40))
+	}
+}
+
+// TestServeBadAddr: a malformed --addr is a bad setting: exit 2 with one
+// line that names the flag and the value and says what is accepted,
+// before the database is touched.
+func TestServeBadAddr(t *testing.T) {
+	for _, addr := range []string{"nope", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:http-nope", "[::1:80"} {
+		t.Run(addr, func(t *testing.T) {
+			dir := t.TempDir()
+			r := runCLI(t, []string{"DB_URL=sqlite://" + filepath.Join(dir, "b.db")}, "serve", "--addr", addr)
+			if r.code != exitConfig {
+				t.Fatalf("want exit %d for a bad --addr; %s", exitConfig, r)
+			}
+			assertOneLine(t, "stderr", r.stderr)
+			for _, want := range []string{"--addr", fmt.Sprintf("%q", addr), "accepted: HOST:PORT"} {
+				if !strings.Contains(r.stderr, want) {
+					t.Errorf("stderr does not contain %q: %s", want, r.stderr)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(dir, "b.db")); err == nil {
+				t.Error("the database was opened before the address was checked")
+			}
+		})
+	}
+}
+
+// TestServePortTaken: an address already in use fails the command with
+// exit 1 and a line naming the address.
+func TestServePortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	r := runCLI(t, []string{"DB_URL=" + sqliteURL(t), "OUTBOX_PUBLISHER=none"}, "serve", "--addr", addr)
+	if r.code != exitFail {
+		t.Fatalf("want exit %d with the port taken; %s", exitFail, r)
+	}
+	if !strings.Contains(r.stderr, "bento serve: listening: ") || !strings.Contains(r.stderr, addr) || !strings.Contains(r.stderr, "in use") {
+		t.Fatalf("stderr does not say the address is in use: %s", r)
+	}
+}
+
+// failingListener accepts nothing: its Accept fails at once with an error
+// that is not temporary, as a listener that broke would.
+type failingListener struct{ net.Listener }
+
+var errListenerBroke = errors.New("accept: the listener broke (injected)")
+
+func (failingListener) Accept() (net.Conn, error) { return nil, errListenerBroke }
+
+// TestServeExitsNonZeroWhenServerFails: when the HTTP server stops with an
+// error while serving, serve shuts down as on a signal and exits 1 with a
+// line that says why (it exited 0).
+func TestServeExitsNonZeroWhenServerFails(t *testing.T) {
+	var stdout, stderr lockedBuffer
+	cfg := testdb.Config(t, testdb.SQLite)
+	cfg.Outbox.Publisher = "none"
+	inv := &invocation{
+		env:    env{stdout: &stdout, stderr: &stderr, environ: func() []string { return nil }},
+		name:   "serve",
+		cfg:    cfg,
+		logger: slog.New(slog.NewTextHandler(&stderr, nil)),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a hang ends as a signal would
+	defer cancel()
+	code := serve(ctx, inv, func() (net.Listener, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		return failingListener{ln}, err
+	})
+	if ctx.Err() != nil {
+		t.Fatalf("serve ran until the test's deadline: it did not notice that the server failed\n%s", stderr.String())
+	}
+	if code != exitFail {
+		t.Fatalf("serve returned %d after its HTTP server failed, want %d\n%s", code, exitFail, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "bento serve: HTTP server failed: "+errListenerBroke.Error()) {
+		t.Fatalf("stderr does not say the server failed:\n%s", stderr.String())
 	}
 }

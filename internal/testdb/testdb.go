@@ -55,30 +55,66 @@ func MySQLAdminURL() string {
 	return "mysql://root@127.0.0.1:3306/test"
 }
 
-// Dialects returns the dialects to test: BENTO_TEST_DIALECTS or All.
-func Dialects() []string {
-	v := os.Getenv("BENTO_TEST_DIALECTS")
-	if v == "" {
-		return All
-	}
-	var out []string
-	for _, d := range strings.Split(v, ",") {
-		switch d = strings.TrimSpace(d); d {
-		case "sqlite", "sqlite3":
-			out = append(out, SQLite)
-		case "postgres", "postgresql", "pg":
-			out = append(out, Postgres)
-		case "mysql", "mariadb":
-			out = append(out, MySQL)
-		}
-	}
-	return out
+// dialectNames maps every name BENTO_TEST_DIALECTS accepts to its dialect.
+var dialectNames = map[string]string{
+	"sqlite": SQLite, "sqlite3": SQLite,
+	"postgres": Postgres, "postgresql": Postgres, "pg": Postgres,
+	"mysql": MySQL, "mariadb": MySQL,
 }
 
-// Each runs fn as a subtest per dialect, each with a fresh database.
+// acceptedDialects is what a BENTO_TEST_DIALECTS error says is accepted.
+const acceptedDialects = "a comma-separated list of sqlite (sqlite3), postgres (postgresql, pg), mysql (mariadb)"
+
+// ParseDialects parses a BENTO_TEST_DIALECTS value: empty is All; any
+// name it does not know, or a list that names no dialect, is an error that
+// names the value and the accepted names (a typo must not run zero
+// subtests and pass).
+func ParseDialects(v string) ([]string, error) {
+	if strings.TrimSpace(v) == "" {
+		return All, nil
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, part := range strings.Split(v, ",") {
+		name := strings.ToLower(strings.TrimSpace(part))
+		if name == "" {
+			continue
+		}
+		d, ok := dialectNames[name]
+		if !ok {
+			return nil, fmt.Errorf("testdb: BENTO_TEST_DIALECTS=%q: unknown dialect %q; accepted: %s", v, part, acceptedDialects)
+		}
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("testdb: BENTO_TEST_DIALECTS=%q names no dialect; accepted: %s", v, acceptedDialects)
+	}
+	return out, nil
+}
+
+// Dialects returns the dialects to test: BENTO_TEST_DIALECTS or All. It
+// panics, naming the value and the accepted names, if the variable holds
+// an unknown name; Each fails the test instead.
+func Dialects() []string {
+	ds, err := ParseDialects(os.Getenv("BENTO_TEST_DIALECTS"))
+	if err != nil {
+		panic(err)
+	}
+	return ds
+}
+
+// Each runs fn as a subtest per dialect, each with a fresh database. An
+// unknown name in BENTO_TEST_DIALECTS fails t.
 func Each(t *testing.T, fn func(t *testing.T, cfg config.Config)) {
 	t.Helper()
-	for _, d := range Dialects() {
+	ds, err := ParseDialects(os.Getenv("BENTO_TEST_DIALECTS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
 		t.Run(d, func(t *testing.T) {
 			fn(t, Config(t, d))
 		})

@@ -84,7 +84,7 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 	nc, err := nats.Connect(cfg.URL, nats.Name(cfg.Name), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false), nats.ReconnectBufSize(-1))
 	if err != nil {
-		return nil, fmt.Errorf("natspub: connecting to %s: %w", config.Redact(cfg.URL), err)
+		return nil, fmt.Errorf("natspub: connecting to %s: %w", config.Redact(cfg.URL), redactedError{err, cfg.URL})
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight))
 	if err != nil {
@@ -244,3 +244,14 @@ func unavailable(err error) bool {
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, jetstream.ErrAsyncPublishTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
+
+// redactedError is err with the secrets of urls removed from its text: the
+// NATS client quotes the URL it was given in some of its errors (a URL that
+// does not parse, say). Unwrap returns err itself.
+type redactedError struct {
+	err  error
+	urls string
+}
+
+func (e redactedError) Error() string { return config.RedactIn(e.err.Error(), e.urls) }
+func (e redactedError) Unwrap() error { return e.err }

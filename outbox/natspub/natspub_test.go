@@ -282,8 +282,8 @@ func TestPublishWhileDisconnected(t *testing.T) {
 	}
 }
 
-// TestConnectError: an unreachable server is an error that does not show
-// the URL's password.
+// TestConnectError: an unreachable server or a bad URL is an error that
+// names the address and does not show the URL's secrets.
 func TestConnectError(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -293,12 +293,24 @@ func TestConnectError(t *testing.T) {
 	l.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, err := natspub.Connect(ctx, natspub.Config{URL: "nats://relay:s3cret@" + addr})
-	if err == nil {
-		p.Close()
-		t.Fatal("Connect to a closed port succeeded")
-	}
-	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), addr) {
-		t.Fatalf("error %q: want the address without the password", err)
+	// A password, a token (the whole userinfo), a secret parameter, and a
+	// URL the client cannot parse, which its error quotes.
+	for _, u := range []string{
+		"nats://relay:s3cret@" + addr,
+		"nats://s3cret@" + addr,
+		"nats://" + addr + "?token=s3cret",
+		"nats://s3cret@ho st:4222",
+	} {
+		p, err := natspub.Connect(ctx, natspub.Config{URL: u})
+		if err == nil {
+			p.Close()
+			t.Fatalf("Connect(%q) succeeded", u)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Connect(%q): error %q shows the secret", u, err)
+		}
+		if !strings.Contains(u, " ") && !strings.Contains(err.Error(), addr) {
+			t.Errorf("Connect(%q): error %q does not name the address", u, err)
+		}
 	}
 }
