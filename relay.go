@@ -88,9 +88,9 @@ func (db *DB) relayDriver() (*driver.Driver, error) {
 
 // Publisher builds the publisher OUTBOX_PUBLISHER names: a log publisher
 // (outbox.NewLogPublisher: at most 10 per-event info lines per 10 s, the
-// rest summarised),
-// a NATS JetStream one (connected, its stream created if missing), or nil
-// for "none". close releases it.
+// rest summarised), a NATS JetStream one (connected, its stream created if
+// missing), or nil for "none". close releases it (and logs the log
+// publisher's last summary).
 func Publisher(ctx context.Context, c config.Outbox, db *DB) (pub outbox.Publisher, close func() error, err error) {
 	switch c.Publisher {
 	case "log":
