@@ -418,6 +418,47 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// TestHelpShowsDefaults: every flag of bench and serve's --addr show
+// their default in the help.
+func TestHelpShowsDefaults(t *testing.T) {
+	t.Parallel()
+	for _, cmd := range []string{"bench", "serve", "relay", "outbox"} {
+		r := runCLI(t, nil, cmd, "--help")
+		if r.code != exitOK {
+			t.Fatalf("%s --help: want exit 0\n%s", cmd, r)
+		}
+		_, list, ok := strings.Cut(r.stdout, "\nFlags:\n")
+		if !ok {
+			t.Fatalf("%s --help has no Flags section\n%s", cmd, r)
+		}
+		lines := strings.Split(list, "\n")
+		flags := 0
+		for i, l := range lines {
+			if !strings.HasPrefix(l, "  --") || i+1 == len(lines) {
+				continue
+			}
+			flags++
+			if !strings.Contains(lines[i+1], "default") {
+				t.Errorf("%s --help: %s shows no default: %q", cmd, strings.TrimSpace(l), lines[i+1])
+			}
+		}
+		if flags < 10 {
+			t.Errorf("%s --help lists %d flags\n%s", cmd, flags, r)
+		}
+	}
+	for cmd, want := range map[string][]string{
+		"bench": {"(default 10s)", "(default 8)", "(default 5)", "(default -1)", "(default 1m0s)", `default "sqlite://bento-bench.db"`},
+		"serve": {"(default 127.0.0.1:8080)", `default "sqlite://bento.db"`},
+	} {
+		r := runCLI(t, nil, cmd, "--help")
+		for _, w := range want {
+			if !strings.Contains(r.stdout, w) {
+				t.Errorf("%s --help should contain %q\n%s", cmd, w, r)
+			}
+		}
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
