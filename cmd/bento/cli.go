@@ -41,7 +41,7 @@ type command struct {
 	// defaults replaces settings' defaults for this command, by setting
 	// name (bench's own database); file, environment and flags still win.
 	defaults map[string]string
-	run  func(ctx context.Context, inv *invocation) int
+	run      func(ctx context.Context, inv *invocation) int
 }
 
 // invocation is one run of a command, with its parsed flags and config.
