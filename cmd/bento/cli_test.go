@@ -21,6 +21,7 @@ import (
 	_ "github.com/ncruces/go-sqlite3/driver"
 
 	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/outbox"
 )
 
 // TestMain fails the run if a test created the default SQLite file
@@ -770,5 +771,69 @@ func TestBinary(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "bento.db")); err == nil {
 		t.Errorf("a command created the default bento.db although DB_URL was set")
+	}
+}
+
+// TestOutboxListAndWait: bento outbox list shows the events a bench left
+// pending, by status and limit; bento outbox wait fails naming them until
+// a relay published them, then succeeds.
+func TestOutboxListAndWait(t *testing.T) {
+	t.Parallel()
+	for _, d := range allDialects {
+		t.Run(d, func(t *testing.T) {
+			t.Parallel()
+			env := []string{"DB_URL=" + dialectURL(t, d), "OUTBOX_PUBLISHER=log"}
+			if r := runCLI(t, env, "bench", "--orders", "5", "--workers", "1", "--json"); r.code != exitOK {
+				t.Fatalf("bench\n%s", r)
+			}
+			list := func(args ...string) []outbox.Entry {
+				t.Helper()
+				r := runCLI(t, env, append([]string{"outbox", "list", "--json"}, args...)...)
+				var es []outbox.Entry
+				if r.code != exitOK || json.Unmarshal([]byte(r.stdout), &es) != nil || es == nil {
+					t.Fatalf("outbox list %v: want exit 0 and a JSON array\n%s", args, r)
+				}
+				return es
+			}
+			es := list()
+			if len(es) != 5 {
+				t.Fatalf("want 5 events, got %+v", es)
+			}
+			for _, e := range es {
+				if e.Status != outbox.StatusPending || e.Type != "OrderPlaced" || e.AggregateType != "Order" || e.Sequence != 1 || e.OccurredAt.IsZero() {
+					t.Errorf("event %+v", e)
+				}
+			}
+			if dead := list("--status", "dead"); len(dead) != 0 {
+				t.Errorf("dead letters: %+v, want none", dead)
+			}
+			r := runCLI(t, env, "outbox", "list", "--limit", "2")
+			if r.code != exitOK || strings.Count(r.stdout, "\n") != 3 || !strings.Contains(r.stdout, "OrderPlaced") ||
+				!strings.Contains(r.stdout, es[0].ID.String()) || !strings.Contains(r.stderr, "there are more") {
+				t.Errorf("list --limit 2: want a header, the 2 oldest and a note that there are more\n%s", r)
+			}
+			r = runCLI(t, env, "outbox", "wait", "--timeout", "0.3")
+			if r.code != exitFail || !strings.Contains(r.stderr, "5 events still pending") {
+				t.Fatalf("wait without a relay: want exit 1 naming 5 pending events\n%s", r)
+			}
+			assertOneLine(t, "stderr", r.stderr)
+			if r := runCLI(t, env, "relay", "--once"); r.code != exitOK || !strings.Contains(r.stdout, "published 5") {
+				t.Fatalf("relay --once\n%s", r)
+			}
+			r = runCLI(t, env, "outbox", "wait", "--timeout", "10")
+			if r.code != exitOK || !strings.Contains(r.stdout, "drained") {
+				t.Fatalf("wait after the relay: want exit 0\n%s", r)
+			}
+			if pending := list("--status", "pending"); len(pending) != 0 {
+				t.Errorf("pending after the relay: %+v", pending)
+			}
+			for _, args := range [][]string{{"list", "--status", "done"}, {"list", "--limit", "0"}, {"wait", "--timeout", "0"}, {"frob"}} {
+				r := runCLI(t, env, append([]string{"outbox"}, args...)...)
+				if r.code != exitConfig || !strings.Contains(r.stderr, "accepted") && args[0] != "frob" {
+					t.Errorf("outbox %v: want exit 2 saying what is accepted\n%s", args, r)
+				}
+				assertOneLine(t, "stderr", r.stderr)
+			}
+		})
 	}
 }
