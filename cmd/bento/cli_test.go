@@ -837,3 +837,36 @@ func TestOutboxListAndWait(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayLogSummarises: a backlog relayed with the log publisher (the
+// flood a bench's events once caused in serve's log) yields at most 10
+// per-event info lines, one line saying the rest is summarised and one
+// summary counting every event, printed before the relay exits.
+func TestRelayLogSummarises(t *testing.T) {
+	t.Parallel()
+	env := []string{"DB_URL=" + sqliteURL(t), "OUTBOX_PUBLISHER=log"}
+	if r := runCLI(t, env, "bench", "--orders", "300", "--workers", "2", "--json"); r.code != exitOK {
+		t.Fatalf("bench\n%s", r)
+	}
+	r := runCLI(t, env, "relay", "--once")
+	if r.code != exitOK || !strings.Contains(r.stdout, "published 300") {
+		t.Fatalf("relay --once\n%s", r)
+	}
+	if n := strings.Count(r.stderr, `msg="bento: event published"`); n != 10 {
+		t.Errorf("%d per-event info lines, want 10\n%s", n, r)
+	}
+	if n := strings.Count(r.stderr, `msg="bento: event log summarised"`); n != 1 {
+		t.Errorf("%d lines saying the log is summarised, want 1\n%s", n, r)
+	}
+	if n := strings.Count(r.stderr, `msg="bento: events published" count=300 logged=10`); n != 1 {
+		t.Errorf("want one summary counting the 300 events\n%s", r)
+	}
+	// At debug level every event has its line.
+	if r := runCLI(t, env, "bench", "--orders", "30", "--workers", "1", "--json"); r.code != exitOK {
+		t.Fatalf("bench\n%s", r)
+	}
+	r = runCLI(t, env, "relay", "--once", "--log-level", "debug")
+	if n := strings.Count(r.stderr, `msg="bento: event published"`); r.code != exitOK || n != 30 {
+		t.Errorf("--log-level debug: %d event lines, want 30\n%s", n, r)
+	}
+}
