@@ -1,7 +1,6 @@
 package outbox_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,16 +16,7 @@ import (
 )
 
 // logSink collects JSON log lines at every level.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
+type logSink struct{ syncBuffer }
 
 func (s *logSink) logger() *slog.Logger {
 	return slog.New(slog.NewJSONHandler(s, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -42,10 +32,8 @@ type logLine struct {
 
 func (s *logSink) lines(t *testing.T) []logLine {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []logLine
-	for _, l := range strings.Split(strings.TrimSpace(s.buf.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(s.String()), "\n") {
 		if l == "" {
 			continue
 		}

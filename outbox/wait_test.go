@@ -13,7 +13,6 @@ import (
 	"github.com/bento-go/bento"
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/ent"
-	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/internal/testdb"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/shop"
@@ -29,16 +28,8 @@ type drainEnv struct {
 
 func openDrainEnv(t *testing.T, cfg config.Config) *drainEnv {
 	t.Helper()
-	db, err := bento.Open(cfg)
-	if err != nil {
-		t.Fatalf("bento.Open: %v", err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Migrate(context.Background(), migrate.Tables...); err != nil {
-		t.Fatalf("Migrate: %v", err)
-	}
-	client := ent.NewClient(ent.Driver(db.Driver()))
-	return &drainEnv{t: t, db: db, svc: shop.NewService(ent.NewUnitOfWork(client), client)}
+	w := openWriteEnv(t, cfg)
+	return &drainEnv{t: t, db: w.db, svc: shop.NewService(ent.NewUnitOfWork(w.client), w.client)}
 }
 
 // place places n orders and returns their ids.
