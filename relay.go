@@ -86,13 +86,16 @@ func (db *DB) relayDriver() (*driver.Driver, error) {
 	return driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: db.relayMW}), nil
 }
 
-// Publisher builds the publisher OUTBOX_PUBLISHER names: a log publisher,
-// a NATS JetStream one (connected, its stream created if missing), or nil
-// for "none". close releases it.
+// Publisher builds the publisher OUTBOX_PUBLISHER names: a log publisher
+// (outbox.NewLogPublisher: at most 10 per-event info lines per 10 s, the
+// rest summarised), a NATS JetStream one (connected, its stream created if
+// missing), or nil for "none". close releases it (and logs the log
+// publisher's last summary).
 func Publisher(ctx context.Context, c config.Outbox, db *DB) (pub outbox.Publisher, close func() error, err error) {
 	switch c.Publisher {
 	case "log":
-		return outbox.LogPublisher{Logger: db.logger}, func() error { return nil }, nil
+		p := outbox.NewLogPublisher(db.logger, outbox.LogLimit{})
+		return p, func() error { p.Flush(); return nil }, nil
 	case "nats":
 		p, err := natspub.Connect(ctx, natspub.Config{URL: c.NATSURL, SubjectPrefix: c.SubjectPrefix, Stream: c.Stream, CreateStream: true})
 		if err != nil {

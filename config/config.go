@@ -186,6 +186,10 @@ type Source struct {
 	// Flags holds values given on the command line, by setting name
 	// (DB_POOL_SIZE); the CLI fills it with only the flags that were set.
 	Flags map[string]string
+	// Defaults replaces the defaults of some settings, by setting name: a
+	// command's own defaults (bento bench's database). The file, the
+	// environment and the flags still override them.
+	Defaults map[string]string
 }
 
 // Source names used in errors.
@@ -207,6 +211,12 @@ func Load(src Source) (Config, error) {
 		known[s.Name] = s
 		defaults[s.Name] = s.Default
 		origin[s.Name] = fromDefault
+	}
+	for name, v := range src.Defaults {
+		if _, ok := known[name]; !ok {
+			return Config{}, fmt.Errorf("config: unknown setting %q in Defaults", name)
+		}
+		defaults[name] = v
 	}
 	if err := k.Load(confmap.Provider(defaults, ""), nil); err != nil {
 		return Config{}, fmt.Errorf("config: defaults: %w", err)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"sync"
+	"time"
 )
 
 // Publisher delivers outbox messages to a broker.
@@ -44,16 +46,52 @@ func errorsFor(n int, err error) []error {
 	return out
 }
 
-// LogPublisher writes each message as one JSON log line through slog at
-// info level: the default publisher of the embedded setup, with no broker.
+// LogPublisher writes each message as one log line, "bento: event
+// published", through slog: the default publisher of the embedded setup,
+// with no broker. It always succeeds.
+//
+// A LogPublisher built as a literal (LogPublisher{Logger: l}) logs every
+// message at info level. One from NewLogPublisher summarises at volume:
+// within a window of limit.Every, the first limit.Lines messages get their
+// info line; the others are logged at debug level only, one info line
+// ("bento: event log summarised") says so when the first is held back, and
+// one more ("bento: events published", with count, logged and window)
+// follows when the window ends. A backlog of thousands of events thus
+// yields a dozen info lines, not thousands.
 type LogPublisher struct {
 	Logger *slog.Logger
+	limit  *logLimiter // nil: every message at info level
+}
+
+// LogLimit bounds a LogPublisher's info lines (NewLogPublisher).
+type LogLimit struct {
+	// Lines is how many messages per window get their own info line
+	// (default 10).
+	Lines int
+	// Every is the window (default 10 s).
+	Every time.Duration
+}
+
+// NewLogPublisher returns a LogPublisher that summarises at volume; zero
+// fields of limit take their defaults (10 lines per 10 s).
+func NewLogPublisher(logger *slog.Logger, limit LogLimit) LogPublisher {
+	if limit.Lines <= 0 {
+		limit.Lines = 10
+	}
+	if limit.Every <= 0 {
+		limit.Every = 10 * time.Second
+	}
+	return LogPublisher{Logger: logger, limit: &logLimiter{logger: logger, limit: limit}}
 }
 
 // Publish logs the messages; it always succeeds.
 func (p LogPublisher) Publish(ctx context.Context, msgs []Message) []error {
 	for _, m := range msgs {
-		p.Logger.LogAttrs(ctx, slog.LevelInfo, "bento: event published",
+		level := slog.LevelInfo
+		if p.limit != nil && !p.limit.admit(ctx, time.Now()) {
+			level = slog.LevelDebug
+		}
+		p.Logger.LogAttrs(ctx, level, "bento: event published",
 			slog.String("event_id", m.ID.String()),
 			slog.String("aggregate_type", m.AggregateType),
 			slog.String("aggregate_id", m.AggregateID),
@@ -63,6 +101,102 @@ func (p LogPublisher) Publish(ctx context.Context, msgs []Message) []error {
 			slog.Any("headers", m.Headers))
 	}
 	return make([]error, len(msgs))
+}
+
+// Flush ends the open window now and logs its summary, if messages were
+// held back in it: call it before the process exits, or the last window's
+// count is lost. It does nothing on a LogPublisher built as a literal.
+func (p LogPublisher) Flush() {
+	if p.limit == nil {
+		return
+	}
+	p.limit.mu.Lock()
+	count, logged := p.limit.closeLocked()
+	p.limit.mu.Unlock()
+	p.limit.summarise(context.Background(), count, logged)
+}
+
+// logLimiter counts a LogPublisher's messages per window.
+type logLimiter struct {
+	logger *slog.Logger
+	limit  LogLimit
+
+	mu     sync.Mutex
+	start  time.Time // the open window's start; zero: none open
+	window uint64    // the open window's number, so a late timer finds it gone
+	logged int       // messages of the window logged at info level
+	held   int       // messages of the window logged at debug level only
+	timer  *time.Timer
+}
+
+// admit counts one message published at now and reports whether it gets
+// an info line.
+func (l *logLimiter) admit(ctx context.Context, now time.Time) bool {
+	l.mu.Lock()
+	if !l.start.IsZero() && now.Sub(l.start) >= l.limit.Every {
+		// The window ended before its timer ran: summarise it here.
+		count, logged := l.closeLocked()
+		l.mu.Unlock()
+		l.summarise(ctx, count, logged)
+		l.mu.Lock()
+	}
+	if l.start.IsZero() {
+		l.start, l.logged, l.held = now, 0, 0
+		l.window++
+	}
+	if l.logged < l.limit.Lines {
+		l.logged++
+		l.mu.Unlock()
+		return true
+	}
+	l.held++
+	first := l.held == 1
+	if first {
+		w := l.window
+		l.timer = time.AfterFunc(l.start.Add(l.limit.Every).Sub(now), func() { l.expire(w) })
+	}
+	l.mu.Unlock()
+	if first {
+		l.logger.LogAttrs(ctx, slog.LevelInfo, "bento: event log summarised",
+			slog.Int("lines", l.limit.Lines), slog.Duration("window", l.limit.Every),
+			slog.String("detail", "more events than lines in the window: the others are logged at debug level and counted in one line at the window's end"))
+	}
+	return false
+}
+
+// expire ends window w when its time is up, if it is still open.
+func (l *logLimiter) expire(w uint64) {
+	l.mu.Lock()
+	if l.start.IsZero() || l.window != w {
+		l.mu.Unlock()
+		return
+	}
+	count, logged := l.closeLocked()
+	l.mu.Unlock()
+	l.summarise(context.Background(), count, logged)
+}
+
+// closeLocked ends the open window and returns its counts.
+func (l *logLimiter) closeLocked() (count, logged int) {
+	count, logged = l.logged+l.held, l.logged
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+	}
+	if l.held == 0 {
+		count = 0 // nothing was held back: every message had its line
+	}
+	l.start, l.logged, l.held = time.Time{}, 0, 0
+	return count, logged
+}
+
+// summarise logs a window's count, if messages were held back in it.
+func (l *logLimiter) summarise(ctx context.Context, count, logged int) {
+	if count == 0 {
+		return
+	}
+	l.logger.LogAttrs(ctx, slog.LevelInfo, "bento: events published",
+		slog.Int("count", count), slog.Int("logged", logged), slog.Duration("window", l.limit.Every))
 }
 
 // ChannelPublisher hands messages to an in-process channel: for tests and

@@ -1,6 +1,7 @@
 package shop
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"unicode"
@@ -23,6 +25,10 @@ const MaxBodyBytes = 1 << 20
 
 // MaxIdempotencyKey bounds the Idempotency-Key header.
 const MaxIdempotencyKey = 200
+
+// HeaderIdempotentReplayed is set to "true" on a response replayed from an
+// Idempotency-Key instead of produced by this request (as Stripe does).
+const HeaderIdempotentReplayed = "Idempotent-Replayed"
 
 // HTTPOptions configure the HTTP API.
 type HTTPOptions struct {
@@ -45,10 +51,16 @@ type HTTPOptions struct {
 //	GET  /readyz               database healthy and not draining → 200, else 503
 //	GET  /metrics              Prometheus metrics (when configured)
 //
-// Errors are JSON {"error": "…"}: bad JSON 400, an invalid order 422, an
-// unknown order 404, a forbidden transition 409, database trouble 503 with
-// Retry-After (a commit whose outcome is unknown says to retry with the same
-// Idempotency-Key); never a stack trace.
+// POST /orders repeated with an Idempotency-Key already used for the same
+// order answers the first response again (201, the same order) with the
+// header Idempotent-Replayed: true, and places nothing.
+//
+// Errors are JSON {"error": "…"}: bad JSON 400 (a value of the wrong type
+// names its field and what is expected: "lines[0].quantity: expected an
+// integer, got a string"; never a Go type), a body over MaxBodyBytes 413, an
+// invalid order 422, an unknown order 404, a forbidden transition 409,
+// database trouble 503 with Retry-After (a commit whose outcome is unknown
+// says to retry with the same Idempotency-Key); never a stack trace.
 func NewHandler(svc *Service, opts HTTPOptions) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -124,15 +136,18 @@ func (h *api) place(w http.ResponseWriter, r *http.Request) {
 	}
 	var cmd PlaceOrder
 	if err := decode(w, r, &cmd); err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody{err.Error()})
+		writeJSON(w, err.status, errorBody{err.msg})
 		return
 	}
-	o, err := h.svc.Place(h.ctx(r), cmd, key)
+	o, replayed, err := h.svc.place(h.ctx(r), cmd, key)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Location", fmt.Sprintf("/orders/%d", o.ID))
+	if replayed {
+		w.Header().Set(HeaderIdempotentReplayed, "true")
+	}
 	writeJSON(w, http.StatusCreated, o)
 }
 
@@ -265,32 +280,169 @@ func orderID(w http.ResponseWriter, r *http.Request) (int, bool) {
 	return int(id), true
 }
 
-// decode reads one JSON object with known fields only.
-func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe):
-			return fmt.Errorf("request body larger than %d bytes", MaxBodyBytes)
-		case errors.Is(err, io.EOF):
-			return errors.New("empty request body: want a JSON object")
-		}
-		return fmt.Errorf("bad JSON: %s", truncate(err.Error(), 200))
-	}
-	// Nothing but blanks may follow the object. dec.More alone is not
-	// enough: it reports false for a trailing ']' or '}', and for a body
-	// cut at MaxBodyBytes after the object.
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+// bodyError is a request body refused: its status (400, or 413 for a
+// body over MaxBodyBytes) and message.
+type bodyError struct {
+	status int
+	msg    string
+}
+
+func badBody(format string, args ...any) *bodyError {
+	return &bodyError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+// decode reads one JSON object with known fields only. Its messages name
+// the JSON (fields, types as JSON calls them), never the Go types behind.
+func decode(w http.ResponseWriter, r *http.Request, v any) *bodyError {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return fmt.Errorf("request body larger than %d bytes", MaxBodyBytes)
+			return &bodyError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body larger than %d bytes", MaxBodyBytes)}
 		}
-		return errors.New("bad JSON: more than one value in the body")
+		return badBody("reading the request body: %s", truncate(err.Error(), 200))
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var (
+			te *json.UnmarshalTypeError
+			se *json.SyntaxError
+		)
+		switch {
+		case errors.Is(err, io.EOF):
+			return badBody("empty request body: want a JSON object")
+		case errors.As(err, &te):
+			return badBody("bad JSON: %s", typeMismatch(body, te))
+		case errors.As(err, &se):
+			return badBody("bad JSON at byte %d: %s", se.Offset, truncate(se.Error(), 200))
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return badBody("bad JSON: %s; accepted fields: %s", truncate(strings.TrimPrefix(err.Error(), "json: "), 120), acceptedFields)
+		}
+		return badBody("bad JSON: %s", truncate(strings.TrimPrefix(err.Error(), "json: "), 200))
+	}
+	// Nothing but blanks may follow the object. dec.More alone is not
+	// enough: it reports false for a trailing ']' or '}'.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badBody("bad JSON: more than one value in the body")
 	}
 	return nil
+}
+
+// acceptedFields lists PlaceOrder's fields for the unknown-field error.
+const acceptedFields = "customer, lines (each: sku, quantity, unit_price_cents)"
+
+// typeMismatch describes a JSON value of the wrong type by its place in
+// the body (lines[0].quantity) and what is expected there.
+func typeMismatch(body []byte, te *json.UnmarshalTypeError) string {
+	path := jsonPath(body, te.Offset)
+	if path == "" {
+		path = "the body"
+	}
+	want := expected(te.Type)
+	got, number := strings.CutPrefix(te.Value, "number ")
+	switch {
+	case number && want == "an integer" && !strings.ContainsAny(got, ".eE"):
+		// An integer, but too large for the field.
+		want = fmt.Sprintf("an integer from %d to %d", int64(-1)<<(te.Type.Bits()-1), int64(1)<<(te.Type.Bits()-1)-1)
+		got = truncate(got, 40)
+	case number:
+		got = truncate(got, 40)
+	default:
+		got = map[string]string{"string": "a string", "number": "a number", "bool": "true or false", "array": "an array",
+			"object": "an object"}[te.Value]
+		if got == "" {
+			got = truncate(te.Value, 40)
+		}
+	}
+	return fmt.Sprintf("%s: expected %s, got %s", path, want, got)
+}
+
+// expected names what a Go type accepts, in JSON's words.
+func expected(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a non-negative integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	}
+	return "an object"
+}
+
+// jsonPath returns the path (lines[0].quantity) of the value that ends at
+// offset in body, as encoding/json reports it in an UnmarshalTypeError: the
+// error itself names the field without the array indices.
+func jsonPath(body []byte, offset int64) string {
+	type frame struct {
+		array   bool
+		index   int
+		key     string
+		wantKey bool
+	}
+	var stack []frame
+	path := func() string {
+		var b strings.Builder
+		for _, f := range stack {
+			switch {
+			case f.array:
+				fmt.Fprintf(&b, "[%d]", f.index)
+			case b.Len() == 0:
+				b.WriteString(f.key)
+			default:
+				b.WriteString("." + f.key)
+			}
+		}
+		return b.String()
+	}
+	done := func() { // a value of the innermost container ended
+		if n := len(stack); n > 0 {
+			if stack[n-1].array {
+				stack[n-1].index++
+			} else {
+				stack[n-1].wantKey = true
+			}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return path()
+		}
+		n := len(stack)
+		if n > 0 && !stack[n-1].array && stack[n-1].wantKey {
+			if key, ok := tok.(string); ok {
+				stack[n-1].key, stack[n-1].wantKey = key, false
+				continue
+			}
+			stack = stack[:n-1] // '}'
+			done()
+			continue
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			if dec.InputOffset() >= offset {
+				return path()
+			}
+			stack = append(stack, frame{array: tok == json.Delim('['), wantKey: tok == json.Delim('{')})
+		case json.Delim(']'), json.Delim('}'):
+			stack = stack[:n-1]
+			done()
+		default:
+			if dec.InputOffset() >= offset {
+				return path()
+			}
+			done()
+		}
+	}
 }
 
 func validKey(k string) error {

@@ -321,7 +321,9 @@ func TestUnknownAndBadIDs(t *testing.T) {
 }
 
 // TestBadRequests: a body that is not exactly one JSON object of the
-// command is 400; an invalid order is 422; neither changes anything.
+// command is 400, one over MaxBodyBytes 413; an invalid order is 422; none
+// changes anything. A 400 says what is wrong in JSON's words (the field
+// with its index, what is expected) and never names a Go type.
 func TestBadRequests(t *testing.T) {
 	line := `{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}`
 	manyLines := "[" + strings.TrimSuffix(strings.Repeat(line+",", shop.MaxLines+1), ",") + "]"
@@ -332,43 +334,55 @@ func TestBadRequests(t *testing.T) {
 		name   string
 		body   string
 		status int
+		want   string // in the error, when set
 	}{
-		{"bad JSON", `{"customer": "a@example.com", "lines": [`, 400},
-		{"not JSON", `customer=a@example.com`, 400},
-		{"unknown field", `{"customer": "a@example.com", "lines": [` + line + `], "coupon": "FREE"}`, 400},
-		{"unknown field in a line", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1, "unit_price_cents": 1, "discount": 5}]}`, 400},
-		{"empty body", ``, 400},
-		{"only blanks", " \n\t ", 400},
-		{"two JSON values", contractBody + contractBody, 400},
-		{"two JSON values with a newline", contractBody + "\n" + contractBody, 400},
-		{"trailing ]", contractBody + "]", 400},
-		{"trailing }", contractBody + "}", 400},
-		{"trailing garbage", contractBody + "x", 400},
-		{"an array", "[" + contractBody + "]", 400},
-		{"a string", `"a@example.com"`, 400},
-		{"quantity as a string", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": "2", "unit_price_cents": 1}]}`, 400},
-		{"fractional quantity", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1.5, "unit_price_cents": 1}]}`, 400},
-		{"quantity overflowing int64", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 99999999999999999999, "unit_price_cents": 1}]}`, 400},
-		{"body over 1 MiB", big, 400},
-		{"one object padded past 1 MiB", padded, 400},
+		{"bad JSON", `{"customer": "a@example.com", "lines": [`, 400, ""},
+		{"not JSON", `customer=a@example.com`, 400, ""},
+		{"unknown field", `{"customer": "a@example.com", "lines": [` + line + `], "coupon": "FREE"}`, 400, ""},
+		{"unknown field in a line", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1, "unit_price_cents": 1, "discount": 5}]}`, 400, ""},
+		{"empty body", ``, 400, ""},
+		{"only blanks", " \n\t ", 400, ""},
+		{"two JSON values", contractBody + contractBody, 400, ""},
+		{"two JSON values with a newline", contractBody + "\n" + contractBody, 400, ""},
+		{"trailing ]", contractBody + "]", 400, ""},
+		{"trailing }", contractBody + "}", 400, ""},
+		{"trailing garbage", contractBody + "x", 400, ""},
+		{"an array", "[" + contractBody + "]", 400, ""},
+		{"a string", `"a@example.com"`, 400, "the body: expected an object, got a string"},
+		{"quantity as a string", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": "2", "unit_price_cents": 1}]}`, 400,
+			"lines[0].quantity: expected an integer, got a string"},
+		{"quantity as a string in the third line", `{"customer": "a@example.com", "lines": [` + line + `, ` + line + `, {"sku": "S", "quantity": "2", "unit_price_cents": 1}]}`, 400,
+			"lines[2].quantity: expected an integer, got a string"},
+		{"fractional quantity", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1.5, "unit_price_cents": 1}]}`, 400,
+			"lines[0].quantity: expected an integer, got 1.5"},
+		{"quantity overflowing int64", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 99999999999999999999, "unit_price_cents": 1}]}`, 400,
+			"lines[0].quantity: expected an integer from -9223372036854775808 to 9223372036854775807, got 99999999999999999999"},
+		{"price as true", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1, "unit_price_cents": true}]}`, 400,
+			"lines[0].unit_price_cents: expected an integer, got true or false"},
+		{"customer a number", `{"customer": 12, "lines": [` + line + `]}`, 400, "customer: expected a string, got a number"},
+		{"customer an object", `{"customer": {"$ne": null}, "lines": [` + line + `]}`, 400, "customer: expected a string, got an object"},
+		{"lines a string", `{"customer": "a@example.com", "lines": "SKU-1"}`, 400, "lines: expected an array, got a string"},
+		{"a line a number", `{"customer": "a@example.com", "lines": [` + line + `, 7]}`, 400, "lines[1]: expected an object, got a number"},
+		{"body over 1 MiB", big, 413, "larger than 1048576 bytes"},
+		{"one object padded past 1 MiB", padded, 413, "larger than 1048576 bytes"},
 
-		{"no lines", `{"customer": "a@example.com", "lines": []}`, 422},
-		{"lines missing", `{"customer": "a@example.com"}`, 422},
-		{"quantity 0", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 0, "unit_price_cents": 1}]}`, 422},
-		{"negative quantity", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": -1, "unit_price_cents": 1}]}`, 422},
-		{"quantity over the limit", fmt.Sprintf(`{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": %d, "unit_price_cents": 1}]}`, shop.MaxQuantity+1), 422},
-		{"negative price", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1, "unit_price_cents": -1}]}`, 422},
-		{"price over the limit", fmt.Sprintf(`{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1, "unit_price_cents": %d}]}`, shop.MaxUnitPrice+1), 422},
-		{"bad e-mail", `{"customer": "not an e-mail", "lines": [` + line + `]}`, 422},
-		{"e-mail with a display name", `{"customer": "A <a@example.com>", "lines": [` + line + `]}`, 422},
-		{"no customer", `{"lines": [` + line + `]}`, 422},
-		{"blank customer", `{"customer": "   ", "lines": [` + line + `]}`, 422},
-		{"customer too long", `{"customer": "` + strings.Repeat("a", shop.MaxCustomerBytes) + `@example.com", "lines": [` + line + `]}`, 422},
-		{"too many lines", `{"customer": "a@example.com", "lines": ` + manyLines + `}`, 422},
-		{"empty sku", `{"customer": "a@example.com", "lines": [{"sku": "", "quantity": 1, "unit_price_cents": 1}]}`, 422},
-		{"blank sku", `{"customer": "a@example.com", "lines": [{"sku": "  ", "quantity": 1, "unit_price_cents": 1}]}`, 422},
-		{"sku too long", `{"customer": "a@example.com", "lines": [{"sku": "` + strings.Repeat("s", shop.MaxSKUBytes+1) + `", "quantity": 1, "unit_price_cents": 1}]}`, 422},
-		{"null", `null`, 422},
+		{"no lines", `{"customer": "a@example.com", "lines": []}`, 422, ""},
+		{"lines missing", `{"customer": "a@example.com"}`, 422, ""},
+		{"quantity 0", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 0, "unit_price_cents": 1}]}`, 422, ""},
+		{"negative quantity", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": -1, "unit_price_cents": 1}]}`, 422, ""},
+		{"quantity over the limit", fmt.Sprintf(`{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": %d, "unit_price_cents": 1}]}`, shop.MaxQuantity+1), 422, ""},
+		{"negative price", `{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1, "unit_price_cents": -1}]}`, 422, ""},
+		{"price over the limit", fmt.Sprintf(`{"customer": "a@example.com", "lines": [{"sku": "S", "quantity": 1, "unit_price_cents": %d}]}`, shop.MaxUnitPrice+1), 422, ""},
+		{"bad e-mail", `{"customer": "not an e-mail", "lines": [` + line + `]}`, 422, ""},
+		{"e-mail with a display name", `{"customer": "A <a@example.com>", "lines": [` + line + `]}`, 422, ""},
+		{"no customer", `{"lines": [` + line + `]}`, 422, ""},
+		{"blank customer", `{"customer": "   ", "lines": [` + line + `]}`, 422, ""},
+		{"customer too long", `{"customer": "` + strings.Repeat("a", shop.MaxCustomerBytes) + `@example.com", "lines": [` + line + `]}`, 422, ""},
+		{"too many lines", `{"customer": "a@example.com", "lines": ` + manyLines + `}`, 422, ""},
+		{"empty sku", `{"customer": "a@example.com", "lines": [{"sku": "", "quantity": 1, "unit_price_cents": 1}]}`, 422, ""},
+		{"blank sku", `{"customer": "a@example.com", "lines": [{"sku": "  ", "quantity": 1, "unit_price_cents": 1}]}`, 422, ""},
+		{"sku too long", `{"customer": "a@example.com", "lines": [{"sku": "` + strings.Repeat("s", shop.MaxSKUBytes+1) + `", "quantity": 1, "unit_price_cents": 1}]}`, 422, ""},
+		{"null", `null`, 422, ""},
 	}
 	for _, dialect := range dialects {
 		t.Run(dialect, func(t *testing.T) {
@@ -380,6 +394,14 @@ func TestBadRequests(t *testing.T) {
 				msg := wantError(t, tc.name, r, tc.status)
 				if tc.status == 422 && msg != "" && !strings.HasPrefix(msg, "invalid order: ") {
 					t.Errorf("%s: a 422 should say what is invalid: %q", tc.name, msg)
+				}
+				if tc.want != "" && !strings.Contains(msg, tc.want) {
+					t.Errorf("%s: the error %q should say %q", tc.name, msg, tc.want)
+				}
+				for _, leak := range []string{"Go ", "shop.", "int64", "[]", "json:", "struct"} {
+					if strings.Contains(msg, leak) {
+						t.Errorf("%s: the error %q leaks Go (%q)", tc.name, msg, leak)
+					}
 				}
 				if after := a.counts(); after != before {
 					t.Fatalf("%s: a refused request changed rows: %+v → %+v", tc.name, before, after)
@@ -427,13 +449,27 @@ func TestIdempotencyKey(t *testing.T) {
 	for _, dialect := range dialects {
 		t.Run(dialect, func(t *testing.T) {
 			a := newAPI(t, dialect)
-			first := order(t, a.post("/orders", contractBody, "Idempotency-Key", "key-1"), http.StatusCreated)
-			again := order(t, a.post("/orders", contractBody, "Idempotency-Key", "key-1"), http.StatusCreated)
+			r1 := a.post("/orders", contractBody, "Idempotency-Key", "key-1")
+			r2 := a.post("/orders", contractBody, "Idempotency-Key", "key-1")
+			first, again := order(t, r1, http.StatusCreated), order(t, r2, http.StatusCreated)
 			if again.ID != first.ID || again.TotalCents != first.TotalCents || fmt.Sprint(again.Lines) != fmt.Sprint(first.Lines) {
 				t.Errorf("the same key twice: %+v then %+v; want the same order", first, again)
 			}
-			if c := a.counts(); c.orders != 1 || c.placed != 1 {
-				t.Errorf("after the same key twice: %+v; want 1 order and 1 OrderPlaced", c)
+			// The replay says so (as Stripe does); the first answer and
+			// answers without a key do not.
+			if got := r2.header.Get(shop.HeaderIdempotentReplayed); got != "true" {
+				t.Errorf("the replayed answer has %s %q, want \"true\"", shop.HeaderIdempotentReplayed, got)
+			}
+			if !bytes.Equal(r1.body, r2.body) || r1.header.Get("Location") != r2.header.Get("Location") {
+				t.Errorf("the replay differs from the original:\n%s\n%s", r1, r2)
+			}
+			for name, r := range map[string]response{"the first answer": r1, "an answer without a key": a.post("/orders", contractBody)} {
+				if _, ok := r.header[shop.HeaderIdempotentReplayed]; ok {
+					t.Errorf("%s has %s", name, shop.HeaderIdempotentReplayed)
+				}
+			}
+			if c := a.counts(); c.orders != 2 || c.placed != 2 {
+				t.Errorf("after the same key twice and one without: %+v; want 2 orders and 2 OrderPlaced", c)
 			}
 			// The same key with another order: refused, nothing applied; the
 			// first order's retry still gets the first order.
@@ -442,8 +478,8 @@ func TestIdempotencyKey(t *testing.T) {
 			if !strings.Contains(msg, "Idempotency-Key") {
 				t.Errorf("the reused-key error does not name the Idempotency-Key: %q", msg)
 			}
-			if c := a.counts(); c.orders != 1 || c.placed != 1 {
-				t.Errorf("after key-1 reused with another order: %+v; want still 1 order and 1 OrderPlaced", c)
+			if c := a.counts(); c.orders != 2 || c.placed != 2 {
+				t.Errorf("after key-1 reused with another order: %+v; want still 2 orders and 2 OrderPlaced", c)
 			}
 			if again := order(t, a.post("/orders", contractBody, "Idempotency-Key", "key-1"), http.StatusCreated); again.ID != first.ID {
 				t.Errorf("key-1 with its own order after the refusal: order %d, want %d", again.ID, first.ID)
@@ -457,6 +493,7 @@ func TestIdempotencyKey(t *testing.T) {
 			var wg sync.WaitGroup
 			ids := make([]int, 8)
 			statuses := make([]int, 8)
+			replays := make([]string, 8)
 			for i := range ids {
 				wg.Add(1)
 				go func() {
@@ -470,6 +507,7 @@ func TestIdempotencyKey(t *testing.T) {
 					}
 					defer resp.Body.Close()
 					statuses[i] = resp.StatusCode
+					replays[i] = resp.Header.Get(shop.HeaderIdempotentReplayed)
 					var o shop.Order
 					_ = json.NewDecoder(resp.Body).Decode(&o)
 					ids[i] = o.ID
@@ -482,8 +520,11 @@ func TestIdempotencyKey(t *testing.T) {
 					break
 				}
 			}
-			if c := a.counts(); c.orders != 3 || c.placed != 3 {
-				t.Errorf("after keys 1 (twice), 2 and 8 × concurrent: %+v; want 3 orders and 3 OrderPlaced", c)
+			if n := strings.Count(strings.Join(replays, ","), "true"); n != len(replays)-1 {
+				t.Errorf("concurrent same key: %s %q; want every answer but the one that placed the order marked", shop.HeaderIdempotentReplayed, replays)
+			}
+			if c := a.counts(); c.orders != 4 || c.placed != 4 {
+				t.Errorf("after keys 1 (twice), none, 2 and 8 × concurrent: %+v; want 4 orders and 4 OrderPlaced", c)
 			}
 
 			before := a.counts()

@@ -190,9 +190,25 @@ func printable(s string) bool {
 // idempotencyKey a repeated call returns the first call's order and places
 // nothing.
 func (s *Service) Place(ctx context.Context, cmd PlaceOrder, idempotencyKey string) (Order, error) {
+	o, _, err := s.place(ctx, cmd, idempotencyKey)
+	return o, err
+}
+
+// placed is an order placed in a unit of work, and whether this call
+// placed it. fresh is unexported, so it is not stored with an idempotency
+// key: a replayed result decodes with fresh false.
+type placed struct {
+	Order
+	fresh bool
+}
+
+// place is Place, also reporting whether the order was replayed from its
+// idempotency key instead of placed by this call (POST /orders says so in
+// a header).
+func (s *Service) place(ctx context.Context, cmd PlaceOrder, idempotencyKey string) (o Order, replayed bool, err error) {
 	total, err := cmd.Validate()
 	if err != nil {
-		return Order{}, err
+		return Order{}, false, err
 	}
 	var opts []unitofwork.Option
 	if idempotencyKey != "" {
@@ -201,15 +217,15 @@ func (s *Service) Place(ctx context.Context, cmd PlaceOrder, idempotencyKey stri
 		// answered with the first order.
 		b, err := json.Marshal(cmd)
 		if err != nil {
-			return Order{}, fmt.Errorf("shop: fingerprinting the order: %w", err)
+			return Order{}, false, fmt.Errorf("shop: fingerprinting the order: %w", err)
 		}
 		sum := sha256.Sum256(b)
 		opts = append(opts, unitofwork.IdempotencyKey("order:"+idempotencyKey), unitofwork.IdempotencyFingerprint(hex.EncodeToString(sum[:])))
 	}
-	return unitofwork.DoValue(ctx, s.uow, func(ctx context.Context, tx *ent.Client) (Order, error) {
+	p, err := unitofwork.DoValue(ctx, s.uow, func(ctx context.Context, tx *ent.Client) (placed, error) {
 		o, err := tx.Order.Create().SetCustomer(strings.TrimSpace(cmd.Customer)).SetTotalCents(total).Save(ctx)
 		if err != nil {
-			return Order{}, err
+			return placed{}, err
 		}
 		builders := make([]*ent.OrderLineCreate, len(cmd.Lines))
 		for i, l := range cmd.Lines {
@@ -217,14 +233,15 @@ func (s *Service) Place(ctx context.Context, cmd PlaceOrder, idempotencyKey stri
 		}
 		lines, err := tx.OrderLine.CreateBulk(builders...).Save(ctx)
 		if err != nil {
-			return Order{}, err
+			return placed{}, err
 		}
 		o.Edges.Lines = lines
 		if err := outbox.Raise(ctx, o, OrderPlaced{OrderID: o.ID, Customer: o.Customer, TotalCents: total, Lines: cmd.Lines}); err != nil {
-			return Order{}, err
+			return placed{}, err
 		}
-		return view(o), nil
+		return placed{Order: view(o), fresh: true}, nil
 	}, opts...)
+	return p.Order, err == nil && !p.fresh, err
 }
 
 // Pay marks a pending order paid and records OrderPaid.

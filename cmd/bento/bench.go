@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/bento-go/bento"
+	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/resilience"
@@ -44,6 +46,57 @@ const (
 
 // armTitle names an arm in the table.
 var armTitle = map[string]string{armUoW: "bento (unit of work)", armEnt: "plain ent", armSQL: "plain database/sql"}
+
+// warmPrefix marks an arm's warm-up orders: wuow, went, wsql in the counts.
+const warmPrefix = "w"
+
+// armNames explains every arm name the bench prints.
+var armNames = []struct{ name, meaning string }{
+	{armUoW, "Bento: shop.Service.Place in a unit of work, with every layer serve uses"},
+	{armEnt, "the same rows written by hand with a plain ent client, no Bento layer (--baseline)"},
+	{armSQL, "the same rows written by hand with database/sql (--baseline)"},
+	{"wuow, went, wsql", "the warm-up orders of uow, ent and sql (--warmup): checked in the database, not in the statistics"},
+}
+
+// armsHelp lists the arms, one a line, for the usage text.
+func armsHelp() string {
+	var b strings.Builder
+	for _, a := range armNames {
+		fmt.Fprintf(&b, "  %-17s %s\n", a.name, a.meaning)
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+// benchDefaultURL is bench's own default database, so that a bench run
+// never writes into serve's (sqlite://bento.db) unless DB_URL says so.
+const benchDefaultURL = "sqlite://bento-bench.db"
+
+// baselineFlag is --baseline: a boolean whose error for anything else
+// (an arm name, say) explains the arms.
+type baselineFlag struct{ on *bool }
+
+func (f baselineFlag) IsBoolFlag() bool { return true }
+
+func (f baselineFlag) String() string {
+	if f.on == nil {
+		return "false"
+	}
+	return strconv.FormatBool(*f.on)
+}
+
+func (f baselineFlag) Set(v string) error {
+	b, err := config.ParseBool(v)
+	if err != nil {
+		var list []string
+		for _, a := range armNames {
+			list = append(list, a.name+" = "+a.meaning)
+		}
+		return fmt.Errorf("--baseline takes no arm name, only true or false (alone: true); it adds the arms ent and sql to uow. The arms: %s",
+			strings.Join(list, "; "))
+	}
+	*f.on = b
+	return nil
+}
 
 // benchOptions are bento bench's flags.
 type benchOptions struct {
@@ -64,12 +117,19 @@ type benchOptions struct {
 func benchCommand() command {
 	o := &benchOptions{}
 	return command{
-		name:  "bench",
-		short: "place orders through the whole stack and report throughput, latency and a row count check",
+		name:     "bench",
+		short:    "place orders through the whole stack and report throughput, latency and a row count check",
+		defaults: map[string]string{"DB_URL": benchDefaultURL},
 		usage: `Places orders with shop.Service.Place (a unit of work: the order, its line and the
 OrderPlaced outbox row in one transaction) from --workers goroutines, for --duration or
 until --orders are placed, against DB_URL with every layer serve uses (drain, metrics,
 outbox, resilience). The schema is migrated first (--migrate).
+
+Where it writes: DB_URL (or --db-url) when set; otherwise its own SQLite file
+bento-bench.db, never serve's bento.db. The first line on stderr names the database.
+Without --relay the run's OrderPlaced events stay pending in that database's outbox: a
+relay on it (bento serve, bento relay) publishes them later; the last line on stderr says
+how many.
 
   --read-mix F   a fraction F of the operations read an order back (GET through the service)
   --relay        run the outbox relay in process with OUTBOX_PUBLISHER (log or nats) and
@@ -77,6 +137,9 @@ outbox, resilience). The schema is migrated first (--migrate).
   --baseline     also run the same transaction written by hand with a plain ent client and
                  with database/sql on the same *sql.DB, interleaved with Bento's arm in
                  --rounds rounds, and report bento/ent and bento/sql throughput ratios
+
+The arms (the names in the table, the JSON's counts and the customers' addresses):
+` + armsHelp() + `
 
 At the end it counts, in the database, the orders and OrderPlaced events the run wrote
 (customers bench-<run>-<arm>-…@example.com) and compares them with what was acknowledged:
@@ -89,16 +152,16 @@ A progress line is redrawn on stderr when stderr is a terminal. SIGINT stops the
 the results so far are reported and checked.`,
 		flags: func(fs *flag.FlagSet) {
 			fs.IntVar(&o.orders, "orders", 0, "place this many orders per arm, then stop (instead of --duration)")
-			fs.DurationVar(&o.duration, "duration", 10*time.Second, "run for this long (ignored with --orders)")
+			durationVar(fs, &o.duration, "duration", 10*time.Second, "run for this long, e.g. 30s, 2m or plain seconds 30 (ignored with --orders)")
 			fs.IntVar(&o.workers, "workers", 8, "concurrent workers")
 			fs.BoolVar(&o.asJSON, "json", false, "print one JSON object instead of the table")
 			fs.Float64Var(&o.readMix, "read-mix", 0, "fraction of operations that read an order back, 0 to 0.99")
 			fs.BoolVar(&o.relay, "relay", false, "run the outbox relay in process and measure commit→published latency")
 			fs.BoolVar(&o.migrate, "migrate", true, "migrate the schema first")
-			fs.BoolVar(&o.baseline, "baseline", false, "interleave hand-written plain ent and database/sql arms")
+			fs.Var(baselineFlag{&o.baseline}, "baseline", "interleave the hand-written arms ent (plain ent) and sql (database/sql) with uow (Bento)")
 			fs.IntVar(&o.rounds, "rounds", 5, "with --baseline: rounds; each arm runs duration/(rounds×3) or orders/rounds per round")
 			fs.IntVar(&o.warmup, "warmup", -1, "orders per arm placed before measuring, not counted in the statistics (-1: 2×workers with --baseline, else 0)")
-			fs.DurationVar(&o.drainTimeout, "relay-drain-timeout", time.Minute, "with --relay: how long to wait after the load for the run's events to be published")
+			durationVar(fs, &o.drainTimeout, "relay-drain-timeout", time.Minute, "with --relay: how long to wait after the load for the run's events to be published")
 			fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured load to `file` (go tool pprof)")
 		},
 		run: func(ctx context.Context, inv *invocation) int {
@@ -230,7 +293,7 @@ func (r *runState) runSegment(ctx context.Context, a *arm, seg segment) {
 	}
 	custArm := a.name
 	if seg.warm {
-		custArm = "w" + a.name
+		custArm = warmPrefix + a.name
 	}
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -439,6 +502,11 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 	}
 	defer st.db.Close()
 	db := st.db
+	where := inv.cfg.DB.URL.String()
+	if where == benchDefaultURL {
+		where += " (bench's own default, not serve's bento.db; DB_URL chooses another database)"
+	}
+	fmt.Fprintf(inv.stderr, "bento bench: writing to %s\n", where)
 	svc := shop.NewService(st.uow, st.client)
 	rs := &runState{runID: newRunID(), svc: svc, opts: o}
 
@@ -608,9 +676,9 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 	for _, a := range arms {
 		for _, c := range []armCount{
 			{Arm: a.name, Acked: a.committed, Ambiguous: a.ambiguous},
-			{Arm: "w" + a.name, Acked: a.warm, Ambiguous: a.warmAmbiguous},
+			{Arm: warmPrefix + a.name, Acked: a.warm, Ambiguous: a.warmAmbiguous},
 		} {
-			if c.Arm[0] == 'w' && c.Acked == 0 && c.Ambiguous == 0 && o.warmup == 0 {
+			if c.Arm != a.name && c.Acked == 0 && c.Ambiguous == 0 && o.warmup == 0 {
 				continue
 			}
 			prefix := "bench-" + rs.runID + "-" + c.Arm + "-"
@@ -643,6 +711,14 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 		for _, e := range a.errs {
 			fmt.Fprintf(inv.stderr, "bento bench: %s: an error: %s\n", a.name, e)
 		}
+	}
+	if !o.relay {
+		var events int64
+		for _, c := range res.Counts {
+			events += c.Events
+		}
+		fmt.Fprintf(inv.stderr, "bento bench: the run wrote %d OrderPlaced events to the outbox of %s and published none (no --relay): "+
+			"a relay on this database (bento serve, bento relay) will publish them; bento outbox stats counts them\n", events, inv.cfg.DB.URL)
 	}
 	switch {
 	case res.Mismatch:
@@ -717,7 +793,11 @@ func printBenchTable(w io.Writer, res benchResult, arms []*arm) {
 		fmt.Fprintf(w, "events published: - (no relay; --relay runs one)\n")
 	}
 	for _, c := range res.Counts {
-		fmt.Fprintf(w, "database, %s: %d orders, %d OrderPlaced events, %d acknowledged", c.Arm, c.Orders, c.Events, c.Acked)
+		arm := c.Arm
+		if _, measured := armTitle[arm]; !measured {
+			arm += " (warm-up of " + strings.TrimPrefix(arm, warmPrefix) + ", not measured)"
+		}
+		fmt.Fprintf(w, "database, %s: %d orders, %d OrderPlaced events, %d acknowledged", arm, c.Orders, c.Events, c.Acked)
 		if c.Ambiguous > 0 {
 			fmt.Fprintf(w, ", %d ambiguous", c.Ambiguous)
 		}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -59,8 +61,12 @@ func TestBenchOrdersJSON(t *testing.T) {
 			if strings.Count(r.stdout, "\n") != 1 {
 				t.Errorf("--json prints one line\n%s", r)
 			}
-			if r.stderr != "" {
-				t.Errorf("stderr should be empty (not a terminal)\n%s", r)
+			// No progress line (not a terminal): only where it wrote and
+			// what it left pending.
+			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+			if len(lines) != 2 || !strings.Contains(lines[0], "writing to") ||
+				!strings.Contains(lines[1], "wrote 200 OrderPlaced events") {
+				t.Errorf("stderr should be the two notes\n%s", r)
 			}
 		})
 	}
@@ -234,6 +240,9 @@ func TestBenchFlagErrors(t *testing.T) {
 		{"--baseline", "--relay"},
 		{"--baseline", "--read-mix", "0.2"},
 		{"--duration", "0s"},
+		{"--duration", "0"},
+		{"--duration", "ten"},
+		{"--baseline=wuow"},
 	} {
 		r := runCLI(t, []string{"DB_URL=" + url}, append([]string{"bench"}, args...)...)
 		if r.code != exitConfig {
@@ -244,5 +253,82 @@ func TestBenchFlagErrors(t *testing.T) {
 	r := runCLI(t, []string{"DB_URL=" + url, "OUTBOX_PUBLISHER=none"}, "bench", "--relay", "--orders", "1")
 	if r.code != exitConfig || !strings.Contains(r.stderr, "OUTBOX_PUBLISHER") {
 		t.Errorf("--relay without a publisher: want exit 2 naming OUTBOX_PUBLISHER\n%s", r)
+	}
+}
+
+// TestBenchDefaultDatabase: with no DB_URL the bench writes to its own
+// bento-bench.db, never to serve's bento.db, and says so on stderr with
+// how many events it left pending. It changes the working directory, so
+// it does not run in parallel.
+func TestBenchDefaultDatabase(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	r := runCLI(t, nil, "bench", "--orders", "7", "--workers", "1", "--duration", "1") // --duration only to be refused below
+	if r.code != exitConfig {
+		t.Fatalf("--orders with --duration: want exit 2\n%s", r)
+	}
+	r = runCLI(t, nil, "bench", "--orders", "7", "--workers", "1")
+	if r.code != exitOK {
+		t.Fatalf("want exit 0\n%s", r)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bento-bench.db")); err != nil {
+		t.Fatalf("bento-bench.db should exist: %v\n%s", err, r)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bento.db")); err == nil {
+		t.Fatalf("the bench wrote serve's bento.db\n%s", r)
+	}
+	for _, w := range []string{"writing to sqlite://bento-bench.db", "wrote 7 OrderPlaced events", "bento outbox stats"} {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr should contain %q\n%s", w, r)
+		}
+	}
+	// DB_URL still chooses, even set to serve's default.
+	r = runCLI(t, []string{"DB_URL=sqlite://bento.db"}, "bench", "--orders", "3", "--workers", "1")
+	if r.code != exitOK || !strings.Contains(r.stderr, "writing to sqlite://bento.db\n") {
+		t.Fatalf("DB_URL=sqlite://bento.db: want exit 0 writing there\n%s", r)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bento.db")); err != nil {
+		t.Fatalf("bento.db should exist when DB_URL names it: %v", err)
+	}
+}
+
+// TestBenchDurationSeconds: --duration takes plain seconds, as settings do.
+func TestBenchDurationSeconds(t *testing.T) {
+	t.Parallel()
+	url := sqliteURL(t)
+	r := runCLI(t, []string{"DB_URL=" + url}, "bench", "--duration", "0.3", "--workers", "1", "--json")
+	if r.code != exitOK {
+		t.Fatalf("want exit 0\n%s", r)
+	}
+	res := benchJSON(t, r)
+	if res.Committed == 0 || res.DurationS < 0.3 || res.DurationS > 5 {
+		t.Fatalf("--duration 0.3: committed %d in %.3f s\n%s", res.Committed, res.DurationS, r)
+	}
+}
+
+// TestBenchArmsExplained: an arm name given to --baseline is refused with
+// every arm's meaning; the help lists them; the table names warm-up arms.
+func TestBenchArmsExplained(t *testing.T) {
+	t.Parallel()
+	url := sqliteURL(t)
+	r := runCLI(t, []string{"DB_URL=" + url}, "bench", "--baseline=wuow")
+	if r.code != exitConfig {
+		t.Fatalf("want exit 2\n%s", r)
+	}
+	assertOneLine(t, "stderr", r.stderr)
+	for _, w := range []string{`"wuow"`, "uow = Bento", "ent = ", "sql = ", "wuow, went, wsql = the warm-up orders"} {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr should contain %q\n%s", w, r)
+		}
+	}
+	r = runCLI(t, nil, "bench", "--help")
+	for _, a := range armNames {
+		if !strings.Contains(r.stdout, a.name) || !strings.Contains(r.stdout, a.meaning) {
+			t.Errorf("the help should explain %s\n%s", a.name, r)
+		}
+	}
+	r = runCLI(t, []string{"DB_URL=" + url}, "bench", "--orders", "4", "--workers", "1", "--warmup", "2")
+	if r.code != exitOK || !strings.Contains(r.stdout, "database, wuow (warm-up of uow, not measured): 2 orders") {
+		t.Fatalf("the table should name the warm-up arm\n%s", r)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/bento-go/bento/config"
 )
@@ -37,7 +38,10 @@ type command struct {
 	noConfig bool
 	// args: the command takes positional arguments (inv.fs.Args()).
 	args bool
-	run  func(ctx context.Context, inv *invocation) int
+	// defaults replaces settings' defaults for this command, by setting
+	// name (bench's own database); file, environment and flags still win.
+	defaults map[string]string
+	run      func(ctx context.Context, inv *invocation) int
 }
 
 // invocation is one run of a command, with its parsed flags and config.
@@ -109,7 +113,11 @@ func (c command) invoke(ctx context.Context, args []string, e env) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	settings := config.Settings()
 	for _, s := range settings {
-		fs.String(s.Flag(), "", fmt.Sprintf("%s (env %s, default %q)", s.Usage, s.Name, s.Default))
+		def := s.Default
+		if v, ok := c.defaults[s.Name]; ok {
+			def = v
+		}
+		fs.String(s.Flag(), "", fmt.Sprintf("%s (env %s, default %q)", s.Usage, s.Name, def))
 	}
 	if c.flags != nil {
 		c.flags(fs)
@@ -153,7 +161,7 @@ func (c command) invoke(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "bento %s: --log-level=%q: %v; accepted: debug, info, warn, error\n", c.name, *logLevel, err)
 		return exitConfig
 	}
-	cfg, err := config.Load(config.Source{File: *configFile, Environ: e.environ, Flags: set})
+	cfg, err := config.Load(config.Source{File: *configFile, Environ: e.environ, Flags: set, Defaults: c.defaults})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "bento %s: bad configuration: %s\n", c.name, oneLine(err))
 		return exitConfig
@@ -186,9 +194,48 @@ func (c command) printUsage(w io.Writer, fs *flag.FlagSet) {
 		return false
 	})
 	for _, n := range names {
-		f := fs.Lookup(n)
-		fmt.Fprintf(w, "  --%s\n      %s\n", f.Name, f.Usage)
+		fmt.Fprintf(w, "  --%s\n      %s\n", n, withDefault(fs.Lookup(n)))
 	}
+}
+
+// withDefault returns a flag's usage with its default, unless the usage
+// already states it (settings, and flags whose default is a rule).
+func withDefault(f *flag.Flag) string {
+	_, usage := flag.UnquoteUsage(f) // "to `file`" reads "to file"
+	if strings.Contains(usage, "default") {
+		return usage
+	}
+	def := f.DefValue
+	if def == "" {
+		def = "none"
+	}
+	return fmt.Sprintf("%s (default %s)", usage, def)
+}
+
+// durationFlag is a flag.Value for a duration in Go syntax (10s, 1m30s) or
+// plain seconds (10, 0.5), as settings accept (config.ParseDuration).
+type durationFlag struct{ d *time.Duration }
+
+// durationVar defines a duration flag that also accepts plain seconds.
+func durationVar(fs *flag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
+	*p = def
+	fs.Var(durationFlag{p}, name, usage)
+}
+
+func (f durationFlag) String() string {
+	if f.d == nil {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f durationFlag) Set(v string) error {
+	d, err := config.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("%v; accepted: a duration such as 10s, 1m30s, 500ms, or plain seconds such as 10 or 0.5", err)
+	}
+	*f.d = d
+	return nil
 }
 
 func isSetting(flagName string) bool {

@@ -21,6 +21,7 @@ import (
 	_ "github.com/ncruces/go-sqlite3/driver"
 
 	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/outbox"
 )
 
 // TestMain fails the run if a test created the default SQLite file
@@ -418,6 +419,47 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// TestHelpShowsDefaults: every flag of bench and serve's --addr show
+// their default in the help.
+func TestHelpShowsDefaults(t *testing.T) {
+	t.Parallel()
+	for _, cmd := range []string{"bench", "serve", "relay", "outbox"} {
+		r := runCLI(t, nil, cmd, "--help")
+		if r.code != exitOK {
+			t.Fatalf("%s --help: want exit 0\n%s", cmd, r)
+		}
+		_, list, ok := strings.Cut(r.stdout, "\nFlags:\n")
+		if !ok {
+			t.Fatalf("%s --help has no Flags section\n%s", cmd, r)
+		}
+		lines := strings.Split(list, "\n")
+		flags := 0
+		for i, l := range lines {
+			if !strings.HasPrefix(l, "  --") || i+1 == len(lines) {
+				continue
+			}
+			flags++
+			if !strings.Contains(lines[i+1], "default") {
+				t.Errorf("%s --help: %s shows no default: %q", cmd, strings.TrimSpace(l), lines[i+1])
+			}
+		}
+		if flags < 10 {
+			t.Errorf("%s --help lists %d flags\n%s", cmd, flags, r)
+		}
+	}
+	for cmd, want := range map[string][]string{
+		"bench": {"(default 10s)", "(default 8)", "(default 5)", "(default -1)", "(default 1m0s)", `default "sqlite://bento-bench.db"`},
+		"serve": {"(default 127.0.0.1:8080)", `default "sqlite://bento.db"`},
+	} {
+		r := runCLI(t, nil, cmd, "--help")
+		for _, w := range want {
+			if !strings.Contains(r.stdout, w) {
+				t.Errorf("%s --help should contain %q\n%s", cmd, w, r)
+			}
+		}
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -729,5 +771,102 @@ func TestBinary(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "bento.db")); err == nil {
 		t.Errorf("a command created the default bento.db although DB_URL was set")
+	}
+}
+
+// TestOutboxListAndWait: bento outbox list shows the events a bench left
+// pending, by status and limit; bento outbox wait fails naming them until
+// a relay published them, then succeeds.
+func TestOutboxListAndWait(t *testing.T) {
+	t.Parallel()
+	for _, d := range allDialects {
+		t.Run(d, func(t *testing.T) {
+			t.Parallel()
+			env := []string{"DB_URL=" + dialectURL(t, d), "OUTBOX_PUBLISHER=log"}
+			if r := runCLI(t, env, "bench", "--orders", "5", "--workers", "1", "--json"); r.code != exitOK {
+				t.Fatalf("bench\n%s", r)
+			}
+			list := func(args ...string) []outbox.Entry {
+				t.Helper()
+				r := runCLI(t, env, append([]string{"outbox", "list", "--json"}, args...)...)
+				var es []outbox.Entry
+				if r.code != exitOK || json.Unmarshal([]byte(r.stdout), &es) != nil || es == nil {
+					t.Fatalf("outbox list %v: want exit 0 and a JSON array\n%s", args, r)
+				}
+				return es
+			}
+			es := list()
+			if len(es) != 5 {
+				t.Fatalf("want 5 events, got %+v", es)
+			}
+			for _, e := range es {
+				if e.Status != outbox.StatusPending || e.Type != "OrderPlaced" || e.AggregateType != "Order" || e.Sequence != 1 || e.OccurredAt.IsZero() {
+					t.Errorf("event %+v", e)
+				}
+			}
+			if dead := list("--status", "dead"); len(dead) != 0 {
+				t.Errorf("dead letters: %+v, want none", dead)
+			}
+			r := runCLI(t, env, "outbox", "list", "--limit", "2")
+			if r.code != exitOK || strings.Count(r.stdout, "\n") != 3 || !strings.Contains(r.stdout, "OrderPlaced") ||
+				!strings.Contains(r.stdout, es[0].ID.String()) || !strings.Contains(r.stderr, "there are more") {
+				t.Errorf("list --limit 2: want a header, the 2 oldest and a note that there are more\n%s", r)
+			}
+			r = runCLI(t, env, "outbox", "wait", "--timeout", "0.3")
+			if r.code != exitFail || !strings.Contains(r.stderr, "5 events still pending") {
+				t.Fatalf("wait without a relay: want exit 1 naming 5 pending events\n%s", r)
+			}
+			assertOneLine(t, "stderr", r.stderr)
+			if r := runCLI(t, env, "relay", "--once"); r.code != exitOK || !strings.Contains(r.stdout, "published 5") {
+				t.Fatalf("relay --once\n%s", r)
+			}
+			r = runCLI(t, env, "outbox", "wait", "--timeout", "10")
+			if r.code != exitOK || !strings.Contains(r.stdout, "drained") {
+				t.Fatalf("wait after the relay: want exit 0\n%s", r)
+			}
+			if pending := list("--status", "pending"); len(pending) != 0 {
+				t.Errorf("pending after the relay: %+v", pending)
+			}
+			for _, args := range [][]string{{"list", "--status", "done"}, {"list", "--limit", "0"}, {"wait", "--timeout", "0"}, {"frob"}} {
+				r := runCLI(t, env, append([]string{"outbox"}, args...)...)
+				if r.code != exitConfig || !strings.Contains(r.stderr, "accepted") && args[0] != "frob" {
+					t.Errorf("outbox %v: want exit 2 saying what is accepted\n%s", args, r)
+				}
+				assertOneLine(t, "stderr", r.stderr)
+			}
+		})
+	}
+}
+
+// TestRelayLogSummarises: a backlog relayed with the log publisher (the
+// flood a bench's events once caused in serve's log) yields at most 10
+// per-event info lines, one line saying the rest is summarised and one
+// summary counting every event, printed before the relay exits.
+func TestRelayLogSummarises(t *testing.T) {
+	t.Parallel()
+	env := []string{"DB_URL=" + sqliteURL(t), "OUTBOX_PUBLISHER=log"}
+	if r := runCLI(t, env, "bench", "--orders", "300", "--workers", "2", "--json"); r.code != exitOK {
+		t.Fatalf("bench\n%s", r)
+	}
+	r := runCLI(t, env, "relay", "--once")
+	if r.code != exitOK || !strings.Contains(r.stdout, "published 300") {
+		t.Fatalf("relay --once\n%s", r)
+	}
+	if n := strings.Count(r.stderr, `msg="bento: event published"`); n != 10 {
+		t.Errorf("%d per-event info lines, want 10\n%s", n, r)
+	}
+	if n := strings.Count(r.stderr, `msg="bento: event log summarised"`); n != 1 {
+		t.Errorf("%d lines saying the log is summarised, want 1\n%s", n, r)
+	}
+	if n := strings.Count(r.stderr, `msg="bento: events published" count=300 logged=10`); n != 1 {
+		t.Errorf("want one summary counting the 300 events\n%s", r)
+	}
+	// At debug level every event has its line.
+	if r := runCLI(t, env, "bench", "--orders", "30", "--workers", "1", "--json"); r.code != exitOK {
+		t.Fatalf("bench\n%s", r)
+	}
+	r = runCLI(t, env, "relay", "--once", "--log-level", "debug")
+	if n := strings.Count(r.stderr, `msg="bento: event published"`); r.code != exitOK || n != 30 {
+		t.Errorf("--log-level debug: %d event lines, want 30\n%s", n, r)
 	}
 }

@@ -40,13 +40,13 @@ func migrateCommand() command {
 }
 
 func healthCommand() command {
-	var timeout *time.Duration
+	var timeout time.Duration
 	return command{
 		name:  "health",
 		short: "check that the database answers (exit 0 healthy, 1 unhealthy)",
 		usage: "Runs SELECT 1 on the primary within --timeout (default: DB_CONNECT_TIMEOUT + 1s).",
 		flags: func(fs *flag.FlagSet) {
-			timeout = fs.Duration("timeout", 0, "bound on the check (default DB_CONNECT_TIMEOUT + 1s)")
+			durationVar(fs, &timeout, "timeout", 0, "bound on the check, e.g. 5s or plain seconds 5 (default DB_CONNECT_TIMEOUT + 1s)")
 		},
 		run: func(ctx context.Context, inv *invocation) int {
 			db, err := inv.openDB()
@@ -54,7 +54,7 @@ func healthCommand() command {
 				return inv.fail("", err)
 			}
 			defer db.Close()
-			if err := db.Health(ctx, *timeout); err != nil {
+			if err := db.Health(ctx, timeout); err != nil {
 				return inv.fail("unhealthy", err)
 			}
 			fmt.Fprintf(inv.stdout, "healthy: %s at %s\n", db.Dialect(), inv.cfg.DB.URL)
