@@ -35,7 +35,9 @@ type Capabilities struct {
 	// Returning: INSERT … RETURNING (PostgreSQL; SQLite 3.35+; MariaDB 10.5+).
 	Returning bool `json:"returning"`
 	// ServerPool: pool size, overflow, recycle and pre-ping apply. False for
-	// SQLite, an embedded file (the NullPool intent of decision 4).
+	// SQLite, an embedded file: a fixed pool of SQLiteMaxOpen connections kept
+	// open, in place of a pool that closes each connection after use
+	// (docs/architecture.md).
 	ServerPool bool `json:"server_pool"`
 	// TxIDStatus: a transaction's fate can be read after a lost COMMIT
 	// (PostgreSQL pg_xact_status).

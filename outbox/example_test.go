@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
+	"strings"
+	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bento-go/bento"
 	"github.com/bento-go/bento/config"
@@ -74,29 +75,33 @@ func Example_relay() {
 	// pending: 0 dead: 0
 }
 
-// A relay process publishing to NATS JetStream until SIGTERM, woken by
-// commits in its own process and, on PostgreSQL, by other processes'
-// NOTIFY. Most services run "bento relay" instead, which does this.
+// A relay publishing to NATS JetStream, as a service runs one (bento relay
+// does the same): natspub.Connect, db.NewRelay, db.Listen, then relay.Run
+// until ctx ends. A commit in this process wakes the relay at once; on
+// PostgreSQL with OUTBOX_NOTIFY, db.Listen also wakes it on other processes'
+// commits (elsewhere it returns nil and the relay polls every
+// OUTBOX_POLL_INTERVAL). It runs against the NATS server at 127.0.0.1:4222,
+// on a stream of its own that it deletes at the end.
 func Example_natsRelay() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	// In a service: signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt).
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	cfg, err := config.Load(config.Source{}) // DB_URL, OUTBOX_*
-	if err != nil {
-		log.Fatal(err)
-	}
-	db, err := bento.Open(cfg)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer db.Close()
+	db, client, cleanup := exampleDB() // in a service: config.Load, bento.Open
+	defer cleanup()
 
+	run := uuid.NewString()[:8] // a stream and subjects of this run only
+	prefix, stream := "example-"+run, "EXAMPLE_"+run
 	pub, err := natspub.Connect(ctx, natspub.Config{
-		URL: cfg.Outbox.NATSURL, SubjectPrefix: cfg.Outbox.SubjectPrefix, Stream: cfg.Outbox.Stream, CreateStream: true,
+		URL:           "nats://127.0.0.1:4222", // cfg.Outbox.NATSURL
+		SubjectPrefix: prefix,                  // cfg.Outbox.SubjectPrefix
+		Stream:        stream,                  // cfg.Outbox.Stream
+		CreateStream:  true,
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer pub.Close()
+	defer pub.JetStream().DeleteStream(context.Background(), stream)
 
 	rc := db.RelayConfig() // OUTBOX_* settings, the in-process wake-up
 	rc.BatchSize = 500     // adjust before NewRelay if needed
@@ -109,9 +114,32 @@ func Example_natsRelay() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := relay.Run(ctx, listen); err != nil {
+	stopped := make(chan error, 1)
+	go func() { stopped <- relay.Run(ctx, listen) }()
+
+	svc := shop.NewService(ent.NewUnitOfWork(client), client)
+	if _, err := svc.Place(ctx, shop.PlaceOrder{Customer: "a@example.com",
+		Lines: []shop.Line{{SKU: "SKU-1", Quantity: 2, UnitPriceCents: 1250}}}, ""); err != nil {
 		log.Fatal(err)
 	}
+
+	// A consumer reads the event from the stream.
+	cons, err := pub.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(strings.TrimPrefix(msg.Subject(), prefix+"."), "sequence", msg.Headers().Get(natspub.HeaderSequence))
+
+	stop() // SIGTERM: Run returns after the batch in progress
+	if err := <-stopped; err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// Order.OrderPlaced sequence 1
 }
 
 // A consumer applies each event once: the inbox mark commits with the

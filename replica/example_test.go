@@ -2,15 +2,22 @@ package replica_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"log"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/bento-go/bento"
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/replica"
 	"github.com/bento-go/bento/unitofwork"
 )
@@ -30,27 +37,97 @@ func ExampleParseLSN() {
 	// replica: bad LSN "16B3748"
 }
 
-// openFromEnvironment opens the database that DB_URL and DB_REPLICA_URLS
-// name, with every other setting from the environment too.
-func openFromEnvironment() (*bento.DB, *ent.Client) {
-	cfg, err := config.Load(config.Source{})
+// openExample opens a fresh database on the local PostgreSQL
+// (127.0.0.1:5432) with the streaming replica that scripts/replica.sh runs
+// (127.0.0.1:5433, or BENTO_REPLICA_PORT) as its replica, migrated, the
+// way a service opens one from DB_URL and DB_REPLICA_URLS. cleanup closes
+// it and drops the database.
+func openExample() (db *bento.DB, client *ent.Client, cleanup func()) {
+	ctx := context.Background()
+	admin, err := sql.Open("pgx", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
 	if err != nil {
 		log.Fatal(err)
 	}
-	db, err := bento.Open(cfg)
+	name := "bento_example_" + strings.ReplaceAll(uuid.NewString()[:13], "-", "")
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		log.Fatalf("creating a database on the local PostgreSQL (127.0.0.1:5432): %v", err)
+	}
+	drop := func() {
+		admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		admin.Close()
+	}
+	port := os.Getenv("BENTO_REPLICA_PORT")
+	if port == "" {
+		port = "5433"
+	}
+	primaryURL := "postgres://postgres@127.0.0.1:5432/" + name + "?sslmode=disable"
+	replicaURL := "postgres://postgres@127.0.0.1:" + port + "/" + name + "?sslmode=disable"
+	if err := waitForReplica(ctx, replicaURL); err != nil {
+		drop()
+		log.Fatalf("the streaming replica on port %s does not serve %s: %v (run scripts/replica.sh)", port, name, err)
+	}
+	cfg, err := config.Load(config.Source{Environ: func() []string {
+		return []string{"DB_URL=" + primaryURL, "DB_REPLICA_URLS=" + replicaURL}
+	}})
 	if err != nil {
+		drop()
 		log.Fatal(err)
 	}
-	return db, ent.NewClient(ent.Driver(db.Driver()))
+	if db, err = bento.Open(cfg); err != nil {
+		drop()
+		log.Fatal(err)
+	}
+	if err := db.Migrate(ctx, migrate.Tables...); err != nil {
+		db.Close()
+		drop()
+		log.Fatal(err)
+	}
+	return db, ent.NewClient(ent.Driver(db.Driver())), func() { db.Close(); drop() }
+}
+
+// waitForReplica waits up to 15 s until the replica serves the database
+// (it replays the CREATE DATABASE).
+func waitForReplica(ctx context.Context, url string) error {
+	rep, err := sql.Open("pgx", url)
+	if err != nil {
+		return err
+	}
+	defer rep.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var rec bool
+		err := rep.QueryRowContext(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
+		switch {
+		case err == nil && rec:
+			return nil
+		case err == nil:
+			err = fmt.Errorf("the server on %s is not in recovery", url)
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// placeOrder commits an order in a unit of work and returns its id.
+func placeOrder(ctx context.Context, uow *ent.UnitOfWork) (int, error) {
+	return unitofwork.DoValue(ctx, uow, func(ctx context.Context, tx *ent.Client) (int, error) {
+		o, err := tx.Order.Create().SetCustomer("a@example.com").SetTotalCents(2500).Save(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return o.ID, nil
+	})
 }
 
 // Each HTTP request is a read-your-writes session, as bento serve does it:
 // after the request's unit of work commits, its reads go to the primary or
-// to a replica that has replayed the commit. (This example needs a server
-// and replicas, so it is compiled but not run.)
+// to a replica that has replayed the commit. It runs against the local
+// PostgreSQL and its streaming replica.
 func ExampleWithSession() {
-	db, client := openFromEnvironment()
-	defer db.Close()
+	db, client, cleanup := openExample()
+	defer cleanup()
 	uow := ent.NewUnitOfWork(client)
 
 	mux := http.NewServeMux()
@@ -77,29 +154,50 @@ func ExampleWithSession() {
 	sessions := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mux.ServeHTTP(w, r.WithContext(replica.WithSession(r.Context())))
 	})
-	log.Fatal(http.ListenAndServe("127.0.0.1:8080", sessions))
+	srv := httptest.NewServer(sessions) // a service: http.ListenAndServe(addr, sessions)
+	defer srv.Close()
+
+	resp, err := http.Post(srv.URL+"/orders", "application/json", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var o ent.Order
+	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(resp.StatusCode, o.Customer, o.Status, db.Replicas() != nil)
+	// Output:
+	// 200 a@example.com pending true
 }
 
 // UsePrimary sends a context's reads to the primary, whatever the
 // replicas' state: for a read that must see every committed write, such
-// as the check before charging a customer. (Compiled, not run.)
+// as the check before charging a customer. It runs against the local
+// PostgreSQL and its streaming replica.
 func ExampleUsePrimary() {
-	db, client := openFromEnvironment()
-	defer db.Close()
+	db, client, cleanup := openExample()
+	defer cleanup()
 	ctx := context.Background()
-
-	o, err := client.Order.Get(replica.UsePrimary(ctx), 42)
+	id, err := placeOrder(ctx, ent.NewUnitOfWork(client))
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(o.Status)
+
+	o, err := client.Order.Get(replica.UsePrimary(ctx), id)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(o.Status, db.Replicas() != nil)
+	// Output:
+	// pending true
 }
 
-// States reports each replica as bento info --json does. (Compiled, not
-// run.)
+// States reports each replica as bento info --json does. It runs against
+// the local PostgreSQL and its streaming replica.
 func ExampleRouter_States() {
-	db, _ := openFromEnvironment()
-	defer db.Close()
+	db, _, cleanup := openExample()
+	defer cleanup()
 	r := db.Replicas() // nil without DB_REPLICA_URLS
 	if r == nil {
 		fmt.Println("no replicas configured")
@@ -107,8 +205,9 @@ func ExampleRouter_States() {
 	}
 	r.CheckNow(context.Background())
 	for _, st := range r.States() {
-		fmt.Printf("%s healthy=%t in_recovery=%t lag=%s replay_lsn=%s %s\n",
-			st.Name, st.Healthy, st.InRecovery, st.Lag, st.ReplayLSN, st.Reason)
+		fmt.Printf("%s healthy=%t in_recovery=%t replay_lsn_known=%t %s\n",
+			st.Name, st.Healthy, st.InRecovery, st.ReplayLSN != "", st.Reason)
 	}
-	json.NewEncoder(os.Stdout).Encode(r.States())
+	// Output:
+	// replica-1 healthy=true in_recovery=true replay_lsn_known=true
 }

@@ -26,7 +26,7 @@ import (
 )
 
 // contractBody is the request body of the reference HTTP API contract
-// (ARCHITECTURE.md).
+// (the routes of NewHandler, as the README lists them).
 const contractBody = `{"customer": "a@example.com", "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]}`
 
 // api is the reference HTTP API served by httptest over a fresh, migrated
