@@ -56,6 +56,7 @@ type DB struct {
 	stopReplicas context.CancelFunc
 
 	migrateMu sync.Mutex // serialises Migrate within the process (SQLite has no advisory locks)
+	devURL    config.URL // MigrateDiff's dev database (WithDevURL)
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -67,6 +68,7 @@ type options struct {
 	replicaObs replica.Observer
 	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 	tables     []*schema.Table
+	devURL     config.URL // MigrateDiff's dev database (WithDevURL)
 }
 
 // Option configures Open.
@@ -173,7 +175,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	db := &DB{
 		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier, relayLock: relayLock,
-		router: router, relayMW: relayMW, dial: o.dial,
+		router: router, relayMW: relayMW, dial: o.dial, devURL: o.devURL,
 		tables: append(outbox.Tables(names), o.tables...),
 		drv:    driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}
