@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,6 +89,23 @@ func TestMigrateVersionedCLI(t *testing.T) {
 			t.Fatalf("status after apply: %+v", st)
 		}
 
+		// The service on the applied schema, without auto-migration.
+		s := startServe(t, bin, t.TempDir(), environ, "--migrate=false")
+		s.waitReady(time.Minute)
+		resp, err := http.Post(s.base+"/orders", "application/json", strings.NewReader(
+			`{"customer": "a@example.com", "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 100}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST /orders on the applied schema: %d\n%s", resp.StatusCode, tail(s.stderr.String(), 20))
+		}
+		s.sigterm()
+		if code, _ := s.waitExit(10 * time.Second); code != 0 {
+			t.Fatalf("bento serve exit %d\n%s", code, tail(s.stderr.String(), 20))
+		}
+
 		// An applied file edited, with atlas.sum left alone.
 		b, err := os.ReadFile(second)
 		if err != nil {
@@ -104,6 +123,32 @@ func TestMigrateVersionedCLI(t *testing.T) {
 			t.Fatalf("status with an edited file: want exit 1 naming atlas.sum\n%s", r)
 		}
 	})
+}
+
+// TestServeWithoutMigrate: bento serve --migrate=false leaves a fresh
+// database without tables (the schema is the migration files' business).
+func TestServeWithoutMigrate(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "fresh.db")
+	s := startServe(t, bin, dir, []string{"DB_URL=sqlite://" + file}, "--migrate=false")
+	s.waitReady(time.Minute)
+	s.sigterm()
+	if code, _ := s.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("bento serve exit %d\n%s", code, tail(s.stderr.String(), 20))
+	}
+	db, err := sql.Open("sqlite3", "file:"+file+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var tables int
+	if err := db.QueryRow("SELECT count(*) FROM sqlite_master WHERE type = 'table'").Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if tables != 0 {
+		t.Errorf("bento serve --migrate=false created %d tables", tables)
+	}
 }
 
 // TestMigrateSubcommandUsage: the migrate subcommands' usage errors exit 2

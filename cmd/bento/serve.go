@@ -82,12 +82,13 @@ func (inv *invocation) openStack(ctx context.Context, migrateSchema bool) (*stac
 
 func serveCommand() command {
 	var addr *string
+	var migrateOnStart *bool
 	return command{
 		name:  "serve",
 		short: "run the reference ecommerce HTTP service with its outbox relay",
 		usage: `Serves the reference HTTP API (POST /orders, GET /orders/{id}, POST /orders/{id}/pay,
 POST /orders/{id}/cancel, GET /healthz, GET /readyz, GET /metrics) on --addr, migrates the
-schema on start, and runs the outbox relay in process (OUTBOX_PUBLISHER: log by default, nats).
+schema on start (unless --migrate=false: see bento migrate apply), and runs the outbox relay in process (OUTBOX_PUBLISHER: log by default, nats).
 With no configuration it uses the SQLite file bento.db in the working directory.
 
 On SIGTERM or SIGINT: /readyz turns 503, DB_DRAIN_PRESTOP_DELAY passes, the listener stops
@@ -95,12 +96,13 @@ taking requests, the relay finishes its batch, the database drains (DB_DRAIN_MOD
 process exits 0. A second signal forces the drain.`,
 		flags: func(fs *flag.FlagSet) {
 			addr = fs.String("addr", "127.0.0.1:8080", "listen address HOST:PORT")
+			migrateOnStart = fs.Bool("migrate", true, "auto-migrate the schema on start; false when bento migrate apply applies versioned migrations")
 		},
 		run: func(ctx context.Context, inv *invocation) int {
 			// ctx ends at the first signal; the service's own life is
 			// governed by the shutdown sequence below.
 			base := context.WithoutCancel(ctx)
-			st, err := inv.openStack(base, true)
+			st, err := inv.openStack(base, *migrateOnStart)
 			if err != nil {
 				return inv.fail("", err)
 			}
