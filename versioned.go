@@ -526,7 +526,9 @@ func (db *DB) status(ctx context.Context, dir string, ldir *migrate.LocalDir, st
 				mf.AppliedAt = r.ExecutedAt
 				st.Current = f.Version()
 			}
-			if sum := store.sums[r.Version]; r.Applied > 0 && sum != "" && sum != mf.Checksum {
+			// A partly applied file (MySQL) may be fixed after its failed
+			// statement: Atlas checks the statements already applied.
+			if sum := store.sums[r.Version]; mf.Applied && !mf.Baseline && sum != "" && sum != mf.Checksum {
 				mf.Changed, mf.AppliedChecksum = true, sum
 			}
 		}

@@ -309,3 +309,71 @@ func tableNames(s *atschema.Schema) []string {
 	}
 	return n
 }
+
+// TestMigrateApplyFailedFile: a file whose second statement fails is
+// reported naming the file; on PostgreSQL and SQLite nothing of it stays
+// (one transaction), on MySQL the first statement stays and is recorded,
+// and once the failed statement is fixed apply goes on from it; either way
+// the fixed file is then applied once.
+func TestMigrateApplyFailedFile(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		ctx := context.Background()
+		db := openDB(t, cfg)
+		dir := filepath.Join(t.TempDir(), "migrations")
+		if _, err := db.MigrateDiff(ctx, dir, "bento"); err != nil {
+			t.Fatal(err)
+		}
+		name := "99990101000000_extra.sql"
+		write := func(second string) {
+			t.Helper()
+			body := "CREATE TABLE extra (id integer NOT NULL, PRIMARY KEY (id));\n" + second + "\n"
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ldir, err := atmigrate.NewLocalDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum, err := ldir.Checksum()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := atmigrate.WriteSumFile(ldir, sum); err != nil {
+				t.Fatal(err)
+			}
+		}
+		extraExists := func() bool {
+			_, ok := inspect(t, cfg).Table("extra")
+			return ok
+		}
+		write("INSERT INTO no_such_table (id) VALUES (1);")
+		applied, err := db.MigrateApply(ctx, dir)
+		if err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "no_such_table") {
+			t.Fatalf("apply with a failing statement = %v; want an error naming %s and the statement", err, name)
+		}
+		if len(applied) != 1 {
+			t.Fatalf("applied %+v before the failure; want the first file", applied)
+		}
+		st, err := db.MigrateStatus(ctx, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := st.Files[1]
+		if db.Dialect() == dialect.MySQL {
+			if !extraExists() || f.Applied || f.StatementsApplied != 1 || f.Error == "" {
+				t.Fatalf("MySQL: after the failure: table extra exists %v, status %+v; want the first statement applied and the error recorded", extraExists(), f)
+			}
+		} else if extraExists() || f.Applied || f.StatementsApplied != 0 {
+			t.Fatalf("%s: after the failure: table extra exists %v, status %+v; want the file rolled back", db.Dialect(), extraExists(), f)
+		}
+		write("INSERT INTO extra (id) VALUES (1);")
+		applied, err = db.MigrateApply(ctx, dir)
+		if err != nil || len(applied) != 1 || applied[0].Name != name {
+			t.Fatalf("apply of the fixed file = %+v, %v", applied, err)
+		}
+		var n int
+		if err := db.Driver().DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM extra").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("extra holds %d rows (%v); want 1", n, err)
+		}
+	})
+}
