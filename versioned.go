@@ -121,6 +121,29 @@ func (db *DB) MigrateDiff(ctx context.Context, dir, name string, tables ...*sche
 	return "", nil
 }
 
+// MigrateHash rewrites dir's atlas.sum for the files dir holds now, as
+// `atlas migrate hash` does: after a file was written or edited by hand,
+// before it is applied anywhere. It needs no database. An applied file
+// edited afterwards is still refused by MigrateApply, whose revisions keep
+// each file's checksum.
+func MigrateHash(dir string) error {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("bento: migrate hash: migration directory %s not found", dir)
+	}
+	ldir, err := migrate.NewLocalDir(dir)
+	if err != nil {
+		return fmt.Errorf("bento: migrate hash: %w", err)
+	}
+	sum, err := ldir.Checksum()
+	if err != nil {
+		return fmt.Errorf("bento: migrate hash: reading %s: %w", dir, err)
+	}
+	if err := migrate.WriteSumFile(ldir, sum); err != nil {
+		return fmt.Errorf("bento: migrate hash: writing %s: %w", filepath.Join(dir, migrate.HashFileName), err)
+	}
+	return nil
+}
+
 // formatter is Atlas's default file format with versions that always sort
 // after the existing files', even for two diffs within a second.
 func formatter(existing []migrate.File) migrate.Formatter {
@@ -167,7 +190,7 @@ func validateDir(ldir *migrate.LocalDir, dir string) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &ce):
-		return fmt.Errorf("%s does not match %s: file %s was %s since atlas.sum was written; migration files must not be changed by hand (write a new migration instead, or, for a file not applied anywhere yet, regenerate atlas.sum with `atlas migrate hash`)",
+		return fmt.Errorf("%s does not match %s: file %s was %s since atlas.sum was written; migration files must not be changed by hand (write a new migration instead, or, for a file not applied anywhere yet, rewrite atlas.sum with bento migrate hash)",
 			filepath.Join(dir, migrate.HashFileName), dir, ce.File, ce.Reason)
 	case errors.Is(err, migrate.ErrChecksumNotFound):
 		return fmt.Errorf("%s has migration files but no %s: the directory is written by bento migrate diff, which keeps atlas.sum", dir, migrate.HashFileName)

@@ -6,6 +6,8 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strings"
+	"testing"
 
 	"github.com/bento-go/bento"
 	"github.com/bento-go/bento/config"
@@ -57,4 +59,38 @@ func ExampleDB_MigrateApply() {
 	// wrote a file: true
 	// applied create_orders
 	// applied 1, pending 0
+}
+
+// TestMigrationsDocCode keeps docs/migrations.md honest: every ```go block
+// of the page is a run of lines (indentation aside) of this file, where
+// the code compiles and runs.
+func TestMigrationsDocCode(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("docs", "migrations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("versioned_example_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trim := func(s string) []string {
+		var out []string
+		for _, l := range strings.Split(s, "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	source := strings.Join(trim(string(src)), "\n")
+	blocks := strings.Split(string(doc), "```go\n")[1:]
+	if len(blocks) < 3 {
+		t.Fatalf("found %d Go blocks in docs/migrations.md; want the diff, apply and status calls", len(blocks))
+	}
+	for _, b := range blocks {
+		block, _, _ := strings.Cut(b, "```")
+		if !strings.Contains(source, strings.Join(trim(block), "\n")) {
+			t.Errorf("docs/migrations.md shows code that is not in versioned_example_test.go:\n%s", block)
+		}
+	}
 }

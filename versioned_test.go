@@ -156,15 +156,7 @@ func TestMigrateApplyRefusesChangedFiles(t *testing.T) {
 		rowIsThere()
 
 		// Rewrite atlas.sum as `atlas migrate hash` would.
-		ldir, err := atmigrate.NewLocalDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum, err := ldir.Checksum()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := atmigrate.WriteSumFile(ldir, sum); err != nil {
+		if err := bento.MigrateHash(dir); err != nil {
 			t.Fatal(err)
 		}
 		_, err = db.MigrateApply(ctx, dir)
@@ -330,15 +322,7 @@ func TestMigrateApplyFailedFile(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			ldir, err := atmigrate.NewLocalDir(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sum, err := ldir.Checksum()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := atmigrate.WriteSumFile(ldir, sum); err != nil {
+			if err := bento.MigrateHash(dir); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -36,10 +37,12 @@ Subcommands (versioned migrations, see docs/migrations.md):
                                          beyond DIR's files, and update DIR/atlas.sum
   apply [--dir DIR] [--baseline VERSION] apply DIR's pending files in order under the migration lock
   status [--dir DIR] [--json]            list DIR's applied and pending files
+  hash [--dir DIR]                       rewrite DIR/atlas.sum after a file was written or
+                                         edited by hand (before it is applied anywhere)
 DIR defaults to migrations/<dialect> (postgres, mysql or sqlite3).`,
 		args: true,
 		flags: func(fs *flag.FlagSet) {
-			dir = fs.String("dir", "", "diff, apply, status: the migration `directory` (default migrations/<dialect>)")
+			dir = fs.String("dir", "", "diff, apply, status, hash: the migration `directory` (default migrations/<dialect>)")
 			devURL = fs.String("dev-url", "", "diff: a clean dev database `URL` of the same dialect to replay the files on (default: a temporary database on the DB_URL server; in memory for SQLite)")
 			baseline = fs.String("baseline", "", "apply: mark the files up to this `version` as applied without running them (a database whose schema already exists)")
 			asJSON = fs.Bool("json", false, "status: print one JSON object")
@@ -56,9 +59,20 @@ DIR defaults to migrations/<dialect> (postgres, mysql or sqlite3).`,
 			case sub != "" && sub != "diff" && len(args) > 0:
 				fmt.Fprintf(inv.stderr, "bento migrate %s: unexpected argument %q (see bento migrate --help)\n", sub, args[0])
 				return exitConfig
-			case sub != "" && sub != "diff" && sub != "apply" && sub != "status":
-				fmt.Fprintf(inv.stderr, "bento migrate: unknown subcommand %q; accepted: diff, apply, status, or none to auto-migrate (see bento migrate --help)\n", sub)
+			case sub != "" && sub != "diff" && sub != "apply" && sub != "status" && sub != "hash":
+				fmt.Fprintf(inv.stderr, "bento migrate: unknown subcommand %q; accepted: diff, apply, status, hash, or none to auto-migrate (see bento migrate --help)\n", sub)
 				return exitConfig
+			}
+			if sub == "hash" {
+				inv.name = "migrate hash"
+				if *dir == "" {
+					*dir = bento.DefaultMigrationDir(inv.cfg.DB.URL.Dialect())
+				}
+				if err := bento.MigrateHash(*dir); err != nil {
+					return inv.fail("", err)
+				}
+				fmt.Fprintf(inv.stdout, "wrote %s\n", filepath.Join(*dir, "atlas.sum"))
+				return exitOK
 			}
 			if sub != "" {
 				inv.name = "migrate " + sub // errors read "bento migrate diff: ..."

@@ -122,6 +122,18 @@ func TestMigrateVersionedCLI(t *testing.T) {
 		if r := runCLI(t, environ, "migrate", "status", "--dir", dir); r.code != exitFail || !strings.Contains(r.stderr, "atlas.sum") {
 			t.Fatalf("status with an edited file: want exit 1 naming atlas.sum\n%s", r)
 		}
+		// Rehashed, the edit still shows: the revision keeps the checksum.
+		if r := runCLI(t, environ, "migrate", "hash", "--dir", dir); r.code != exitOK {
+			t.Fatalf("migrate hash\n%s", r)
+		}
+		r = runCLI(t, environ, "migrate", "apply", "--dir", dir)
+		if r.code != exitFail || !strings.Contains(r.stderr, filepath.Base(second)) || !strings.Contains(r.stderr, "applied with checksum") {
+			t.Fatalf("apply with an edited, rehashed file: want exit 1 naming %s\n%s", filepath.Base(second), r)
+		}
+		r = runCLI(t, environ, "migrate", "status", "--dir", dir)
+		if r.code != exitFail || !strings.Contains(r.stdout, "CHANGED SINCE") {
+			t.Fatalf("status with an edited, rehashed file: want exit 1 and CHANGED SINCE\n%s", r)
+		}
 	})
 }
 
@@ -163,7 +175,7 @@ func TestMigrateSubcommandUsage(t *testing.T) {
 		{[]string{"migrate", "diff", "a", "b"}, "one NAME"},
 		{[]string{"migrate", "apply", "now"}, `"now"`},
 		{[]string{"migrate", "status", "x"}, `"x"`},
-		{[]string{"migrate", "rollback"}, "diff, apply, status"},
+		{[]string{"migrate", "rollback"}, "diff, apply, status, hash"},
 		{[]string{"migrate", "apply", "--dev-url", "nope"}, "--dev-url"},
 	} {
 		r := runCLI(t, []string{"DB_URL=sqlite://" + filepath.Join(t.TempDir(), "u.db")}, tc.args...)
