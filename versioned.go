@@ -67,7 +67,9 @@ var migrationName = regexp.MustCompile(`^[A-Za-z0-9_]{1,100}$`)
 // only. MigrateDiff refuses a directory whose atlas.sum does not match its
 // files. It does not touch db's database: the files are replayed on a dev
 // database (see WithDevURL). Columns and indexes removed from the schema
-// are dropped by the new file: review it before committing it.
+// are dropped by the new file: review it before committing it. Tables
+// removed from the schema are left alone (ent never plans a DROP TABLE):
+// drop them in a file of your own.
 func (db *DB) MigrateDiff(ctx context.Context, dir, name string, tables ...*schema.Table) (string, error) {
 	if !migrationName.MatchString(name) {
 		return "", fmt.Errorf("bento: migrate diff: name %q: accepted: 1 to 100 letters, digits and underscores (e.g. add_orders)", name)
