@@ -15,6 +15,8 @@ import (
 	atschema "ariga.io/atlas/sql/schema"
 	atsqlite "ariga.io/atlas/sql/sqlite"
 	"entgo.io/ent/dialect"
+	entschema "entgo.io/ent/dialect/sql/schema"
+	"entgo.io/ent/schema/field"
 
 	"github.com/bento-go/bento"
 	"github.com/bento-go/bento/config"
@@ -360,4 +362,80 @@ func TestMigrateApplyFailedFile(t *testing.T) {
 			t.Fatalf("extra holds %d rows (%v); want 1", n, err)
 		}
 	})
+}
+
+// TestMigrateDiffSchemaChange: a column removed and another added make a
+// second file that drops and adds them (on SQLite by rebuilding the table,
+// which another table references); applying it keeps the rows.
+func TestMigrateDiffSchemaChange(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		ctx := context.Background()
+		db := openDB(t, cfg)
+		dir := filepath.Join(t.TempDir(), "migrations")
+		if _, err := db.MigrateDiff(ctx, dir, "notes", notesTables(false)...); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.MigrateApply(ctx, dir); err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{
+			"INSERT INTO notes (id, body, extra) VALUES (1, 'kept', 'dropped')",
+			"INSERT INTO note_tags (id, tag, note_id) VALUES (1, 'a', 1)",
+		} {
+			if _, err := db.Driver().ExecContext(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		file, err := db.MigrateDiff(ctx, dir, "notes_title", notesTables(true)...)
+		if err != nil || file == "" {
+			t.Fatalf("diff after the change = %q, %v; want a file", file, err)
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "title") || (db.Dialect() != dialect.SQLite && !strings.Contains(strings.ToUpper(string(b)), "DROP COLUMN")) {
+			t.Fatalf("the second file should add title and drop extra:\n%s", b)
+		}
+		if _, err := db.MigrateApply(ctx, dir); err != nil {
+			t.Fatalf("applying\n%s\n%v", b, err)
+		}
+		var body string
+		var tags int
+		if err := db.Driver().DB().QueryRowContext(ctx, "SELECT body FROM notes WHERE id = 1 AND title IS NULL").Scan(&body); err != nil || body != "kept" {
+			t.Fatalf("the row after the change: %q, %v", body, err)
+		}
+		if err := db.Driver().DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM note_tags WHERE note_id = 1").Scan(&tags); err != nil || tags != 1 {
+			t.Fatalf("the referencing row after the change: %d, %v", tags, err)
+		}
+		if tbl, ok := inspect(t, cfg).Table("notes"); !ok {
+			t.Fatal("notes missing after the change")
+		} else if _, ok := tbl.Column("extra"); ok {
+			t.Error("column extra still there after the change")
+		}
+		if f, err := db.MigrateDiff(ctx, dir, "nothing", notesTables(true)...); err != nil || f != "" {
+			t.Fatalf("a diff after the change was applied = %q, %v; want no file", f, err)
+		}
+	})
+}
+
+// notesTables are two tables, note_tags referencing notes; changed, notes
+// loses extra and gains title.
+func notesTables(changed bool) []*entschema.Table {
+	id := &entschema.Column{Name: "id", Type: field.TypeInt, Increment: true}
+	notes := entschema.NewTable("notes").AddPrimary(id).
+		AddColumn(&entschema.Column{Name: "body", Type: field.TypeString, Size: 255})
+	if changed {
+		notes.AddColumn(&entschema.Column{Name: "title", Type: field.TypeString, Size: 255, Nullable: true})
+	} else {
+		notes.AddColumn(&entschema.Column{Name: "extra", Type: field.TypeString, Size: 255})
+	}
+	noteID := &entschema.Column{Name: "note_id", Type: field.TypeInt}
+	tags := entschema.NewTable("note_tags").
+		AddPrimary(&entschema.Column{Name: "id", Type: field.TypeInt, Increment: true}).
+		AddColumn(&entschema.Column{Name: "tag", Type: field.TypeString, Size: 64}).
+		AddColumn(noteID).
+		AddForeignKey(&entschema.ForeignKey{Symbol: "note_tags_note", Columns: []*entschema.Column{noteID},
+			RefTable: notes, RefColumns: []*entschema.Column{id}, OnDelete: entschema.Cascade})
+	return []*entschema.Table{notes, tags}
 }
