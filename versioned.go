@@ -75,7 +75,7 @@ func (db *DB) MigrateDiff(ctx context.Context, dir, name string, tables ...*sche
 		return "", fmt.Errorf("bento: migrate diff: name %q: accepted: 1 to 100 letters, digits and underscores (e.g. add_orders)", name)
 	}
 	if err := db.checkDirDialect(dir); err != nil {
-		return "", err
+		return "", fmt.Errorf("bento: migrate diff: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("bento: migrate diff: creating the migration directory: %w", err)
@@ -109,7 +109,7 @@ func (db *DB) MigrateDiff(ctx context.Context, dir, name string, tables ...*sche
 		return "", fmt.Errorf("bento: migrate diff: %w", err)
 	}
 	if err := m.NamedDiff(ctx, name, all...); err != nil {
-		return "", fmt.Errorf("bento: migrate diff %s in %s: %w", db.db.Dialect, dir, err)
+		return "", fmt.Errorf("bento: migrate diff: computing the %s migration for %s: %w", db.db.Dialect, dir, err)
 	}
 	after, err := ldir.Files()
 	if err != nil {
@@ -177,7 +177,7 @@ func (db *DB) checkDirDialect(dir string) error {
 		"sqlite": dialect.SQLite, "sqlite3": dialect.SQLite,
 	}
 	if d, ok := names[strings.ToLower(filepath.Base(filepath.Clean(dir)))]; ok && d != db.db.Dialect {
-		return fmt.Errorf("bento: migrate: directory %s is named for %s but DB_URL is %s; a directory holds one dialect's files (accepted: e.g. %s)",
+		return fmt.Errorf("directory %s is named for %s but DB_URL is %s; a directory holds one dialect's files (accepted: e.g. %s)",
 			dir, d, db.db.Dialect, DefaultMigrationDir(db.db.Dialect))
 	}
 	return nil
@@ -394,7 +394,7 @@ func (db *DB) MigrateApply(ctx context.Context, dir string, opts ...ApplyOption)
 	case errors.As(err, &notClean):
 		return nil, fmt.Errorf("bento: migrate apply: the database has tables (%s) but no revisions in %s: if its schema was made by auto-migration (bento migrate) or by hand, mark the files it already matches as applied with --baseline VERSION (bento.ApplyBaseline), e.g. the first file's", notClean.Reason, RevisionsTable)
 	case err != nil:
-		return nil, fmt.Errorf("bento: migrate apply %s: %w", dir, err)
+		return nil, fmt.Errorf("bento: migrate apply: %s: %w", dir, err)
 	}
 	var applied []MigrationFile
 	for _, f := range pending {
