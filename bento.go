@@ -1,5 +1,6 @@
 // Package bento opens a database for an ent-based service and manages its
-// life: Open (configuration → dialect → driver), Migrate, Health, Info,
+// life: Open (configuration → dialect → driver), Migrate (or versioned
+// migrations: MigrateDiff, MigrateApply, MigrateStatus), Health, Info,
 // DropAll and Close.
 //
 // A service passes Driver() to its generated ent client and migrates its
