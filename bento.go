@@ -1,5 +1,6 @@
 // Package bento opens a database for an ent-based service and manages its
-// life: Open (configuration → dialect → driver), Migrate, Health, Info,
+// life: Open (configuration → dialect → driver), Migrate (or versioned
+// migrations: MigrateDiff, MigrateApply, MigrateStatus), Health, Info,
 // DropAll and Close.
 //
 // A service passes Driver() to its generated ent client and migrates its
@@ -56,6 +57,7 @@ type DB struct {
 	stopReplicas context.CancelFunc
 
 	migrateMu sync.Mutex // serialises Migrate within the process (SQLite has no advisory locks)
+	devURL    config.URL // MigrateDiff's dev database (WithDevURL)
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -67,6 +69,7 @@ type options struct {
 	replicaObs replica.Observer
 	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 	tables     []*schema.Table
+	devURL     config.URL // MigrateDiff's dev database (WithDevURL)
 }
 
 // Option configures Open.
@@ -173,7 +176,7 @@ func Open(cfg config.Config, opts ...Option) (*DB, error) {
 	}
 	db := &DB{
 		cfg: cfg, db: d, pool: pool, logger: o.logger, names: names, notifier: notifier, relayLock: relayLock,
-		router: router, relayMW: relayMW, dial: o.dial,
+		router: router, relayMW: relayMW, dial: o.dial, devURL: o.devURL,
 		tables: append(outbox.Tables(names), o.tables...),
 		drv:    driver.New(driver.Config{Dialect: d.Dialect, Primary: pool, Middleware: mw}),
 	}

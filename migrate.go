@@ -6,7 +6,9 @@ import (
 	sqldriver "database/sql/driver"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"entgo.io/ent/dialect"
@@ -23,8 +25,9 @@ const (
 )
 
 // Migrate creates or updates the given tables (a generated ent/migrate
-// package's Tables) and Bento's own tables in one call. On PostgreSQL and
-// MySQL it runs under an advisory lock, so several instances may start and
+// package's Tables) and Bento's own tables in one call. It runs under the
+// migration lock (an advisory lock on PostgreSQL and MySQL, a lock file
+// beside a SQLite database file), so several instances may start and
 // migrate at once: one migrates, the others wait for it and then find
 // nothing to do. Running it again on an up-to-date schema changes nothing.
 // Columns and indexes are never dropped.
@@ -47,11 +50,18 @@ func (db *DB) Migrate(ctx context.Context, tables ...*schema.Table) error {
 	return nil
 }
 
-// lock takes the migration advisory lock on a dedicated connection.
+// lock takes the migration lock: an advisory lock on a dedicated
+// connection (PostgreSQL, MySQL), or a lock file beside a SQLite database
+// file (<path>.migrate.lock). An in-memory database has only migrateMu.
 func (db *DB) lock(ctx context.Context) (unlock func(), err error) {
 	var lockSQL, unlockSQL string
 	var arg any
 	switch db.db.Dialect {
+	case dialect.SQLite:
+		if db.cfg.DB.URL.Memory() {
+			return func() {}, nil
+		}
+		return lockFile(ctx, db.cfg.DB.URL.AbsPath()+".migrate.lock")
 	case dialect.Postgres:
 		lockSQL, unlockSQL, arg = "SELECT pg_advisory_lock($1)", "SELECT pg_advisory_unlock($1)", migrateLockKey
 	case dialect.MySQL:
@@ -103,6 +113,35 @@ func (db *DB) lock(ctx context.Context) (unlock func(), err error) {
 		}
 		conn.Close()
 		release()
+	}, nil
+}
+
+// lockFile takes an exclusive lock on path (created if missing), waiting
+// for another process to release it until ctx ends.
+func lockFile(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("bento: migrate: the migration lock %s: %w", path, err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("bento: migrate: the migration lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("bento: migrate: waiting for the migration lock %s (held by another process): %w", path, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
 	}, nil
 }
 

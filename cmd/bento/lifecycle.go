@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/bento-go/bento"
+	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/ent/migrate"
 )
 
@@ -19,23 +23,155 @@ func (inv *invocation) openDB() (*bento.DB, error) {
 }
 
 func migrateCommand() command {
+	var dir, devURL, baseline *string
+	var asJSON *bool
 	return command{
 		name:  "migrate",
-		short: "create or update the reference schema and Bento's tables",
-		usage: "Safe to run from several instances at once (PostgreSQL and MySQL take an advisory lock); running it twice changes nothing.",
+		short: "create or update the schema: auto-migration, or versioned files (diff, apply, status)",
+		usage: `Without a subcommand: auto-migrate the reference schema and Bento's tables (the zero-config
+default for the embedded SQLite and for development). Safe to run from several instances at once
+(PostgreSQL and MySQL take an advisory lock, SQLite a lock file); running it twice changes nothing.
+
+Subcommands (versioned migrations, see docs/migrations.md):
+  diff NAME [--dir DIR] [--dev-url URL]  write DIR/<version>_NAME.sql for what the schema needs
+                                         beyond DIR's files, and update DIR/atlas.sum
+  apply [--dir DIR] [--baseline VERSION] apply DIR's pending files in order under the migration lock
+  status [--dir DIR] [--json]            list DIR's applied and pending files
+  hash [--dir DIR]                       rewrite DIR/atlas.sum after a file was written or
+                                         edited by hand (before it is applied anywhere)
+DIR defaults to migrations/<dialect> (postgres, mysql or sqlite3).`,
+		args: true,
+		flags: func(fs *flag.FlagSet) {
+			dir = fs.String("dir", "", "diff, apply, status, hash: the migration `directory` (default migrations/<dialect>)")
+			devURL = fs.String("dev-url", "", "diff: a clean dev database `URL` of the same dialect to replay the files on (default: a temporary database on the DB_URL server; in memory for SQLite)")
+			baseline = fs.String("baseline", "", "apply: mark the files up to this `version` as applied without running them (a database whose schema already exists)")
+			asJSON = fs.Bool("json", false, "status: print one JSON object")
+		},
 		run: func(ctx context.Context, inv *invocation) int {
-			db, err := inv.openDB()
+			sub, args := "", inv.args
+			if len(args) > 0 {
+				sub, args = args[0], args[1:]
+			}
+			switch {
+			case sub == "diff" && len(args) != 1:
+				fmt.Fprintf(inv.stderr, "bento migrate: diff takes one NAME for the new file (got %q); accepted: letters, digits and underscores, e.g. bento migrate diff add_orders\n", strings.Join(args, " "))
+				return exitConfig
+			case sub != "" && sub != "diff" && len(args) > 0:
+				fmt.Fprintf(inv.stderr, "bento migrate %s: unexpected argument %q (see bento migrate --help)\n", sub, args[0])
+				return exitConfig
+			case sub != "" && sub != "diff" && sub != "apply" && sub != "status" && sub != "hash":
+				fmt.Fprintf(inv.stderr, "bento migrate: unknown subcommand %q; accepted: diff, apply, status, hash, or none to auto-migrate (see bento migrate --help)\n", sub)
+				return exitConfig
+			}
+			if sub == "hash" {
+				inv.name = "migrate hash"
+				if *dir == "" {
+					*dir = bento.DefaultMigrationDir(inv.cfg.DB.URL.Dialect())
+				}
+				if err := bento.MigrateHash(*dir); err != nil {
+					return inv.fail("", err)
+				}
+				fmt.Fprintf(inv.stdout, "wrote %s\n", filepath.Join(*dir, "atlas.sum"))
+				return exitOK
+			}
+			if sub != "" {
+				inv.name = "migrate " + sub // errors read "bento migrate diff: ..."
+			}
+			opts := []bento.Option{bento.WithLogger(inv.logger)}
+			if *devURL != "" {
+				u, err := config.ParseURL(*devURL)
+				if err != nil {
+					fmt.Fprintf(inv.stderr, "bento migrate: --dev-url: %s\n", oneLine(err))
+					return exitConfig
+				}
+				opts = append(opts, bento.WithDevURL(u))
+			}
+			db, err := bento.Open(inv.cfg, opts...)
 			if err != nil {
 				return inv.fail("", err)
 			}
 			defer db.Close()
-			start := time.Now()
-			if err := db.Migrate(ctx, migrate.Tables...); err != nil {
-				return inv.fail("", err)
+			if *dir == "" {
+				*dir = bento.DefaultMigrationDir(db.Dialect())
 			}
-			inv.logger.Info("bento: migrated", "dialect", db.Dialect(), "url", inv.cfg.DB.URL, "took", time.Since(start).Round(time.Millisecond))
+			start := time.Now()
+			switch sub {
+			case "diff":
+				file, err := db.MigrateDiff(ctx, *dir, args[0], migrate.Tables...)
+				if err != nil {
+					return inv.fail("", err)
+				}
+				if file == "" {
+					fmt.Fprintf(inv.stdout, "%s is up to date: no migration written\n", *dir)
+					return exitOK
+				}
+				fmt.Fprintln(inv.stdout, file)
+			case "apply":
+				var aopts []bento.ApplyOption
+				if *baseline != "" {
+					aopts = append(aopts, bento.ApplyBaseline(*baseline))
+				}
+				applied, err := db.MigrateApply(ctx, *dir, aopts...)
+				for _, f := range applied {
+					fmt.Fprintf(inv.stdout, "applied %s\n", f.Name)
+				}
+				if err != nil {
+					return inv.fail("", err)
+				}
+				if len(applied) == 0 {
+					fmt.Fprintf(inv.stdout, "no pending migrations in %s\n", *dir)
+				}
+				inv.logger.Info("bento: migrations applied", "dialect", db.Dialect(), "url", inv.cfg.DB.URL, "dir", *dir, "files", len(applied), "took", time.Since(start).Round(time.Millisecond))
+			case "status":
+				st, err := db.MigrateStatus(ctx, *dir)
+				if err != nil {
+					return inv.fail("", err)
+				}
+				if *asJSON {
+					if err := json.NewEncoder(inv.stdout).Encode(st); err != nil {
+						return inv.fail("", err)
+					}
+				} else {
+					printMigrationStatus(inv.stdout, st)
+				}
+				for _, f := range st.Files {
+					if f.Changed {
+						return exitFail
+					}
+				}
+			default:
+				if err := db.Migrate(ctx, migrate.Tables...); err != nil {
+					return inv.fail("", err)
+				}
+				inv.logger.Info("bento: migrated", "dialect", db.Dialect(), "url", inv.cfg.DB.URL, "took", time.Since(start).Round(time.Millisecond))
+			}
 			return exitOK
 		},
+	}
+}
+
+// printMigrationStatus prints a MigrationStatus as a table.
+func printMigrationStatus(w io.Writer, st bento.MigrationStatus) {
+	current := st.Current
+	if current == "" {
+		current = "none"
+	}
+	fmt.Fprintf(w, "directory: %s (%s)\ncurrent version: %s\napplied: %d, pending: %d\n", st.Dir, st.Dialect, current, st.Applied, st.Pending)
+	for _, f := range st.Files {
+		state := "pending"
+		switch {
+		case f.Changed && f.Name == "":
+			state, f.Name = "applied, FILE MISSING", f.Version+"_"+f.Description+".sql"
+		case f.Changed:
+			state = "applied, CHANGED SINCE (applied sha256 " + f.AppliedChecksum + ")"
+		case f.Baseline:
+			state = "baseline"
+		case f.Applied:
+			state = "applied " + f.AppliedAt.UTC().Format(time.RFC3339)
+		case f.Error != "":
+			state = fmt.Sprintf("FAILED at statement %d of %d: %s", f.StatementsApplied+1, f.Statements, f.Error)
+		}
+		fmt.Fprintf(w, "  %-40s %s\n", f.Name, state)
 	}
 }
 

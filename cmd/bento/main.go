@@ -3,6 +3,7 @@
 // command needs, and runs one subcommand.
 //
 //	bento migrate            create or update the schema
+//	bento migrate diff NAME  write a versioned migration file (apply, status, hash)
 //	bento health             exit 0 if the database answers, 1 if not
 //	bento info [--json]      dialect, server version, redacted URL, pool
 //	bento version            the build's version

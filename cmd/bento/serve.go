@@ -82,12 +82,13 @@ func (inv *invocation) openStack(ctx context.Context, migrateSchema bool) (*stac
 
 func serveCommand() command {
 	var addr *string
+	var migrateOnStart *bool
 	return command{
 		name:  "serve",
 		short: "run the reference ecommerce HTTP service with its outbox relay",
 		usage: `Serves the reference HTTP API (POST /orders, GET /orders/{id}, POST /orders/{id}/pay,
 POST /orders/{id}/cancel, GET /healthz, GET /readyz, GET /metrics) on --addr, migrates the
-schema on start, and runs the outbox relay in process (OUTBOX_PUBLISHER: log by default, nats).
+schema on start (unless --migrate=false: see bento migrate apply), and runs the outbox relay in process (OUTBOX_PUBLISHER: log by default, nats).
 With no configuration it uses the SQLite file bento.db in the working directory.
 
 On SIGTERM or SIGINT: /readyz turns 503, DB_DRAIN_PRESTOP_DELAY passes, the listener stops
@@ -96,13 +97,14 @@ process exits 0. A second signal forces the drain. If the HTTP server fails, the
 runs and the process exits 1; a malformed --addr exits 2 before anything starts.`,
 		flags: func(fs *flag.FlagSet) {
 			addr = fs.String("addr", "127.0.0.1:8080", "listen address HOST:PORT")
+			migrateOnStart = fs.Bool("migrate", true, "auto-migrate the schema on start; false when bento migrate apply applies versioned migrations")
 		},
 		run: func(ctx context.Context, inv *invocation) int {
 			if err := checkAddr(*addr); err != nil {
 				fmt.Fprintf(inv.stderr, "bento serve: --addr %q: %v; accepted: HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8080, :8080, [::1]:8080 (port 0 picks a free one)\n", *addr, err)
 				return exitConfig
 			}
-			return serve(ctx, inv, func() (net.Listener, error) { return net.Listen("tcp", *addr) })
+			return serve(ctx, inv, *migrateOnStart, func() (net.Listener, error) { return net.Listen("tcp", *addr) })
 		},
 	}
 }
@@ -132,11 +134,11 @@ func checkAddr(addr string) error {
 // migrated, until the first signal (ctx's end) or until the HTTP server
 // fails; it returns exitOK after a shutdown on a signal, exitFail after one
 // because the server failed (or if it could not start).
-func serve(ctx context.Context, inv *invocation, listen func() (net.Listener, error)) int {
+func serve(ctx context.Context, inv *invocation, migrateSchema bool, listen func() (net.Listener, error)) int {
 	// ctx ends at the first signal; the service's own life is
 	// governed by the shutdown sequence below.
 	base := context.WithoutCancel(ctx)
-	st, err := inv.openStack(base, true)
+	st, err := inv.openStack(base, migrateSchema)
 	if err != nil {
 		return inv.fail("", err)
 	}

@@ -884,7 +884,7 @@ func TestServeExitsNonZeroWhenServerFails(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a hang ends as a signal would
 	defer cancel()
-	code := serve(ctx, inv, func() (net.Listener, error) {
+	code := serve(ctx, inv, true, func() (net.Listener, error) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		return failingListener{ln}, err
 	})
