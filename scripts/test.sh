@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 scripts/services.sh
 scripts/replica.sh
+scripts/promtool.sh # alerting rules: promtool check rules, promtool test rules
 
 echo "test: go generate leaves no diff"
 go generate ./...
