@@ -2,7 +2,10 @@
 # promtool.sh checks Bento's Prometheus alerting rules with promtool:
 # `promtool check rules deploy/prometheus/alerts.yml` (syntax, PromQL) and
 # `promtool test rules deploy/prometheus/alerts_test.yml` (each alert fires
-# from synthetic series, and none on a healthy service).
+# from synthetic series, and none on a healthy service). It also parses the
+# PromQL of every panel of the Grafana dashboard deploy/grafana/bento.json:
+# jq turns the expressions, with Grafana's variables replaced, into
+# recording rules for `promtool check rules`.
 #
 # promtool is taken from $PROMTOOL, else from PATH, else from a cache
 # directory ($BENTO_TOOLS_DIR, default ~/.cache/bento-tools). When it is in
@@ -20,6 +23,10 @@ fail() {
   exit 1
 }
 
+tmp=""   # the download directory, if any
+rules="" # the dashboard's expressions as recording rules
+trap 'rm -rf ${tmp:+"$tmp"} ${rules:+"$rules"}' EXIT
+
 cache=${BENTO_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bento-tools}
 
 works() { [ -n "$1" ] && "$1" --version >/dev/null 2>&1; }
@@ -27,8 +34,7 @@ works() { [ -n "$1" ] && "$1" --version >/dev/null 2>&1; }
 install_promtool() {
   command -v apt-get >/dev/null 2>&1 ||
     fail "promtool is not on PATH and apt-get is missing to fetch it: install promtool (Prometheus) or set PROMTOOL=/path/to/promtool"
-  tmp=$(mktemp -d) # global: the EXIT trap runs after the function returns
-  trap 'rm -rf "$tmp"' EXIT
+  tmp=$(mktemp -d)
   local sandbox=()
   # As root, apt-get download drops to the _apt user, which cannot write
   # to a private temporary directory.
@@ -67,3 +73,13 @@ fi
 echo "promtool: $("$promtool" --version 2>&1 | head -n 1)"
 "$promtool" check rules deploy/prometheus/alerts.yml
 "$promtool" test rules deploy/prometheus/alerts_test.yml
+
+command -v jq >/dev/null 2>&1 || fail "jq is needed to read deploy/grafana/bento.json (apt-get install jq)"
+rules=$(mktemp --suffix=.json)
+jq '[.panels[] | select(.type != "row") | .targets[] | .expr] | to_entries
+  | {groups: [{name: "grafana-dashboard", rules: map({
+      record: "bento_dashboard:panel_expr_\(.key)",
+      expr: (.value | gsub("\\$__rate_interval"; "5m") | gsub("\\$__range"; "1h") | gsub("\\$(job|instance)"; ".*"))})}]}' \
+  deploy/grafana/bento.json >"$rules"
+echo "Checking the PromQL of deploy/grafana/bento.json's panels"
+"$promtool" check rules "$rules"
