@@ -27,7 +27,7 @@ tmp=""   # the download directory, if any
 rules="" # the dashboard's expressions as recording rules
 trap 'rm -rf ${tmp:+"$tmp"} ${rules:+"$rules"}' EXIT
 
-cache=${BENTO_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bento-tools}
+cache=${BENTO_TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/bento-tools}
 
 works() { [ -n "$1" ] && "$1" --version >/dev/null 2>&1; }
 
