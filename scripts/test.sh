@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 scripts/services.sh
 scripts/replica.sh
+scripts/promtool.sh # alerting rules: promtool check rules, promtool test rules
 
 # with_progress runs a command and, every minute until it ends, prints how
 # long it has run and which test binaries (its children named *.test) are
