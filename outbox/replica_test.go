@@ -25,8 +25,8 @@ type routed struct {
 }
 
 func (r *routed) Enabled(context.Context, slog.Level) bool { return true }
-func (r *routed) WithAttrs([]slog.Attr) slog.Handler      { return r }
-func (r *routed) WithGroup(string) slog.Handler           { return r }
+func (r *routed) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *routed) WithGroup(string) slog.Handler            { return r }
 func (r *routed) Handle(_ context.Context, rec slog.Record) error {
 	var pool, query string
 	rec.Attrs(func(a slog.Attr) bool {
