@@ -250,8 +250,11 @@ func Settings() []Setting {
 			Accepts: "1-255 letters, digits, -, _, . and :, not starting with amq.",
 			apply: func(c *Config, v string) error {
 				c.Outbox.RabbitMQExchange = v
-				if v == "" || len(v) > 255 || strings.HasPrefix(v, "amq.") {
+				switch {
+				case v == "" || len(v) > 255:
 					return errors.New("not an exchange name")
+				case strings.HasPrefix(v, "amq."):
+					return errors.New("names starting with amq. are reserved for RabbitMQ's own exchanges")
 				}
 				for _, r := range v {
 					if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {

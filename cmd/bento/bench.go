@@ -72,7 +72,7 @@ until --orders are placed, against DB_URL with every layer serve uses (drain, me
 outbox, resilience). The schema is migrated first (--migrate).
 
   --read-mix F   a fraction F of the operations read an order back (GET through the service)
-  --relay        run the outbox relay in process with OUTBOX_PUBLISHER (log or nats) and
+  --relay        run the outbox relay in process with OUTBOX_PUBLISHER (log, nats or rabbitmq) and
                  report the events published and commit→published latency (occurred_at to ack)
   --baseline     also run the same transaction written by hand with a plain ent client and
                  with database/sql on the same *sql.DB, interleaved with Bento's arm in
@@ -138,7 +138,7 @@ func (o *benchOptions) validate(inv *invocation) (int, bool) {
 	case o.baseline && o.orders > 0 && o.orders < o.rounds:
 		return bad("--orders=%d with --baseline: want at least --rounds=%d orders", o.orders, o.rounds)
 	case o.relay && inv.cfg.Outbox.Publisher == "none":
-		return bad("--relay needs a publisher: OUTBOX_PUBLISHER=none; accepted: log or nats")
+		return bad("--relay needs a publisher: OUTBOX_PUBLISHER=none; accepted: log, nats or rabbitmq")
 	}
 	if o.warmup < 0 {
 		o.warmup = 0
