@@ -128,3 +128,35 @@ func Example() {
 	// applied
 	// duplicate: skipped
 }
+
+// consume is the consumer loop of docs/outbox.md ("The consumer side"),
+// kept here so that it compiles.
+func consume(ctx context.Context, ch *amqp.Channel, uow *ent.UnitOfWork, db *bento.DB) error {
+	deliveries, err := ch.Consume("billing.orders", "billing", false, false, false, false, nil)
+	if err != nil {
+		return err
+	}
+	for d := range deliveries {
+		id, err := uuid.Parse(d.MessageId)
+		if err != nil {
+			_ = d.Reject(false) // not a Bento event
+			continue
+		}
+		err = uow.Do(ctx, func(ctx context.Context, tx *ent.Client) error {
+			dup, err := outbox.MarkProcessed(ctx, db.Names(), "billing", id)
+			if err != nil || dup {
+				return err
+			}
+			// ... apply the event with tx ...
+			return nil
+		})
+		if err != nil {
+			_ = d.Nack(false, true) // RabbitMQ redelivers it
+			continue
+		}
+		_ = d.Ack(false)
+	}
+	return nil
+}
+
+var _ = consume

@@ -178,9 +178,9 @@ func (p *Publisher) connect(ctx context.Context) (*session, error) {
 	if err := s.ch.ExchangeDeclare(p.cfg.Exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
 		return fail(fmt.Sprintf("declaring the durable topic exchange %q", p.cfg.Exchange), err)
 	}
-	// Returns are read while confirms are awaited; the buffer lets the
-	// connection's reader hand one over without waiting for that loop.
-	s.returns = s.ch.NotifyReturn(make(chan amqp.Return, 64))
+	// Returns are read while publishing and while confirms are awaited;
+	// the buffer lets the connection's reader hand them over in between.
+	s.returns = s.ch.NotifyReturn(make(chan amqp.Return, 1024))
 	s.closes = s.ch.NotifyClose(make(chan *amqp.Error, 1))
 	s.blocked = conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	return s, nil
@@ -384,7 +384,29 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 
 	confirms := make([]*amqp.DeferredConfirmation, len(msgs))
 	index := make(map[string]int, len(msgs))
+	returned := make(map[int]amqp.Return)
+	returns := s.returns
+	// takeReturns notes the returns received so far. The connection's
+	// reader waits for room in the buffer (and drops a return after 5 s),
+	// so they are taken while publishing too, not only while waiting.
+	takeReturns := func() {
+		for returns != nil {
+			select {
+			case r, ok := <-returns:
+				if !ok {
+					returns = nil
+					return
+				}
+				if i, ok := index[r.MessageId]; ok {
+					returned[i] = r
+				}
+			default:
+				return
+			}
+		}
+	}
 	for i, m := range msgs {
+		takeReturns()
 		key := p.RoutingKey(m)
 		if len(key) > 255 {
 			out[i] = &outbox.PermanentError{Err: fmt.Errorf("rabbitpub: %s: routing key %.40q… is %d bytes; AMQP allows 255", m.ID, key, len(key))}
@@ -412,13 +434,6 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 		index[pub.MessageId] = i
 	}
 
-	returned := make(map[int]amqp.Return)
-	takeReturn := func(r amqp.Return) {
-		if i, ok := index[r.MessageId]; ok {
-			returned[i] = r
-		}
-	}
-	returns := s.returns
 wait:
 	for i, dc := range confirms {
 		if dc == nil {
@@ -429,9 +444,9 @@ wait:
 			case r, ok := <-returns:
 				if !ok {
 					returns = nil
-					continue
+				} else if j, ok := index[r.MessageId]; ok {
+					returned[j] = r
 				}
-				takeReturn(r)
 				continue
 			case <-dc.Done():
 			case <-ctx.Done():
@@ -454,18 +469,7 @@ wait:
 	}
 	// A message's return comes before its confirm, on the connection's one
 	// reader: once every confirm is in, every return is in the buffer.
-	for drained := false; !drained && returns != nil; {
-		select {
-		case r, ok := <-returns:
-			if !ok {
-				returns = nil
-				continue
-			}
-			takeReturn(r)
-		default:
-			drained = true
-		}
-	}
+	takeReturns()
 	for i, r := range returned {
 		if out[i] == nil {
 			out[i] = &outbox.PermanentError{Err: fmt.Errorf("rabbitpub: %s: returned by RabbitMQ (%d %s): no queue is bound to exchange %s for routing key %q",

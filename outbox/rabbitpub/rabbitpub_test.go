@@ -194,6 +194,18 @@ func TestReturnedIsPermanent(t *testing.T) {
 	if n := len(drain(t, q)); n != 1 {
 		t.Fatalf("%d messages after the next publish, want 1", n)
 	}
+
+	// A large batch returned whole (more returns than the buffer holds):
+	// every message fails, none is taken for published.
+	lost := make([]outbox.Message, 3000)
+	for i := range lost {
+		lost[i] = message("Lost", strconv.Itoa(i), "Nowhere", 1)
+	}
+	for i, err := range publish(t, p, lost...) {
+		if !errors.As(err, &permanent) {
+			t.Fatalf("unroutable message %d of 3000: %v, want a PermanentError", i, err)
+		}
+	}
 }
 
 // TestNackIsFailure: a queue that rejects publishes once full
@@ -339,4 +351,56 @@ func TestConnectErrors(t *testing.T) {
 	if !strings.Contains(err.Error(), exchange) || strings.Contains(err.Error(), "guest:guest") {
 		t.Errorf("error %q: want the exchange named, the password not", err)
 	}
+}
+
+// TestPublishDeadline: a context that ends while a large batch is being
+// published or confirmed fails the unconfirmed messages with
+// ErrUnavailable and closes the connection; the next Publish connects
+// again. Invariant: every message counted as published is in the queue,
+// and the queue holds nothing that was not sent.
+func TestPublishDeadline(t *testing.T) {
+	p := connect(t, rabbitpub.Config{})
+	q := bind(t, p.Exchange(), nil, "#")
+	batch := make([]outbox.Message, 3000)
+	for i := range batch {
+		batch[i] = message("Order", strconv.Itoa(i), "OrderPlaced", 1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res := p.Publish(ctx, batch)
+	took := time.Since(start)
+	published := map[string]bool{}
+	unavailable := 0
+	for i, err := range res {
+		switch {
+		case err == nil:
+			published[batch[i].ID.String()] = true
+		case errors.Is(err, outbox.ErrUnavailable):
+			unavailable++
+		default:
+			t.Fatalf("message %d: %v, want published or ErrUnavailable", i, err)
+		}
+	}
+	if unavailable == 0 {
+		t.Fatalf("all 3000 messages confirmed within 3 ms (%s): the deadline was not reached, the test proves nothing", took)
+	}
+	if took > 2*time.Second {
+		t.Errorf("Publish returned %s after its 3 ms deadline", took)
+	}
+	after := message("Order", "after", "OrderPlaced", 1)
+	mustPublish(t, p, after)
+	inQueue := map[string]bool{}
+	for _, d := range drain(t, q) {
+		inQueue[d.MessageId] = true
+	}
+	for id := range published {
+		if !inQueue[id] {
+			t.Errorf("message %s counted as published is not in the queue", id)
+		}
+	}
+	if !inQueue[after.ID.String()] || len(inQueue) > len(batch)+1 {
+		t.Errorf("queue: %d distinct messages, the one after the deadline present: %t", len(inQueue), inQueue[after.ID.String()])
+	}
+	t.Logf("3 ms deadline: %d confirmed, %d unavailable after %s; %d of the batch in the queue", len(published), unavailable, took.Round(time.Millisecond), len(inQueue)-1)
 }
