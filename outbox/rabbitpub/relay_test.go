@@ -362,3 +362,86 @@ func TestRelayBrokerRestart(t *testing.T) {
 	t.Logf("%d events, %d messages in the queue (%d repeated in the window), %d events had unavailable publishes",
 		rows, len(got), dups, len(rec.unavailable))
 }
+
+// crashAfterPublish publishes for real, then ends the relay's context
+// once: the batch's messages are confirmed by RabbitMQ but the relay
+// cannot commit their mark, as if it had died in between.
+type crashAfterPublish struct {
+	pub   outbox.Publisher
+	crash context.CancelFunc
+	once  sync.Once
+	first []string // the event ids of the interrupted batch
+}
+
+func (c *crashAfterPublish) Publish(ctx context.Context, msgs []outbox.Message) []error {
+	res := c.pub.Publish(ctx, msgs)
+	c.once.Do(func() {
+		for i, m := range msgs {
+			if res[i] == nil {
+				c.first = append(c.first, m.ID.String())
+			}
+		}
+		c.crash()
+	})
+	return res
+}
+
+// TestRelayCrashWindow: a relay interrupted between RabbitMQ's confirms
+// and the commit of its mark leaves the batch pending; the next relay
+// publishes it again. Invariants: every event is in the queue; an event is
+// there twice only if it was confirmed in the interrupted batch (the
+// documented window), never more than twice.
+func TestRelayCrashWindow(t *testing.T) {
+	testdb.Each(t, func(t *testing.T, cfg config.Config) {
+		cfg.Outbox.BatchSize = 10
+		e := openRelayEnv(t, cfg)
+		ids := make([]string, 30)
+		for i := range ids {
+			ids[i] = strconv.Itoa(i)
+		}
+		e.record(context.Background(), 1, ids...)
+		pub := e.publisher()
+
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		crashing := &crashAfterPublish{pub: pub, crash: cancel}
+		r := e.relay(crashing, nil)
+		res, err := r.RunOnce(ctx)
+		if err == nil && res.Published == len(ids) {
+			t.Logf("the interrupted relay still marked its batch: %+v", res)
+		}
+		if len(crashing.first) != 10 {
+			t.Fatalf("the interrupted batch had %d confirmed messages, want 10", len(crashing.first))
+		}
+		r.Close()
+
+		again, err := e.relay(pub, nil).RunOnce(context.Background())
+		if err != nil {
+			t.Fatalf("RunOnce after the interruption: %v", err)
+		}
+		if st := e.stats(); st.Pending != 0 || st.Dead != 0 {
+			t.Fatalf("after the second relay: %+v", st)
+		}
+		count := map[string]int{}
+		for _, d := range decode(t, drain(t, e.queue)) {
+			count[d.id]++
+		}
+		window := map[string]bool{}
+		for _, id := range crashing.first {
+			window[id] = true
+		}
+		repeated := 0
+		for id, n := range count {
+			if n > 1 {
+				repeated++
+				if !window[id] || n > 2 {
+					t.Errorf("event %s is in the queue %d times; in the interrupted batch: %t", id, n, window[id])
+				}
+			}
+		}
+		if len(count) != len(ids) {
+			t.Errorf("%d distinct events in the queue, want %d", len(count), len(ids))
+		}
+		t.Logf("interrupted batch: %d confirmed; second relay published %d; %d events repeated", len(crashing.first), again.Published, repeated)
+	})
+}
