@@ -47,7 +47,8 @@ import (
 // Config configures a Publisher. Zero fields take the defaults shown.
 type Config struct {
 	// URL of the broker (amqp://guest:guest@127.0.0.1:5672/); amqps://
-	// for TLS. The vhost is the URL's path.
+	// for TLS. The vhost is the URL's path; the query takes amqp091-go's
+	// parameters (heartbeat, cacertfile, certfile, keyfile, …).
 	URL string
 	// Exchange is the durable topic exchange messages are published to
 	// ("bento.outbox"); it is declared on every (re)connection, which
@@ -241,7 +242,8 @@ func (p *Publisher) drop() {
 	}
 }
 
-// Close closes the connection.
+// Close closes the connection, waiting at most 5 s for the broker to
+// agree. Publish fails with ErrUnavailable afterwards.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -249,7 +251,7 @@ func (p *Publisher) Close() error {
 	if p.s == nil {
 		return nil
 	}
-	err := p.s.conn.Close()
+	err := p.s.conn.CloseDeadline(time.Now().Add(5 * time.Second))
 	p.s = nil
 	if errors.Is(err, amqp.ErrClosed) {
 		return nil
