@@ -6,10 +6,10 @@
 // (Order.OrderPlaced), so a queue bound with "Order.*" gets every event of
 // orders and one bound with "*.OrderPlaced" every placed order. Messages
 // are persistent (delivery mode 2), of content type application/json,
-// with message_id set to the event id and Bento's headers (Bento-Event-Id,
-// Bento-Aggregate-Type, Bento-Aggregate-Id, Bento-Event-Type,
-// Bento-Sequence, Bento-Occurred-At, the same names as the NATS
-// publisher's) besides the event's own headers.
+// with message_id set to the event id and Bento's headers besides the
+// event's own: Bento-Event-Id, and Bento-Aggregate-Type,
+// Bento-Aggregate-Id, Bento-Event-Type, Bento-Sequence and
+// Bento-Occurred-At as the NATS publisher names them.
 //
 // The channel is in confirm mode and every message is published with the
 // mandatory flag: a batch is published whole, then its confirms are
@@ -56,8 +56,8 @@ type Config struct {
 	Exchange string
 	// RoutingKey, if set, replaces the routing key naming.
 	RoutingKey func(m outbox.Message) string
-	// Name is the connection's name, shown by rabbitmqctl
-	// list_connections and the management UI ("bento-relay").
+	// Name is the connection's name, sent as the client property
+	// connection_name, which the management UI shows ("bento-relay").
 	Name string
 	// DialTimeout bounds establishing a connection, the AMQP handshake
 	// included (5 s); a Publish's context bounds it too.
@@ -68,7 +68,8 @@ type Config struct {
 const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
 
 // Header names set on every message, besides the message_id property.
-// They are the names natspub uses.
+// All but HeaderEventID are natspub's (which carries the event id in
+// Nats-Msg-Id).
 const (
 	HeaderEventID       = "Bento-Event-Id"
 	HeaderAggregateType = "Bento-Aggregate-Type"
