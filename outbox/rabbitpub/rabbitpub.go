@@ -38,6 +38,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/bento-go/bento/config"
@@ -84,9 +85,12 @@ const (
 type Publisher struct {
 	cfg Config
 
-	mu   sync.Mutex // held by Publish; guards s
+	mu   sync.Mutex // held by Publish; guards the rest
 	s    *session   // nil until the next Publish connects
 	done bool       // Close was called
+	// suspects were unconfirmed when RabbitMQ closed the channel over
+	// a message of their batch: each is published alone.
+	suspects map[uuid.UUID]bool
 }
 
 // session is one connection and its confirm-mode channel.
@@ -334,8 +338,65 @@ func publishing(m outbox.Message) (amqp.Publishing, error) {
 // connects again. If ctx ends first, the messages not yet confirmed fail
 // with ErrUnavailable and the connection is closed, so that no late
 // confirm or return is taken for a later batch's.
+//
+// When RabbitMQ closes the channel over something a publish sent (406
+// PRECONDITION_FAILED: a message over its max_message_size), it does not
+// say which message: the batch's unconfirmed messages then fail with
+// ErrUnavailable, spending no attempts, and the next Publish sends each of
+// them alone, so that only the culprit fails (an ordinary failure) and no
+// innocent message is dead-lettered with it.
 func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.suspects) == 0 {
+		return p.publish(ctx, msgs)
+	}
 	out := make([]error, len(msgs))
+	var rest []outbox.Message
+	var restAt []int
+	for i, m := range msgs {
+		if !p.suspects[m.ID] {
+			rest, restAt = append(rest, m), append(restAt, i)
+			continue
+		}
+		out[i] = p.publish(ctx, msgs[i:i+1])[0]
+		if out[i] == nil {
+			delete(p.suspects, m.ID)
+		}
+	}
+	if len(rest) > 0 {
+		for k, err := range p.publish(ctx, rest) {
+			out[restAt[k]] = err
+		}
+	}
+	return out
+}
+
+// suspect notes a message to publish alone next time.
+func (p *Publisher) suspect(id uuid.UUID) {
+	if p.suspects == nil || len(p.suspects) >= 10000 {
+		// Dead-lettered culprits never come back: forget them all now and
+		// then rather than keep them for ever.
+		p.suspects = map[uuid.UUID]bool{}
+	}
+	p.suspects[id] = true
+}
+
+// How a message failed because its channel closed.
+const (
+	notClosed   = iota
+	notSent     // the channel was closed before it was sent
+	unconfirmed // sent, but the channel closed before its confirm
+)
+
+// publish publishes a batch on the session (connecting first if there is
+// none) and waits for its confirms. p.mu is held.
+func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message) []error {
+	out := make([]error, len(msgs))
+	closed := make([]int, len(msgs))
 	failAll := func(from int, err error) {
 		for j := from; j < len(msgs); j++ {
 			if out[j] == nil {
@@ -343,11 +404,6 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 			}
 		}
 	}
-	if len(msgs) == 0 {
-		return out
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.done {
 		failAll(0, fmt.Errorf("%w: the publisher is closed", outbox.ErrUnavailable))
 		return out
@@ -429,6 +485,11 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 			} else {
 				err = fmt.Errorf("%w: %w", outbox.ErrUnavailable, err)
 			}
+			for j := i; j < len(msgs); j++ {
+				if out[j] == nil {
+					closed[j] = notSent
+				}
+			}
 			failAll(i, fmt.Errorf("not sent: %w", err))
 			p.drop()
 			break
@@ -464,6 +525,7 @@ wait:
 		}
 		if !dc.Acked() {
 			if s.closed() {
+				closed[i] = unconfirmed
 				out[i] = fmt.Errorf("rabbitpub: %s: not confirmed: %w", msgs[i].ID, s.closeErr())
 			} else {
 				out[i] = fmt.Errorf("rabbitpub: %s: RabbitMQ refused the message (nack)", msgs[i].ID)
@@ -480,6 +542,23 @@ wait:
 		}
 	}
 	if s.closed() {
+		if reason := s.closeErr(); !errors.Is(reason, outbox.ErrUnavailable) {
+			// Closed over one of the messages sent, but which one? Alone,
+			// it is that one; in a batch, each unconfirmed one is sent
+			// alone next time, and none spends an attempt now.
+			for i, c := range closed {
+				switch {
+				case c == unconfirmed && len(msgs) == 1:
+					p.suspect(msgs[i].ID)
+				case c == unconfirmed:
+					p.suspect(msgs[i].ID)
+					out[i] = fmt.Errorf("rabbitpub: %s: not confirmed: %w: %w; each unconfirmed message of the batch is published alone next time",
+						msgs[i].ID, outbox.ErrUnavailable, reason)
+				case c == notSent:
+					out[i] = fmt.Errorf("rabbitpub: %s: not sent: %w: %w", msgs[i].ID, outbox.ErrUnavailable, reason)
+				}
+			}
+		}
 		p.drop()
 	}
 	return out

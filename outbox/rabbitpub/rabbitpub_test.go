@@ -3,7 +3,9 @@ package rabbitpub_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -403,4 +405,82 @@ func TestPublishDeadline(t *testing.T) {
 		t.Errorf("queue: %d distinct messages, the one after the deadline present: %t", len(inQueue), inQueue[after.ID.String()])
 	}
 	t.Logf("3 ms deadline: %d confirmed, %d unavailable after %s; %d of the batch in the queue", len(published), unavailable, took.Round(time.Millisecond), len(inQueue)-1)
+}
+
+// TestChannelClosedOverMessage: a message over the broker's
+// max_message_size (lowered to 4 KiB for the test, restored after) makes
+// RabbitMQ close the channel with 406 PRECONDITION_FAILED, without saying
+// which message. The batch's unconfirmed messages fail with
+// ErrUnavailable (no attempt spent); published again, each goes alone:
+// the oversized one fails as an ordinary failure (attempts spent, then a
+// dead letter), the others are published. Invariant: every message
+// counted as published is in the queue, the oversized one never is, and
+// no innocent message ever gets an ordinary failure.
+func TestChannelClosedOverMessage(t *testing.T) {
+	controlBroker(t) // rabbitmqctl is needed
+	out, err := exec.Command("rabbitmqctl", "eval", "application:get_env(rabbit, max_message_size).").CombinedOutput()
+	if err != nil {
+		t.Fatalf("rabbitmqctl eval: %v\n%s", err, out)
+	}
+	var orig int
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(out)), "{ok,%d}", &orig); err != nil {
+		t.Fatalf("max_message_size: %q", out)
+	}
+	setMax := func(n int) {
+		if out, err := exec.Command("rabbitmqctl", "eval", fmt.Sprintf("application:set_env(rabbit, max_message_size, %d).", n)).CombinedOutput(); err != nil {
+			t.Fatalf("setting max_message_size: %v\n%s", err, out)
+		}
+	}
+	setMax(4096)
+	t.Cleanup(func() { setMax(orig) })
+
+	p := connect(t, rabbitpub.Config{})
+	q := bind(t, p.Exchange(), nil, "#")
+	big := message("Order", "2", "OrderPlaced", 1)
+	big.Payload = []byte(`{"pad":"` + strings.Repeat("x", 8192) + `"}`)
+	batch := []outbox.Message{message("Order", "1", "OrderPlaced", 1), big, message("Order", "3", "OrderPlaced", 1)}
+	published := map[string]bool{}
+	check := func(round int, res []error) {
+		t.Helper()
+		for i, err := range res {
+			var permanent *outbox.PermanentError
+			switch {
+			case err == nil:
+				published[batch[i].ID.String()] = true
+			case errors.As(err, &permanent):
+				t.Errorf("round %d, message %d: %v; not a permanent failure", round, i, err)
+			case !errors.Is(err, outbox.ErrUnavailable) && i != 1:
+				t.Errorf("round %d, message %d (innocent): %v; want published or ErrUnavailable", round, i, err)
+			}
+		}
+	}
+	res := publish(t, p, batch...)
+	check(1, res)
+	if !errors.Is(res[1], outbox.ErrUnavailable) || !strings.Contains(res[1].Error(), "PRECONDITION_FAILED") {
+		t.Fatalf("round 1, the oversized message in a batch: %v; want ErrUnavailable with the broker's 406", res[1])
+	}
+	for round := 2; round <= 3; round++ {
+		res = publish(t, p, batch...)
+		check(round, res)
+		if res[0] != nil || res[2] != nil {
+			t.Fatalf("round %d: %v; want the innocent messages published, each alone or in the batch", round, res)
+		}
+		if res[1] == nil || errors.Is(res[1], outbox.ErrUnavailable) || !strings.Contains(res[1].Error(), "PRECONDITION_FAILED") {
+			t.Fatalf("round %d, the oversized message alone: %v; want an ordinary failure with the broker's 406", round, res[1])
+		}
+	}
+	after := message("Order", "4", "OrderPlaced", 1)
+	mustPublish(t, p, after)
+	inQueue := map[string]bool{}
+	for _, d := range drain(t, q) {
+		inQueue[d.MessageId] = true
+	}
+	for id := range published {
+		if !inQueue[id] {
+			t.Errorf("message %s counted as published is not in the queue", id)
+		}
+	}
+	if inQueue[big.ID.String()] || !inQueue[after.ID.String()] {
+		t.Errorf("queue: the oversized message present: %t, the one after: %t", inQueue[big.ID.String()], inQueue[after.ID.String()])
+	}
 }
