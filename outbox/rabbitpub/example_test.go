@@ -64,6 +64,7 @@ func Example() {
 	if err := ch.ExchangeDeclare(exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
 		log.Fatal(err)
 	}
+	defer ch.ExchangeDelete(exchange, false, false) // the example leaves nothing behind
 	q, err := ch.QueueDeclare("", false, true, true, false, nil) // a real consumer's is durable and named
 	if err != nil {
 		log.Fatal(err)

@@ -28,6 +28,9 @@ func connect(t *testing.T, cfg rabbitpub.Config) *rabbitpub.Publisher {
 	}
 	if cfg.Exchange == "" {
 		cfg.Exchange = unique(t, "bento.test.x")
+		t.Cleanup(func() {
+			withChannel(t, func(ch *amqp.Channel) { _ = ch.ExchangeDelete(cfg.Exchange, false, false) })
+		})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
