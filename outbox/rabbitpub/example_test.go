@@ -65,6 +65,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer ch.ExchangeDelete(exchange, false, false) // the example leaves nothing behind
+
 	q, err := ch.QueueDeclare("", false, true, true, false, nil) // a real consumer's is durable and named
 	if err != nil {
 		log.Fatal(err)
