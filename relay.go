@@ -11,6 +11,7 @@ import (
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/outbox/natspub"
+	"github.com/bento-go/bento/outbox/rabbitpub"
 )
 
 // RelayConfig returns the relay settings of the OUTBOX_* configuration for
@@ -89,8 +90,9 @@ func (db *DB) relayDriver() (*driver.Driver, error) {
 // Publisher builds the publisher OUTBOX_PUBLISHER names: a log publisher
 // (outbox.NewLogPublisher: at most 10 per-event info lines per 10 s, the
 // rest summarised), a NATS JetStream one (connected, its stream created if
-// missing), or nil for "none". close releases it (and logs the log
-// publisher's last summary).
+// missing), a RabbitMQ one (connected, its exchange declared if missing),
+// or nil for "none". close releases it (and logs the log publisher's last
+// summary).
 func Publisher(ctx context.Context, c config.Outbox, db *DB) (pub outbox.Publisher, close func() error, err error) {
 	switch c.Publisher {
 	case "log":
@@ -102,10 +104,16 @@ func Publisher(ctx context.Context, c config.Outbox, db *DB) (pub outbox.Publish
 			return nil, nil, err
 		}
 		return p, p.Close, nil
+	case "rabbitmq":
+		p, err := rabbitpub.Connect(ctx, rabbitpub.Config{URL: c.RabbitMQURL, Exchange: c.RabbitMQExchange})
+		if err != nil {
+			return nil, nil, err
+		}
+		return p, p.Close, nil
 	case "none":
 		return nil, func() error { return nil }, nil
 	}
-	return nil, nil, &config.Error{Setting: "OUTBOX_PUBLISHER", Source: "config", Value: c.Publisher, Problem: "unknown publisher", Accepts: "log, nats or none"}
+	return nil, nil, &config.Error{Setting: "OUTBOX_PUBLISHER", Source: "config", Value: c.Publisher, Problem: "unknown publisher", Accepts: "log, nats, rabbitmq or none"}
 }
 
 // RunNotify sends NOTIFY after each commit that wrote outbox rows, so that

@@ -58,8 +58,8 @@ type Outbox struct {
 	// Table is the outbox table's name; the framework's other tables are
 	// named after it (OUTBOX_TABLE).
 	Table string
-	// Publisher is where the relay publishes: "log", "nats" or "none"
-	// (OUTBOX_PUBLISHER).
+	// Publisher is where the relay publishes: "log", "nats", "rabbitmq"
+	// or "none" (OUTBOX_PUBLISHER).
 	Publisher string
 	// NATSURL is the NATS server (OUTBOX_NATS_URL).
 	NATSURL string
@@ -67,6 +67,12 @@ type Outbox struct {
 	SubjectPrefix string
 	// Stream is the JetStream stream (OUTBOX_STREAM).
 	Stream string
+	// RabbitMQURL is the RabbitMQ broker of the rabbitmq publisher
+	// (OUTBOX_RABBITMQ_URL).
+	RabbitMQURL string
+	// RabbitMQExchange is the durable topic exchange the rabbitmq publisher
+	// publishes to, declared if missing (OUTBOX_RABBITMQ_EXCHANGE).
+	RabbitMQExchange string
 	// BatchSize is the most rows a relay claims at once (OUTBOX_BATCH_SIZE).
 	BatchSize int
 	// PollInterval is the longest a relay sleeps without a wake-up

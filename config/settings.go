@@ -183,8 +183,8 @@ func Settings() []Setting {
 			},
 			get: func(c Config) string { return c.Outbox.Table },
 		},
-		enumSetting("OUTBOX_PUBLISHER", "log", "where the relay publishes events: log (JSON lines through the logger), nats (JetStream) or none (no relay)",
-			[]string{"log", "nats", "none"}, func(c *Config) *string { return &c.Outbox.Publisher }),
+		enumSetting("OUTBOX_PUBLISHER", "log", "where the relay publishes events: log (JSON lines through the logger), nats (JetStream), rabbitmq (a RabbitMQ topic exchange) or none (no relay)",
+			[]string{"log", "nats", "rabbitmq", "none"}, func(c *Config) *string { return &c.Outbox.Publisher }),
 		{
 			Name: "OUTBOX_NATS_URL", Default: "nats://127.0.0.1:4222", secret: true, list: true,
 			Usage:   "NATS server of the nats publisher",
@@ -231,6 +231,44 @@ func Settings() []Setting {
 				return nil
 			},
 			get: func(c Config) string { return c.Outbox.Stream },
+		},
+		{
+			Name: "OUTBOX_RABBITMQ_URL", Default: "amqp://guest:guest@127.0.0.1:5672/", secret: true,
+			Usage:   "RabbitMQ broker of the rabbitmq publisher; the path is the vhost",
+			Accepts: "amqp://[user:pass@]host[:port][/vhost] (amqps:// for TLS)",
+			apply: func(c *Config, v string) error {
+				c.Outbox.RabbitMQURL = strings.TrimSpace(v)
+				u, err := url.Parse(c.Outbox.RabbitMQURL)
+				if err != nil || u.Host == "" {
+					return errors.New("not an AMQP URL")
+				}
+				if u.Scheme != "amqp" && u.Scheme != "amqps" {
+					return fmt.Errorf("unknown scheme %q", u.Scheme)
+				}
+				return nil
+			},
+			get: func(c Config) string { return redactString(c.Outbox.RabbitMQURL) },
+		},
+		{
+			Name: "OUTBOX_RABBITMQ_EXCHANGE", Default: "bento.outbox",
+			Usage:   "durable topic exchange of the rabbitmq publisher, declared if missing; routing key <aggregate type>.<event type>",
+			Accepts: "1-255 letters, digits, -, _, . and :, not starting with amq.",
+			apply: func(c *Config, v string) error {
+				c.Outbox.RabbitMQExchange = v
+				switch {
+				case v == "" || len(v) > 255:
+					return errors.New("not an exchange name")
+				case strings.HasPrefix(v, "amq."):
+					return errors.New("names starting with amq. are reserved for RabbitMQ's own exchanges")
+				}
+				for _, r := range v {
+					if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {
+						return fmt.Errorf("not an exchange name: %q is not allowed", r)
+					}
+				}
+				return nil
+			},
+			get: func(c Config) string { return c.Outbox.RabbitMQExchange },
 		},
 		intRangeSetting("OUTBOX_BATCH_SIZE", 100, 1, 10000, "most outbox rows a relay claims and publishes at once",
 			func(c *Config) *int { return &c.Outbox.BatchSize }),

@@ -76,6 +76,7 @@ type options struct {
 	maxOverflow    int
 	overflowIdle   time.Duration
 	series         string
+	aggregates     int
 }
 
 // result is the one JSON object a run prints.
@@ -101,6 +102,7 @@ type result struct {
 	LeftInTable  int64   `json:"left_in_table"`
 
 	// latency
+	Aggregates   int     `json:"aggregates,omitempty"`
 	Rate         int     `json:"rate,omitempty"`
 	DurationS    float64 `json:"duration_s,omitempty"`
 	Committed    int64   `json:"committed,omitempty"`
@@ -153,6 +155,7 @@ func relaybench() int {
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the stream")
 	flag.IntVar(&o.chunk, "load-chunk", 1000, "burndown: events per insert statement (Bento) or per transaction (Watermill)")
 	flag.BoolVar(&o.verbose, "v", false, "progress on stderr")
+	flag.IntVar(&o.aggregates, "aggregates", 0, "bento latency: 0 places orders (one aggregate each); N > 0 records each event on one of N Account aggregates (i mod N) in a unit of work of its own, the skewed shape (a large N is the uniform shape of the same transaction)")
 	flag.IntVar(&o.poolSize, "pool-size", 0, "bento: DB_POOL_SIZE (0 keeps the default, 5)")
 	flag.IntVar(&o.maxOverflow, "max-overflow", -1, "bento: DB_MAX_OVERFLOW (-1 keeps the default, 10)")
 	flag.DurationVar(&o.overflowIdle, "overflow-idle", -1, "bento: DB_POOL_OVERFLOW_IDLE (-1 keeps the default, 60s; 0 closes overflow connections on return)")
@@ -231,6 +234,10 @@ func (o *options) check() error {
 		return fmt.Errorf("-wake=%q: accepted: inproc, notify, poll", o.wake)
 	case o.n < 1 || o.batch < 1 || o.rate < 1 || o.duration <= 0 || o.poll <= 0 || o.maxInFlight < 1 || o.chunk < 1:
 		return errors.New("-n, -batch, -rate, -duration, -poll, -max-in-flight and -load-chunk must be positive")
+	case o.aggregates < 0:
+		return errors.New("-aggregates: 0 (orders) or a positive number of aggregates")
+	case o.aggregates > 0 && (o.system != "bento" || o.mode != "latency"):
+		return errors.New("-aggregates applies to -system bento -mode latency only")
 	case o.batch > 10000:
 		return errors.New("-batch: at most 10000 (OUTBOX_BATCH_SIZE's limit)")
 	}

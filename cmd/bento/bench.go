@@ -132,7 +132,7 @@ relay on it (bento serve, bento relay) publishes them later; the last line on st
 how many.
 
   --read-mix F   a fraction F of the operations read an order back (GET through the service)
-  --relay        run the outbox relay in process with OUTBOX_PUBLISHER (log or nats) and
+  --relay        run the outbox relay in process with OUTBOX_PUBLISHER (log, nats or rabbitmq) and
                  report the events published and commit→published latency (occurred_at to ack)
   --baseline     also run the same transaction written by hand with a plain ent client and
                  with database/sql on the same *sql.DB, interleaved with Bento's arm in
@@ -201,7 +201,7 @@ func (o *benchOptions) validate(inv *invocation) (int, bool) {
 	case o.baseline && o.orders > 0 && o.orders < o.rounds:
 		return bad("--orders=%d with --baseline: want at least --rounds=%d orders", o.orders, o.rounds)
 	case o.relay && inv.cfg.Outbox.Publisher == "none":
-		return bad("--relay needs a publisher: OUTBOX_PUBLISHER=none; accepted: log or nats")
+		return bad("--relay needs a publisher: OUTBOX_PUBLISHER=none; accepted: log, nats or rabbitmq")
 	}
 	if o.warmup < 0 {
 		o.warmup = 0

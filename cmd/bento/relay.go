@@ -24,7 +24,7 @@ func relayCommand() command {
 		short: "publish the outbox until SIGTERM (or, with --once, what is pending now)",
 		usage: `Claims pending outbox rows in batches (FOR UPDATE SKIP LOCKED on PostgreSQL and MariaDB, so
 several relays may run side by side; one per database on SQLite), publishes them with
-OUTBOX_PUBLISHER (log or nats) and marks them published once the broker acknowledged them.
+OUTBOX_PUBLISHER (log, nats or rabbitmq) and marks them published once the broker acknowledged them.
 On SIGTERM or SIGINT it finishes its batch and exits 0.`,
 		flags: func(fs *flag.FlagSet) {
 			once = fs.Bool("once", false, "publish what is pending now, then exit")
@@ -32,7 +32,7 @@ On SIGTERM or SIGINT it finishes its batch and exits 0.`,
 		run: func(ctx context.Context, inv *invocation) int {
 			if inv.cfg.Outbox.Publisher == "none" {
 				return inv.fail("", &config.Error{Setting: "OUTBOX_PUBLISHER", Source: "config", Value: "none",
-					Problem: "there is no publisher to relay to", Accepts: "log or nats"})
+					Problem: "there is no publisher to relay to", Accepts: "log, nats or rabbitmq"})
 			}
 			db, err := inv.openDB()
 			if err != nil {
