@@ -354,24 +354,46 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) []error 
 	if len(p.suspects) == 0 {
 		return p.publish(ctx, msgs)
 	}
+	// In order: the messages before a suspect go as one batch, then the
+	// suspect alone, so each aggregate's run keeps its order; after a
+	// failure the rest of its aggregate's run is not sent.
 	out := make([]error, len(msgs))
-	var rest []outbox.Message
-	var restAt []int
+	var guard outbox.RunGuard
+	var chunk []int
+	flush := func() {
+		if len(chunk) == 0 {
+			return
+		}
+		batch := make([]outbox.Message, len(chunk))
+		for k, i := range chunk {
+			batch[k] = msgs[i]
+		}
+		for k, err := range p.publish(ctx, batch) {
+			out[chunk[k]] = err
+			if err != nil {
+				guard.Fail(msgs[chunk[k]])
+			}
+		}
+		chunk = chunk[:0]
+	}
 	for i, m := range msgs {
 		if !p.suspects[m.ID] {
-			rest, restAt = append(rest, m), append(restAt, i)
+			chunk = append(chunk, i)
+			continue
+		}
+		flush()
+		if guard.Blocked(m) {
+			out[i] = outbox.ErrSkipped
 			continue
 		}
 		out[i] = p.publish(ctx, msgs[i:i+1])[0]
 		if out[i] == nil {
 			delete(p.suspects, m.ID)
+		} else {
+			guard.Fail(m)
 		}
 	}
-	if len(rest) > 0 {
-		for k, err := range p.publish(ctx, rest) {
-			out[restAt[k]] = err
-		}
-	}
+	flush()
 	return out
 }
 
@@ -464,16 +486,23 @@ func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message) []error 
 			}
 		}
 	}
+	var guard outbox.RunGuard // a run stops at its first message not sent
 	for i, m := range msgs {
 		takeReturns()
+		if guard.Blocked(m) {
+			out[i] = outbox.ErrSkipped
+			continue
+		}
 		key := p.RoutingKey(m)
 		if len(key) > 255 {
 			out[i] = &outbox.PermanentError{Err: fmt.Errorf("rabbitpub: %s: routing key %.40q… is %d bytes; AMQP allows 255", m.ID, key, len(key))}
+			guard.Fail(m)
 			continue
 		}
 		pub, err := publishing(m)
 		if err != nil {
 			out[i] = &outbox.PermanentError{Err: fmt.Errorf("rabbitpub: %s: %w", m.ID, err)}
+			guard.Fail(m)
 			continue
 		}
 		dc, err := s.ch.PublishWithDeferredConfirm(p.cfg.Exchange, key, true, false, pub)
