@@ -59,6 +59,7 @@ func NewHandler(svc *Service, opts HTTPOptions) http.Handler {
 	mux.HandleFunc("GET /orders/{id}", h.get)
 	mux.HandleFunc("POST /orders/{id}/pay", h.pay)
 	mux.HandleFunc("POST /orders/{id}/cancel", h.cancel)
+	mux.HandleFunc("GET /customers/{email}/summary", h.summary) // summary.go
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
