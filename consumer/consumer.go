@@ -500,7 +500,7 @@ func (c *Consumer[C]) fail(ctx context.Context, m jetstream.Msg, meta Metadata, 
 	}
 	c.log.Error("bento: consumer: event dead-lettered", "consumer", c.cfg.Name, "event_id", meta.EventID.String(),
 		"type", meta.Type, "delivery", meta.Delivery, "category", cat.String(), "error", err.Error())
-	if terr := m.TermWithReason("bento: dead-lettered"); terr != nil {
+	if terr := m.Term(); terr != nil {
 		// The dead letter is recorded; a redelivery finds the sequence
 		// applied (or, unordered, is dead-lettered again, ignored).
 		c.log.Warn("bento: consumer: term failed", "consumer", c.cfg.Name, "event_id", meta.EventID.String(), "error", terr.Error())
@@ -580,19 +580,18 @@ func (c *Consumer[C]) metadata(m jetstream.Msg) (Metadata, error) {
 		meta.Delivery = int(md.NumDelivered)
 	}
 	var problems []string
-	id, err := uuid.Parse(h.Get(jetstream.MsgIDHeader))
+	// The event id is the Nats-Msg-Id the relay set; a requeued message
+	// has a new one and carries the event id in Bento-Requeued.
+	idHeader := jetstream.MsgIDHeader
+	if meta.Requeued {
+		idHeader = HeaderRequeued
+	}
+	id, err := uuid.Parse(h.Get(idHeader))
 	if err != nil {
-		problems = append(problems, fmt.Sprintf("header %s=%q is not an event id", jetstream.MsgIDHeader, h.Get(jetstream.MsgIDHeader)))
+		problems = append(problems, fmt.Sprintf("header %s=%q is not an event id", idHeader, h.Get(idHeader)))
 		id = uuid.NewSHA1(uuid.NameSpaceURL, []byte("nats:"+c.cfg.Stream+"/"+strconv.FormatUint(meta.StreamSequence, 10)))
 	}
 	meta.EventID = id
-	if meta.Requeued {
-		if orig := h.Get(HeaderRequeued); orig != "" {
-			if oid, err := uuid.Parse(orig); err == nil {
-				meta.EventID = oid
-			}
-		}
-	}
 	seq, err := strconv.ParseInt(h.Get(natspub.HeaderSequence), 10, 64)
 	if err != nil || seq < 1 {
 		problems = append(problems, fmt.Sprintf("header %s=%q is not a sequence", natspub.HeaderSequence, h.Get(natspub.HeaderSequence)))
