@@ -59,6 +59,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/outbox/natspub"
@@ -640,5 +641,17 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// FromSettings returns the Config of the INBOX_* settings and the stream
+// and subject prefix of the OUTBOX_* ones (config.Load).
+func FromSettings(c config.Config) Config {
+	in := c.Inbox
+	return Config{
+		Name: in.Consumer, Stream: c.Outbox.Stream, FilterSubject: c.Outbox.SubjectPrefix + ".>",
+		Names: outbox.NamesFor(c.Outbox.Table), MaxDeliver: in.MaxDeliver, Backoff: in.Backoff, BackoffMax: in.BackoffMax,
+		DeferDelay: in.DeferDelay, MaxAckPending: in.MaxAckPending, AckWait: in.AckWait, Batch: in.Batch,
+		Workers: in.Workers, Unordered: !in.Ordered,
 	}
 }

@@ -13,12 +13,14 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/consumer"
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/summaryorder"
 	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/metrics"
 	"github.com/bento-go/bento/outbox/natspub"
 	"github.com/bento-go/bento/resilience"
 )
@@ -94,7 +96,8 @@ func TestFailures(t *testing.T) {
 		e := newEnv(t, cfg)
 		var fixed atomic.Bool
 		obs := &counts{}
-		ccfg := fastConfig("steps", obs)
+		reg := prometheus.NewRegistry()
+		ccfg := fastConfig("steps", tee{obs, metrics.NewInbox(reg)})
 		ccfg.MaxDeliver = 3
 		e.run(stepRegistry(&fixed, nil, nil), ccfg)
 
@@ -130,6 +133,12 @@ func TestFailures(t *testing.T) {
 		}
 		if got := obs.retried.Load(); got != 4 {
 			t.Errorf("%d retries, want 4 (flaky twice, always twice)", got)
+		}
+		if got := gathered(t, reg, "bento_inbox_dead_lettered_total"); got != 4 {
+			t.Errorf("bento_inbox_dead_lettered_total = %v, want 4", got)
+		}
+		if got := gathered(t, reg, "bento_inbox_processed_total"); got != 6 {
+			t.Errorf("bento_inbox_processed_total = %v, want 6", got)
 		}
 
 		fixed.Store(true)
@@ -197,4 +206,38 @@ func TestDrain(t *testing.T) {
 			t.Errorf("after the drain: %d awaiting an ack, %d pending; want none", info.NumAckPending, info.NumPending)
 		}
 	})
+}
+
+// tee tells two observers.
+type tee [2]consumer.Observer
+
+func (t tee) Processed(typ string, took time.Duration) {
+	t[0].Processed(typ, took)
+	t[1].Processed(typ, took)
+}
+func (t tee) Duplicate() { t[0].Duplicate(); t[1].Duplicate() }
+func (t tee) Deferred()  { t[0].Deferred(); t[1].Deferred() }
+func (t tee) Lag(n uint64) {
+	t[0].Lag(n)
+	t[1].Lag(n)
+}
+func (t tee) Failed(c resilience.Category, dead bool) {
+	t[0].Failed(c, dead)
+	t[1].Failed(c, dead)
+}
+
+// gathered returns the value of an unlabelled counter.
+func gathered(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	fams, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no series %s", name)
+	return 0
 }
