@@ -475,6 +475,13 @@ func (c *Consumer[C]) queries(tx *driver.Tx) queries {
 
 // fail retries m later or dead-letters it.
 func (c *Consumer[C]) fail(ctx context.Context, m jetstream.Msg, meta Metadata, cat resilience.Category, err error) {
+	if errors.Is(err, driver.ErrDraining) || errors.Is(err, context.Canceled) {
+		// The database is shutting down under the handler: not the event's
+		// fault. Give it back at once for another instance.
+		c.log.Warn("bento: consumer: shutting down; event given back", "consumer", c.cfg.Name, "event_id", meta.EventID.String())
+		_ = m.Nak()
+		return
+	}
 	// A constraint violation is retried: in a projection it is usually a
 	// race between two events that create the same row, which the
 	// redelivery resolves; a lasting one is dead-lettered at MaxDeliver.

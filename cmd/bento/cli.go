@@ -58,6 +58,7 @@ func commands() []command {
 		serveCommand(),
 		relayCommand(),
 		outboxCommand(),
+		consumeCommand(),
 		benchCommand(),
 		versionCommand(),
 	}
