@@ -40,6 +40,7 @@ package consumer
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,6 +50,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -155,6 +157,7 @@ type Consumer[C any] struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	seed   maphash.Seed
+	q      atomic.Pointer[queries]
 }
 
 // New returns a consumer. uow is the receiving service's unit of work (the
@@ -435,21 +438,18 @@ func (c *Consumer[C]) apply(ctx context.Context, m jetstream.Msg, meta Metadata)
 // whose predecessor is not.
 func (c *Consumer[C]) inOrder(ctx context.Context, tx *driver.Tx, meta Metadata) error {
 	q := c.queries(tx)
-	res, err := tx.ExecContext(ctx, q.advance, meta.Sequence, c.cfg.Name, meta.AggregateType, meta.AggregateID, meta.Sequence-1)
+	var res sql.Result
+	var err error
+	if meta.Sequence == 1 {
+		res, err = tx.ExecContext(ctx, q.first, c.cfg.Name, meta.AggregateType, meta.AggregateID)
+	} else {
+		res, err = tx.ExecContext(ctx, q.advance, meta.Sequence, c.cfg.Name, meta.AggregateType, meta.AggregateID, meta.Sequence-1)
+	}
 	if err != nil {
 		return fmt.Errorf("consumer: advancing %s %s to sequence %d: %w", meta.AggregateType, meta.AggregateID, meta.Sequence, err)
 	}
 	if n, err := res.RowsAffected(); err == nil && n == 1 {
 		return nil
-	}
-	if meta.Sequence == 1 {
-		res, err := tx.ExecContext(ctx, q.first, c.cfg.Name, meta.AggregateType, meta.AggregateID)
-		if err != nil {
-			return fmt.Errorf("consumer: first sequence of %s %s: %w", meta.AggregateType, meta.AggregateID, err)
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 1 {
-			return nil
-		}
 	}
 	rows, err := tx.QueryContext(ctx, q.last, c.cfg.Name, meta.AggregateType, meta.AggregateID)
 	if err != nil {
@@ -469,8 +469,15 @@ func (c *Consumer[C]) inOrder(ctx context.Context, tx *driver.Tx, meta Metadata)
 	return errDeferred
 }
 
-func (c *Consumer[C]) queries(tx *driver.Tx) queries {
-	return newQueries(tx.Pool().Dialect(), c.tables)
+// queries returns the statements of tx's dialect, built once.
+func (c *Consumer[C]) queries(tx *driver.Tx) *queries {
+	d := tx.Pool().Dialect()
+	if q := c.q.Load(); q != nil && q.dialect == d {
+		return q
+	}
+	q := newQueries(d, c.tables)
+	c.q.Store(&q)
+	return &q
 }
 
 // fail retries m later or dead-letters it.

@@ -36,7 +36,7 @@ const (
 // env is one test's receiving (and sending) service: a fresh database of
 // one dialect, the shop over it, and a private NATS server.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	db     *bento.DB
 	client *ent.Client
 	uow    *ent.UnitOfWork
@@ -47,7 +47,7 @@ type env struct {
 	js     jetstream.JetStream
 }
 
-func newEnv(t *testing.T, cfg config.Config) *env {
+func newEnv(t testing.TB, cfg config.Config) *env {
 	t.Helper()
 	ctx := context.Background()
 	db, err := bento.Open(cfg, bento.WithTables(consumer.Schema(outbox.NamesFor(cfg.Outbox.Table))...))
@@ -270,7 +270,7 @@ func (e *env) settled(name string, within time.Duration) {
 }
 
 // waitFor polls cond until it holds or within passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
