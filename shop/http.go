@@ -41,6 +41,7 @@ type HTTPOptions struct {
 //	GET  /orders/{id}          an order → 200
 //	POST /orders/{id}/pay      pay a pending order → 200
 //	POST /orders/{id}/cancel   cancel a pending order → 200
+//	GET  /customers/{email}/summary  the customer's order summary, projected by bento consume → 200 (404 before any)
 //	GET  /healthz              the process is alive → 200
 //	GET  /readyz               database healthy and not draining → 200, else 503
 //	GET  /metrics              Prometheus metrics (when configured)
