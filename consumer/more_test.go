@@ -109,4 +109,3 @@ func TestTraceContinued(t *testing.T) {
 		t.Errorf("want one consumer span bento.inbox.handle, child of the header's span, got %d spans", len(spans))
 	}
 }
-
