@@ -256,35 +256,18 @@ func (c *Consumer[C]) JetStreamConfig() jetstream.ConsumerConfig {
 // nil. While the broker is unreachable it waits and tries again; that
 // spends no event's deliveries.
 func (c *Consumer[C]) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
-	wait := 100 * time.Millisecond
-	for {
-		var err error
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, c.JetStreamConfig())
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if !brokerTrouble(err) {
-			return fmt.Errorf("consumer %s: creating the durable consumer on stream %s: %w", c.cfg.Name, c.cfg.Stream, err)
-		}
-		c.log.Warn("bento: consumer: broker unavailable; retrying", "consumer", c.cfg.Name, "error", err.Error(), "wait", wait)
-		if !sleep(ctx, wait) {
-			return nil
-		}
-		wait = min(wait*2, 5*time.Second)
+	it, err := c.pull(ctx)
+	if err != nil || it == nil {
+		return err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(c.cfg.Batch))
-	if err != nil {
-		return fmt.Errorf("consumer %s: pulling: %w", c.cfg.Name, err)
-	}
+	var mu sync.Mutex // guards it, which a deleted consumer replaces
 	stopped := make(chan struct{})
 	go func() {
 		select {
 		case <-ctx.Done():
+			mu.Lock()
 			it.Drain() // deliver what is buffered, then end Next
+			mu.Unlock()
 		case <-stopped:
 		}
 	}()
@@ -309,25 +292,74 @@ func (c *Consumer[C]) Run(ctx context.Context) error {
 			}
 		}(queues[i])
 	}
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				break
-			}
-			if ctx.Err() == nil {
-				c.log.Warn("bento: consumer: pulling failed; retrying", "consumer", c.cfg.Name, "error", err.Error())
-				sleep(ctx, 100*time.Millisecond)
-			}
-			continue
+	defer func() {
+		for _, q := range queues {
+			close(q)
 		}
-		queues[c.worker(m)] <- m
+		wg.Wait()
+	}()
+	for {
+		mu.Lock()
+		cur := it
+		mu.Unlock()
+		m, err := cur.Next()
+		switch {
+		case err == nil:
+			queues[c.worker(m)] <- m
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return nil
+		case ctx.Err() != nil:
+		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+			// The broker lost the durable consumer (a stream or server
+			// recreated): create it again and go on pulling.
+			c.log.Warn("bento: consumer: the durable consumer is gone; creating it again", "consumer", c.cfg.Name, "error", err.Error())
+			cur.Stop()
+			next, err := c.pull(ctx)
+			if err != nil {
+				return err
+			}
+			if next == nil {
+				return nil // ctx ended
+			}
+			mu.Lock()
+			it = next
+			if ctx.Err() != nil {
+				it.Drain()
+			}
+			mu.Unlock()
+		default:
+			c.log.Warn("bento: consumer: pulling failed; retrying", "consumer", c.cfg.Name, "error", err.Error())
+			sleep(ctx, 100*time.Millisecond)
+		}
 	}
-	for _, q := range queues {
-		close(q)
+}
+
+// pull creates (or updates) the durable consumer and starts pulling from
+// it, waiting while the broker is unavailable. It returns nil, nil if ctx
+// ended first.
+func (c *Consumer[C]) pull(ctx context.Context) (jetstream.MessagesContext, error) {
+	wait := 100 * time.Millisecond
+	for {
+		cons, err := c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, c.JetStreamConfig())
+		if err == nil {
+			it, err := cons.Messages(jetstream.PullMaxMessages(c.cfg.Batch))
+			if err != nil {
+				return nil, fmt.Errorf("consumer %s: pulling from stream %s: %w", c.cfg.Name, c.cfg.Stream, err)
+			}
+			return it, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if !brokerTrouble(err) {
+			return nil, fmt.Errorf("consumer %s: creating the durable consumer on stream %s: %w", c.cfg.Name, c.cfg.Stream, err)
+		}
+		c.log.Warn("bento: consumer: broker unavailable; retrying", "consumer", c.cfg.Name, "error", err.Error(), "wait", wait)
+		if !sleep(ctx, wait) {
+			return nil, nil
+		}
+		wait = min(wait*2, 5*time.Second)
 	}
-	wg.Wait()
-	return nil
 }
 
 // worker picks the worker of m's aggregate, so one aggregate's events are

@@ -109,3 +109,34 @@ func TestTraceContinued(t *testing.T) {
 		t.Errorf("want one consumer span bento.inbox.handle, child of the header's span, got %d spans", len(spans))
 	}
 }
+
+// TestConsumerRecreated: invariant — when the broker loses the durable
+// consumer (deleted here), Run creates it again and goes on: the events
+// published after are applied, those redelivered from the stream's start
+// are skipped as duplicates, each applied once.
+func TestConsumerRecreated(t *testing.T) {
+	e := newEnv(t, testdb.Config(t, testdb.SQLite))
+	obs := &counts{}
+	e.run(stepRegistry(&atomic.Bool{}, nil, nil), fastConfig("recreated", obs))
+	for i := range 10 {
+		e.publishStep("R", int64(i+1), `{"n":`+strconv.Itoa(i+1)+`}`)
+	}
+	waitFor(t, 30*time.Second, "the first ten applied", func() bool { return len(e.effects()) >= 10 })
+	if err := e.js.DeleteConsumer(context.Background(), stream, "recreated"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 10; i < 20; i++ {
+		e.publishStep("R", int64(i+1), `{"n":`+strconv.Itoa(i+1)+`}`)
+	}
+	waitFor(t, 60*time.Second, "the next ten applied", func() bool { return len(e.effects()) >= 20 })
+	e.settled("recreated", 30*time.Second)
+	if got := e.inboxCount("recreated"); got != 20 {
+		t.Errorf("inbox holds %d, want 20", got)
+	}
+	if got := obs.processed.Load(); got != 20 {
+		t.Errorf("processed %d, want 20", got)
+	}
+	if got := obs.duplicates.Load(); got != 10 {
+		t.Errorf("%d duplicates skipped, want the 10 redelivered from the stream's start", got)
+	}
+}
