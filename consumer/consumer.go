@@ -573,7 +573,7 @@ func (c *Consumer[C]) backoff(n int) time.Duration {
 func (c *Consumer[C]) deadLetter(ctx context.Context, m jetstream.Msg, meta Metadata, cat resilience.Category, cause error) error {
 	msg := cause.Error()
 	if len(msg) > 2000 {
-		msg = msg[:2000] + "…"
+		msg = strings.ToValidUTF8(msg[:2000], "") + "…" // a cut rune would fail the insert
 	}
 	return c.uow.Do(ctx, func(ctx context.Context, _ C) error {
 		tx := driver.TxFromContext(ctx)

@@ -67,14 +67,13 @@ func Schema(n outbox.Names) []*schema.Table {
 
 // queries holds a dialect's statements.
 type queries struct {
-	dialect     string
-	advance     string // UPDATE applied: last+1
-	first       string // INSERT applied row for sequence 1, ignoring a conflict
-	last        string // SELECT last_sequence, locking the row
-	dead        string // INSERT a dead letter, ignoring a conflict
-	advanceDead string // UPDATE applied past a dead-lettered event
-	listDead    string
-	deleteDead  string
+	dialect    string
+	advance    string // UPDATE applied: last+1
+	first      string // INSERT applied row for sequence 1, ignoring a conflict
+	last       string // SELECT last_sequence, locking the row
+	dead       string // INSERT a dead letter, ignoring a conflict
+	listDead   string
+	deleteDead string
 }
 
 func newQueries(d string, t Tables) queries {
@@ -89,7 +88,6 @@ func newQueries(d string, t Tables) queries {
 		insertIgnore, lock = "INSERT IGNORE INTO ", " FOR UPDATE"
 	}
 	qs.advance = "UPDATE " + applied + " SET last_sequence = ? WHERE consumer = ? AND aggregatetype = ? AND aggregateid = ? AND last_sequence = ?"
-	qs.advanceDead = qs.advance
 	qs.first = insertIgnore + applied + " (consumer, aggregatetype, aggregateid, last_sequence) VALUES (?, ?, ?, 1)" + onConflict
 	qs.last = "SELECT last_sequence FROM " + applied + " WHERE consumer = ? AND aggregatetype = ? AND aggregateid = ?" + lock
 	qs.dead = insertIgnore + dead + " (consumer, event_id, subject, " + q("type") + ", aggregatetype, aggregateid, " + q("sequence") +
@@ -97,7 +95,7 @@ func newQueries(d string, t Tables) queries {
 	qs.listDead = "SELECT event_id, subject, headers, payload FROM " + dead + " WHERE consumer = ? ORDER BY dead_at"
 	qs.deleteDead = "DELETE FROM " + dead + " WHERE consumer = ? AND event_id = ?"
 	if d == dialect.Postgres {
-		for _, s := range []*string{&qs.advance, &qs.advanceDead, &qs.first, &qs.last, &qs.dead, &qs.listDead, &qs.deleteDead} {
+		for _, s := range []*string{&qs.advance, &qs.first, &qs.last, &qs.dead, &qs.listDead, &qs.deleteDead} {
 			*s = dollars(*s)
 		}
 	}
