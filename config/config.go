@@ -37,6 +37,37 @@ type Config struct {
 	Retry  Retry
 	Drain  Drain
 	Outbox Outbox
+	Inbox  Inbox
+}
+
+// Inbox holds the event consumer settings (INBOX_*); the consumer reads
+// the stream of OUTBOX_STREAM on OUTBOX_NATS_URL.
+type Inbox struct {
+	// Consumer is the durable JetStream consumer's name (INBOX_CONSUMER).
+	Consumer string
+	// MaxDeliver bounds the deliveries of a failing event before it is
+	// dead-lettered (INBOX_MAX_DELIVER).
+	MaxDeliver int
+	// Backoff and BackoffMax bound the delay between deliveries of a
+	// failing event (INBOX_BACKOFF, INBOX_BACKOFF_MAX).
+	Backoff    time.Duration
+	BackoffMax time.Duration
+	// DeferDelay is the delay before redelivering an event whose
+	// predecessor is not applied yet (INBOX_DEFER_DELAY).
+	DeferDelay time.Duration
+	// MaxAckPending bounds the events delivered and not acked
+	// (INBOX_MAX_ACK_PENDING).
+	MaxAckPending int
+	// AckWait is how long the broker waits for an ack (INBOX_ACK_WAIT).
+	AckWait time.Duration
+	// Batch is how many events an instance pulls ahead (INBOX_BATCH).
+	Batch int
+	// Workers is how many events an instance handles at once
+	// (INBOX_WORKERS).
+	Workers int
+	// Ordered applies each aggregate's events in sequence order
+	// (INBOX_ORDERED).
+	Ordered bool
 }
 
 // Drain holds the shutdown settings (DB_DRAIN_*).

@@ -288,6 +288,39 @@ func Settings() []Setting {
 			func(c *Config) *bool { return &c.Outbox.Notify }),
 		boolSetting("OUTBOX_OWN_CONNECTION", true, "a relay claims and marks rows on a connection of its own (PostgreSQL, MySQL), so a full application pool never delays publishing; false shares the pool",
 			func(c *Config) *bool { return &c.Outbox.OwnConnection }),
+		{
+			Name: "INBOX_CONSUMER", Default: "bento-consumer",
+			Usage:   "durable JetStream consumer of bento consume, shared by its instances; also its name in the inbox and dead letters",
+			Accepts: "at most 128 letters, digits, - and _",
+			apply: func(c *Config, v string) error {
+				c.Inbox.Consumer = v
+				if v == "" || len(v) > 128 || strings.ContainsFunc(v, func(r rune) bool {
+					return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+				}) {
+					return errors.New("not a consumer name")
+				}
+				return nil
+			},
+			get: func(c Config) string { return c.Inbox.Consumer },
+		},
+		intRangeSetting("INBOX_MAX_DELIVER", 10, 1, 1000, "deliveries of a failing event before the consumer dead-letters it",
+			func(c *Config) *int { return &c.Inbox.MaxDeliver }),
+		durationSetting("INBOX_BACKOFF", "1s", false, "delay before redelivering an event whose handling failed once; it doubles per delivery",
+			func(c *Config) *time.Duration { return &c.Inbox.Backoff }),
+		durationSetting("INBOX_BACKOFF_MAX", "1m", false, "cap on the delay between deliveries of a failing event",
+			func(c *Config) *time.Duration { return &c.Inbox.BackoffMax }),
+		durationSetting("INBOX_DEFER_DELAY", "100ms", false, "delay before redelivering an event whose predecessor (same aggregate) is not applied yet",
+			func(c *Config) *time.Duration { return &c.Inbox.DeferDelay }),
+		intRangeSetting("INBOX_MAX_ACK_PENDING", 1000, 1, 1000000, "most events delivered to all instances of the consumer and not yet acknowledged",
+			func(c *Config) *int { return &c.Inbox.MaxAckPending }),
+		durationSetting("INBOX_ACK_WAIT", "30s", false, "how long the broker waits for an event's ack before delivering it again",
+			func(c *Config) *time.Duration { return &c.Inbox.AckWait }),
+		intRangeSetting("INBOX_BATCH", 100, 1, 10000, "events a consumer instance pulls ahead",
+			func(c *Config) *int { return &c.Inbox.Batch }),
+		intRangeSetting("INBOX_WORKERS", 4, 1, 256, "events a consumer instance handles at once (one aggregate's always in order)",
+			func(c *Config) *int { return &c.Inbox.Workers }),
+		boolSetting("INBOX_ORDERED", true, "apply each aggregate's events in sequence order; false applies them as they come (still once)",
+			func(c *Config) *bool { return &c.Inbox.Ordered }),
 	}
 }
 

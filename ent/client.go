@@ -15,8 +15,10 @@ import (
 	"entgo.io/ent/dialect"
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
+	"github.com/bento-go/bento/ent/customersummary"
 	"github.com/bento-go/bento/ent/order"
 	"github.com/bento-go/bento/ent/orderline"
+	"github.com/bento-go/bento/ent/summaryorder"
 
 	stdsql "database/sql"
 )
@@ -26,10 +28,14 @@ type Client struct {
 	config
 	// Schema is the client for creating, migrating and dropping schema.
 	Schema *migrate.Schema
+	// CustomerSummary is the client for interacting with the CustomerSummary builders.
+	CustomerSummary *CustomerSummaryClient
 	// Order is the client for interacting with the Order builders.
 	Order *OrderClient
 	// OrderLine is the client for interacting with the OrderLine builders.
 	OrderLine *OrderLineClient
+	// SummaryOrder is the client for interacting with the SummaryOrder builders.
+	SummaryOrder *SummaryOrderClient
 }
 
 // NewClient creates a new client configured with the given options.
@@ -41,8 +47,10 @@ func NewClient(opts ...Option) *Client {
 
 func (c *Client) init() {
 	c.Schema = migrate.NewSchema(c.driver)
+	c.CustomerSummary = NewCustomerSummaryClient(c.config)
 	c.Order = NewOrderClient(c.config)
 	c.OrderLine = NewOrderLineClient(c.config)
+	c.SummaryOrder = NewSummaryOrderClient(c.config)
 }
 
 type (
@@ -133,10 +141,12 @@ func (c *Client) Tx(ctx context.Context) (*Tx, error) {
 	cfg := c.config
 	cfg.driver = tx
 	return &Tx{
-		ctx:       ctx,
-		config:    cfg,
-		Order:     NewOrderClient(cfg),
-		OrderLine: NewOrderLineClient(cfg),
+		ctx:             ctx,
+		config:          cfg,
+		CustomerSummary: NewCustomerSummaryClient(cfg),
+		Order:           NewOrderClient(cfg),
+		OrderLine:       NewOrderLineClient(cfg),
+		SummaryOrder:    NewSummaryOrderClient(cfg),
 	}, nil
 }
 
@@ -154,17 +164,19 @@ func (c *Client) BeginTx(ctx context.Context, opts *sql.TxOptions) (*Tx, error) 
 	cfg := c.config
 	cfg.driver = &txDriver{tx: tx, drv: c.driver}
 	return &Tx{
-		ctx:       ctx,
-		config:    cfg,
-		Order:     NewOrderClient(cfg),
-		OrderLine: NewOrderLineClient(cfg),
+		ctx:             ctx,
+		config:          cfg,
+		CustomerSummary: NewCustomerSummaryClient(cfg),
+		Order:           NewOrderClient(cfg),
+		OrderLine:       NewOrderLineClient(cfg),
+		SummaryOrder:    NewSummaryOrderClient(cfg),
 	}, nil
 }
 
 // Debug returns a new debug-client. It's used to get verbose logging on specific operations.
 //
 //	client.Debug().
-//		Order.
+//		CustomerSummary.
 //		Query().
 //		Count(ctx)
 func (c *Client) Debug() *Client {
@@ -186,26 +198,167 @@ func (c *Client) Close() error {
 // Use adds the mutation hooks to all the entity clients.
 // In order to add hooks to a specific client, call: `client.Node.Use(...)`.
 func (c *Client) Use(hooks ...Hook) {
+	c.CustomerSummary.Use(hooks...)
 	c.Order.Use(hooks...)
 	c.OrderLine.Use(hooks...)
+	c.SummaryOrder.Use(hooks...)
 }
 
 // Intercept adds the query interceptors to all the entity clients.
 // In order to add interceptors to a specific client, call: `client.Node.Intercept(...)`.
 func (c *Client) Intercept(interceptors ...Interceptor) {
+	c.CustomerSummary.Intercept(interceptors...)
 	c.Order.Intercept(interceptors...)
 	c.OrderLine.Intercept(interceptors...)
+	c.SummaryOrder.Intercept(interceptors...)
 }
 
 // Mutate implements the ent.Mutator interface.
 func (c *Client) Mutate(ctx context.Context, m Mutation) (Value, error) {
 	switch m := m.(type) {
+	case *CustomerSummaryMutation:
+		return c.CustomerSummary.mutate(ctx, m)
 	case *OrderMutation:
 		return c.Order.mutate(ctx, m)
 	case *OrderLineMutation:
 		return c.OrderLine.mutate(ctx, m)
+	case *SummaryOrderMutation:
+		return c.SummaryOrder.mutate(ctx, m)
 	default:
 		return nil, fmt.Errorf("ent: unknown mutation type %T", m)
+	}
+}
+
+// CustomerSummaryClient is a client for the CustomerSummary schema.
+type CustomerSummaryClient struct {
+	config
+}
+
+// NewCustomerSummaryClient returns a client for the CustomerSummary from the given config.
+func NewCustomerSummaryClient(c config) *CustomerSummaryClient {
+	return &CustomerSummaryClient{config: c}
+}
+
+// Use adds a list of mutation hooks to the hooks stack.
+// A call to `Use(f, g, h)` equals to `customersummary.Hooks(f(g(h())))`.
+func (c *CustomerSummaryClient) Use(hooks ...Hook) {
+	c.hooks.CustomerSummary = append(c.hooks.CustomerSummary, hooks...)
+}
+
+// Intercept adds a list of query interceptors to the interceptors stack.
+// A call to `Intercept(f, g, h)` equals to `customersummary.Intercept(f(g(h())))`.
+func (c *CustomerSummaryClient) Intercept(interceptors ...Interceptor) {
+	c.inters.CustomerSummary = append(c.inters.CustomerSummary, interceptors...)
+}
+
+// Create returns a builder for creating a CustomerSummary entity.
+func (c *CustomerSummaryClient) Create() *CustomerSummaryCreate {
+	mutation := newCustomerSummaryMutation(c.config, OpCreate)
+	return &CustomerSummaryCreate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// CreateBulk returns a builder for creating a bulk of CustomerSummary entities.
+func (c *CustomerSummaryClient) CreateBulk(builders ...*CustomerSummaryCreate) *CustomerSummaryCreateBulk {
+	return &CustomerSummaryCreateBulk{config: c.config, builders: builders}
+}
+
+// MapCreateBulk creates a bulk creation builder from the given slice. For each item in the slice, the function creates
+// a builder and applies setFunc on it.
+func (c *CustomerSummaryClient) MapCreateBulk(slice any, setFunc func(*CustomerSummaryCreate, int)) *CustomerSummaryCreateBulk {
+	rv := reflect.ValueOf(slice)
+	if rv.Kind() != reflect.Slice {
+		return &CustomerSummaryCreateBulk{err: fmt.Errorf("calling to CustomerSummaryClient.MapCreateBulk with wrong type %T, need slice", slice)}
+	}
+	builders := make([]*CustomerSummaryCreate, rv.Len())
+	for i := 0; i < rv.Len(); i++ {
+		builders[i] = c.Create()
+		setFunc(builders[i], i)
+	}
+	return &CustomerSummaryCreateBulk{config: c.config, builders: builders}
+}
+
+// Update returns an update builder for CustomerSummary.
+func (c *CustomerSummaryClient) Update() *CustomerSummaryUpdate {
+	mutation := newCustomerSummaryMutation(c.config, OpUpdate)
+	return &CustomerSummaryUpdate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOne returns an update builder for the given entity.
+func (c *CustomerSummaryClient) UpdateOne(_m *CustomerSummary) *CustomerSummaryUpdateOne {
+	mutation := newCustomerSummaryMutation(c.config, OpUpdateOne, withCustomerSummary(_m))
+	return &CustomerSummaryUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOneID returns an update builder for the given id.
+func (c *CustomerSummaryClient) UpdateOneID(id int) *CustomerSummaryUpdateOne {
+	mutation := newCustomerSummaryMutation(c.config, OpUpdateOne, withCustomerSummaryID(id))
+	return &CustomerSummaryUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// Delete returns a delete builder for CustomerSummary.
+func (c *CustomerSummaryClient) Delete() *CustomerSummaryDelete {
+	mutation := newCustomerSummaryMutation(c.config, OpDelete)
+	return &CustomerSummaryDelete{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// DeleteOne returns a builder for deleting the given entity.
+func (c *CustomerSummaryClient) DeleteOne(_m *CustomerSummary) *CustomerSummaryDeleteOne {
+	return c.DeleteOneID(_m.ID)
+}
+
+// DeleteOneID returns a builder for deleting the given entity by its id.
+func (c *CustomerSummaryClient) DeleteOneID(id int) *CustomerSummaryDeleteOne {
+	builder := c.Delete().Where(customersummary.ID(id))
+	builder.mutation.id = &id
+	builder.mutation.op = OpDeleteOne
+	return &CustomerSummaryDeleteOne{builder}
+}
+
+// Query returns a query builder for CustomerSummary.
+func (c *CustomerSummaryClient) Query() *CustomerSummaryQuery {
+	return &CustomerSummaryQuery{
+		config: c.config,
+		ctx:    &QueryContext{Type: TypeCustomerSummary},
+		inters: c.Interceptors(),
+	}
+}
+
+// Get returns a CustomerSummary entity by its id.
+func (c *CustomerSummaryClient) Get(ctx context.Context, id int) (*CustomerSummary, error) {
+	return c.Query().Where(customersummary.ID(id)).Only(ctx)
+}
+
+// GetX is like Get, but panics if an error occurs.
+func (c *CustomerSummaryClient) GetX(ctx context.Context, id int) *CustomerSummary {
+	obj, err := c.Get(ctx, id)
+	if err != nil {
+		panic(err)
+	}
+	return obj
+}
+
+// Hooks returns the client hooks.
+func (c *CustomerSummaryClient) Hooks() []Hook {
+	return c.hooks.CustomerSummary
+}
+
+// Interceptors returns the client interceptors.
+func (c *CustomerSummaryClient) Interceptors() []Interceptor {
+	return c.inters.CustomerSummary
+}
+
+func (c *CustomerSummaryClient) mutate(ctx context.Context, m *CustomerSummaryMutation) (Value, error) {
+	switch m.Op() {
+	case OpCreate:
+		return (&CustomerSummaryCreate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdate:
+		return (&CustomerSummaryUpdate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdateOne:
+		return (&CustomerSummaryUpdateOne{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpDelete, OpDeleteOne:
+		return (&CustomerSummaryDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
+	default:
+		return nil, fmt.Errorf("ent: unknown CustomerSummary mutation op: %q", m.Op())
 	}
 }
 
@@ -507,13 +660,146 @@ func (c *OrderLineClient) mutate(ctx context.Context, m *OrderLineMutation) (Val
 	}
 }
 
+// SummaryOrderClient is a client for the SummaryOrder schema.
+type SummaryOrderClient struct {
+	config
+}
+
+// NewSummaryOrderClient returns a client for the SummaryOrder from the given config.
+func NewSummaryOrderClient(c config) *SummaryOrderClient {
+	return &SummaryOrderClient{config: c}
+}
+
+// Use adds a list of mutation hooks to the hooks stack.
+// A call to `Use(f, g, h)` equals to `summaryorder.Hooks(f(g(h())))`.
+func (c *SummaryOrderClient) Use(hooks ...Hook) {
+	c.hooks.SummaryOrder = append(c.hooks.SummaryOrder, hooks...)
+}
+
+// Intercept adds a list of query interceptors to the interceptors stack.
+// A call to `Intercept(f, g, h)` equals to `summaryorder.Intercept(f(g(h())))`.
+func (c *SummaryOrderClient) Intercept(interceptors ...Interceptor) {
+	c.inters.SummaryOrder = append(c.inters.SummaryOrder, interceptors...)
+}
+
+// Create returns a builder for creating a SummaryOrder entity.
+func (c *SummaryOrderClient) Create() *SummaryOrderCreate {
+	mutation := newSummaryOrderMutation(c.config, OpCreate)
+	return &SummaryOrderCreate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// CreateBulk returns a builder for creating a bulk of SummaryOrder entities.
+func (c *SummaryOrderClient) CreateBulk(builders ...*SummaryOrderCreate) *SummaryOrderCreateBulk {
+	return &SummaryOrderCreateBulk{config: c.config, builders: builders}
+}
+
+// MapCreateBulk creates a bulk creation builder from the given slice. For each item in the slice, the function creates
+// a builder and applies setFunc on it.
+func (c *SummaryOrderClient) MapCreateBulk(slice any, setFunc func(*SummaryOrderCreate, int)) *SummaryOrderCreateBulk {
+	rv := reflect.ValueOf(slice)
+	if rv.Kind() != reflect.Slice {
+		return &SummaryOrderCreateBulk{err: fmt.Errorf("calling to SummaryOrderClient.MapCreateBulk with wrong type %T, need slice", slice)}
+	}
+	builders := make([]*SummaryOrderCreate, rv.Len())
+	for i := 0; i < rv.Len(); i++ {
+		builders[i] = c.Create()
+		setFunc(builders[i], i)
+	}
+	return &SummaryOrderCreateBulk{config: c.config, builders: builders}
+}
+
+// Update returns an update builder for SummaryOrder.
+func (c *SummaryOrderClient) Update() *SummaryOrderUpdate {
+	mutation := newSummaryOrderMutation(c.config, OpUpdate)
+	return &SummaryOrderUpdate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOne returns an update builder for the given entity.
+func (c *SummaryOrderClient) UpdateOne(_m *SummaryOrder) *SummaryOrderUpdateOne {
+	mutation := newSummaryOrderMutation(c.config, OpUpdateOne, withSummaryOrder(_m))
+	return &SummaryOrderUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOneID returns an update builder for the given id.
+func (c *SummaryOrderClient) UpdateOneID(id int) *SummaryOrderUpdateOne {
+	mutation := newSummaryOrderMutation(c.config, OpUpdateOne, withSummaryOrderID(id))
+	return &SummaryOrderUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// Delete returns a delete builder for SummaryOrder.
+func (c *SummaryOrderClient) Delete() *SummaryOrderDelete {
+	mutation := newSummaryOrderMutation(c.config, OpDelete)
+	return &SummaryOrderDelete{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// DeleteOne returns a builder for deleting the given entity.
+func (c *SummaryOrderClient) DeleteOne(_m *SummaryOrder) *SummaryOrderDeleteOne {
+	return c.DeleteOneID(_m.ID)
+}
+
+// DeleteOneID returns a builder for deleting the given entity by its id.
+func (c *SummaryOrderClient) DeleteOneID(id int) *SummaryOrderDeleteOne {
+	builder := c.Delete().Where(summaryorder.ID(id))
+	builder.mutation.id = &id
+	builder.mutation.op = OpDeleteOne
+	return &SummaryOrderDeleteOne{builder}
+}
+
+// Query returns a query builder for SummaryOrder.
+func (c *SummaryOrderClient) Query() *SummaryOrderQuery {
+	return &SummaryOrderQuery{
+		config: c.config,
+		ctx:    &QueryContext{Type: TypeSummaryOrder},
+		inters: c.Interceptors(),
+	}
+}
+
+// Get returns a SummaryOrder entity by its id.
+func (c *SummaryOrderClient) Get(ctx context.Context, id int) (*SummaryOrder, error) {
+	return c.Query().Where(summaryorder.ID(id)).Only(ctx)
+}
+
+// GetX is like Get, but panics if an error occurs.
+func (c *SummaryOrderClient) GetX(ctx context.Context, id int) *SummaryOrder {
+	obj, err := c.Get(ctx, id)
+	if err != nil {
+		panic(err)
+	}
+	return obj
+}
+
+// Hooks returns the client hooks.
+func (c *SummaryOrderClient) Hooks() []Hook {
+	return c.hooks.SummaryOrder
+}
+
+// Interceptors returns the client interceptors.
+func (c *SummaryOrderClient) Interceptors() []Interceptor {
+	return c.inters.SummaryOrder
+}
+
+func (c *SummaryOrderClient) mutate(ctx context.Context, m *SummaryOrderMutation) (Value, error) {
+	switch m.Op() {
+	case OpCreate:
+		return (&SummaryOrderCreate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdate:
+		return (&SummaryOrderUpdate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdateOne:
+		return (&SummaryOrderUpdateOne{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpDelete, OpDeleteOne:
+		return (&SummaryOrderDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
+	default:
+		return nil, fmt.Errorf("ent: unknown SummaryOrder mutation op: %q", m.Op())
+	}
+}
+
 // hooks and interceptors per client, for fast access.
 type (
 	hooks struct {
-		Order, OrderLine []ent.Hook
+		CustomerSummary, Order, OrderLine, SummaryOrder []ent.Hook
 	}
 	inters struct {
-		Order, OrderLine []ent.Interceptor
+		CustomerSummary, Order, OrderLine, SummaryOrder []ent.Interceptor
 	}
 )
 

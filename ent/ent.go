@@ -12,8 +12,10 @@ import (
 	"entgo.io/ent"
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
+	"github.com/bento-go/bento/ent/customersummary"
 	"github.com/bento-go/bento/ent/order"
 	"github.com/bento-go/bento/ent/orderline"
+	"github.com/bento-go/bento/ent/summaryorder"
 )
 
 // ent aliases to avoid import conflicts in user's code.
@@ -74,8 +76,10 @@ var (
 func checkColumn(t, c string) error {
 	initCheck.Do(func() {
 		columnCheck = sql.NewColumnCheck(map[string]func(string) bool{
-			order.Table:     order.ValidColumn,
-			orderline.Table: orderline.ValidColumn,
+			customersummary.Table: customersummary.ValidColumn,
+			order.Table:           order.ValidColumn,
+			orderline.Table:       orderline.ValidColumn,
+			summaryorder.Table:    summaryorder.ValidColumn,
 		})
 	})
 	return columnCheck(t, c)

@@ -11,9 +11,11 @@ import (
 
 	"entgo.io/ent"
 	"entgo.io/ent/dialect/sql"
+	"github.com/bento-go/bento/ent/customersummary"
 	"github.com/bento-go/bento/ent/order"
 	"github.com/bento-go/bento/ent/orderline"
 	"github.com/bento-go/bento/ent/predicate"
+	"github.com/bento-go/bento/ent/summaryorder"
 )
 
 const (
@@ -25,9 +27,742 @@ const (
 	OpUpdateOne = ent.OpUpdateOne
 
 	// Node types.
-	TypeOrder     = "Order"
-	TypeOrderLine = "OrderLine"
+	TypeCustomerSummary = "CustomerSummary"
+	TypeOrder           = "Order"
+	TypeOrderLine       = "OrderLine"
+	TypeSummaryOrder    = "SummaryOrder"
 )
+
+// CustomerSummaryMutation represents an operation that mutates the CustomerSummary nodes in the graph.
+type CustomerSummaryMutation struct {
+	config
+	op                   Op
+	typ                  string
+	id                   *int
+	customer             *string
+	orders_placed        *int64
+	addorders_placed     *int64
+	orders_paid          *int64
+	addorders_paid       *int64
+	orders_cancelled     *int64
+	addorders_cancelled  *int64
+	total_spent_cents    *int64
+	addtotal_spent_cents *int64
+	updated_at           *time.Time
+	clearedFields        map[string]struct{}
+	done                 bool
+	oldValue             func(context.Context) (*CustomerSummary, error)
+	predicates           []predicate.CustomerSummary
+}
+
+var _ ent.Mutation = (*CustomerSummaryMutation)(nil)
+
+// customersummaryOption allows management of the mutation configuration using functional options.
+type customersummaryOption func(*CustomerSummaryMutation)
+
+// newCustomerSummaryMutation creates new mutation for the CustomerSummary entity.
+func newCustomerSummaryMutation(c config, op Op, opts ...customersummaryOption) *CustomerSummaryMutation {
+	m := &CustomerSummaryMutation{
+		config:        c,
+		op:            op,
+		typ:           TypeCustomerSummary,
+		clearedFields: make(map[string]struct{}),
+	}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return m
+}
+
+// withCustomerSummaryID sets the ID field of the mutation.
+func withCustomerSummaryID(id int) customersummaryOption {
+	return func(m *CustomerSummaryMutation) {
+		var (
+			err   error
+			once  sync.Once
+			value *CustomerSummary
+		)
+		m.oldValue = func(ctx context.Context) (*CustomerSummary, error) {
+			once.Do(func() {
+				if m.done {
+					err = errors.New("querying old values post mutation is not allowed")
+				} else {
+					value, err = m.Client().CustomerSummary.Get(ctx, id)
+				}
+			})
+			return value, err
+		}
+		m.id = &id
+	}
+}
+
+// withCustomerSummary sets the old CustomerSummary of the mutation.
+func withCustomerSummary(node *CustomerSummary) customersummaryOption {
+	return func(m *CustomerSummaryMutation) {
+		m.oldValue = func(context.Context) (*CustomerSummary, error) {
+			return node, nil
+		}
+		m.id = &node.ID
+	}
+}
+
+// Client returns a new `ent.Client` from the mutation. If the mutation was
+// executed in a transaction (ent.Tx), a transactional client is returned.
+func (m CustomerSummaryMutation) Client() *Client {
+	client := &Client{config: m.config}
+	client.init()
+	return client
+}
+
+// Tx returns an `ent.Tx` for mutations that were executed in transactions;
+// it returns an error otherwise.
+func (m CustomerSummaryMutation) Tx() (*Tx, error) {
+	if _, ok := m.driver.(*txDriver); !ok {
+		return nil, errors.New("ent: mutation is not running in a transaction")
+	}
+	tx := &Tx{config: m.config}
+	tx.init()
+	return tx, nil
+}
+
+// ID returns the ID value in the mutation. Note that the ID is only available
+// if it was provided to the builder or after it was returned from the database.
+func (m *CustomerSummaryMutation) ID() (id int, exists bool) {
+	if m.id == nil {
+		return
+	}
+	return *m.id, true
+}
+
+// IDs queries the database and returns the entity ids that match the mutation's predicate.
+// That means, if the mutation is applied within a transaction with an isolation level such
+// as sql.LevelSerializable, the returned ids match the ids of the rows that will be updated
+// or updated by the mutation.
+func (m *CustomerSummaryMutation) IDs(ctx context.Context) ([]int, error) {
+	switch {
+	case m.op.Is(OpUpdateOne | OpDeleteOne):
+		id, exists := m.ID()
+		if exists {
+			return []int{id}, nil
+		}
+		fallthrough
+	case m.op.Is(OpUpdate | OpDelete):
+		return m.Client().CustomerSummary.Query().Where(m.predicates...).IDs(ctx)
+	default:
+		return nil, fmt.Errorf("IDs is not allowed on %s operations", m.op)
+	}
+}
+
+// SetCustomer sets the "customer" field.
+func (m *CustomerSummaryMutation) SetCustomer(s string) {
+	m.customer = &s
+}
+
+// Customer returns the value of the "customer" field in the mutation.
+func (m *CustomerSummaryMutation) Customer() (r string, exists bool) {
+	v := m.customer
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldCustomer returns the old "customer" field's value of the CustomerSummary entity.
+// If the CustomerSummary object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *CustomerSummaryMutation) OldCustomer(ctx context.Context) (v string, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldCustomer is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldCustomer requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldCustomer: %w", err)
+	}
+	return oldValue.Customer, nil
+}
+
+// ResetCustomer resets all changes to the "customer" field.
+func (m *CustomerSummaryMutation) ResetCustomer() {
+	m.customer = nil
+}
+
+// SetOrdersPlaced sets the "orders_placed" field.
+func (m *CustomerSummaryMutation) SetOrdersPlaced(i int64) {
+	m.orders_placed = &i
+	m.addorders_placed = nil
+}
+
+// OrdersPlaced returns the value of the "orders_placed" field in the mutation.
+func (m *CustomerSummaryMutation) OrdersPlaced() (r int64, exists bool) {
+	v := m.orders_placed
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldOrdersPlaced returns the old "orders_placed" field's value of the CustomerSummary entity.
+// If the CustomerSummary object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *CustomerSummaryMutation) OldOrdersPlaced(ctx context.Context) (v int64, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldOrdersPlaced is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldOrdersPlaced requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldOrdersPlaced: %w", err)
+	}
+	return oldValue.OrdersPlaced, nil
+}
+
+// AddOrdersPlaced adds i to the "orders_placed" field.
+func (m *CustomerSummaryMutation) AddOrdersPlaced(i int64) {
+	if m.addorders_placed != nil {
+		*m.addorders_placed += i
+	} else {
+		m.addorders_placed = &i
+	}
+}
+
+// AddedOrdersPlaced returns the value that was added to the "orders_placed" field in this mutation.
+func (m *CustomerSummaryMutation) AddedOrdersPlaced() (r int64, exists bool) {
+	v := m.addorders_placed
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetOrdersPlaced resets all changes to the "orders_placed" field.
+func (m *CustomerSummaryMutation) ResetOrdersPlaced() {
+	m.orders_placed = nil
+	m.addorders_placed = nil
+}
+
+// SetOrdersPaid sets the "orders_paid" field.
+func (m *CustomerSummaryMutation) SetOrdersPaid(i int64) {
+	m.orders_paid = &i
+	m.addorders_paid = nil
+}
+
+// OrdersPaid returns the value of the "orders_paid" field in the mutation.
+func (m *CustomerSummaryMutation) OrdersPaid() (r int64, exists bool) {
+	v := m.orders_paid
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldOrdersPaid returns the old "orders_paid" field's value of the CustomerSummary entity.
+// If the CustomerSummary object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *CustomerSummaryMutation) OldOrdersPaid(ctx context.Context) (v int64, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldOrdersPaid is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldOrdersPaid requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldOrdersPaid: %w", err)
+	}
+	return oldValue.OrdersPaid, nil
+}
+
+// AddOrdersPaid adds i to the "orders_paid" field.
+func (m *CustomerSummaryMutation) AddOrdersPaid(i int64) {
+	if m.addorders_paid != nil {
+		*m.addorders_paid += i
+	} else {
+		m.addorders_paid = &i
+	}
+}
+
+// AddedOrdersPaid returns the value that was added to the "orders_paid" field in this mutation.
+func (m *CustomerSummaryMutation) AddedOrdersPaid() (r int64, exists bool) {
+	v := m.addorders_paid
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetOrdersPaid resets all changes to the "orders_paid" field.
+func (m *CustomerSummaryMutation) ResetOrdersPaid() {
+	m.orders_paid = nil
+	m.addorders_paid = nil
+}
+
+// SetOrdersCancelled sets the "orders_cancelled" field.
+func (m *CustomerSummaryMutation) SetOrdersCancelled(i int64) {
+	m.orders_cancelled = &i
+	m.addorders_cancelled = nil
+}
+
+// OrdersCancelled returns the value of the "orders_cancelled" field in the mutation.
+func (m *CustomerSummaryMutation) OrdersCancelled() (r int64, exists bool) {
+	v := m.orders_cancelled
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldOrdersCancelled returns the old "orders_cancelled" field's value of the CustomerSummary entity.
+// If the CustomerSummary object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *CustomerSummaryMutation) OldOrdersCancelled(ctx context.Context) (v int64, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldOrdersCancelled is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldOrdersCancelled requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldOrdersCancelled: %w", err)
+	}
+	return oldValue.OrdersCancelled, nil
+}
+
+// AddOrdersCancelled adds i to the "orders_cancelled" field.
+func (m *CustomerSummaryMutation) AddOrdersCancelled(i int64) {
+	if m.addorders_cancelled != nil {
+		*m.addorders_cancelled += i
+	} else {
+		m.addorders_cancelled = &i
+	}
+}
+
+// AddedOrdersCancelled returns the value that was added to the "orders_cancelled" field in this mutation.
+func (m *CustomerSummaryMutation) AddedOrdersCancelled() (r int64, exists bool) {
+	v := m.addorders_cancelled
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetOrdersCancelled resets all changes to the "orders_cancelled" field.
+func (m *CustomerSummaryMutation) ResetOrdersCancelled() {
+	m.orders_cancelled = nil
+	m.addorders_cancelled = nil
+}
+
+// SetTotalSpentCents sets the "total_spent_cents" field.
+func (m *CustomerSummaryMutation) SetTotalSpentCents(i int64) {
+	m.total_spent_cents = &i
+	m.addtotal_spent_cents = nil
+}
+
+// TotalSpentCents returns the value of the "total_spent_cents" field in the mutation.
+func (m *CustomerSummaryMutation) TotalSpentCents() (r int64, exists bool) {
+	v := m.total_spent_cents
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldTotalSpentCents returns the old "total_spent_cents" field's value of the CustomerSummary entity.
+// If the CustomerSummary object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *CustomerSummaryMutation) OldTotalSpentCents(ctx context.Context) (v int64, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldTotalSpentCents is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldTotalSpentCents requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldTotalSpentCents: %w", err)
+	}
+	return oldValue.TotalSpentCents, nil
+}
+
+// AddTotalSpentCents adds i to the "total_spent_cents" field.
+func (m *CustomerSummaryMutation) AddTotalSpentCents(i int64) {
+	if m.addtotal_spent_cents != nil {
+		*m.addtotal_spent_cents += i
+	} else {
+		m.addtotal_spent_cents = &i
+	}
+}
+
+// AddedTotalSpentCents returns the value that was added to the "total_spent_cents" field in this mutation.
+func (m *CustomerSummaryMutation) AddedTotalSpentCents() (r int64, exists bool) {
+	v := m.addtotal_spent_cents
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetTotalSpentCents resets all changes to the "total_spent_cents" field.
+func (m *CustomerSummaryMutation) ResetTotalSpentCents() {
+	m.total_spent_cents = nil
+	m.addtotal_spent_cents = nil
+}
+
+// SetUpdatedAt sets the "updated_at" field.
+func (m *CustomerSummaryMutation) SetUpdatedAt(t time.Time) {
+	m.updated_at = &t
+}
+
+// UpdatedAt returns the value of the "updated_at" field in the mutation.
+func (m *CustomerSummaryMutation) UpdatedAt() (r time.Time, exists bool) {
+	v := m.updated_at
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldUpdatedAt returns the old "updated_at" field's value of the CustomerSummary entity.
+// If the CustomerSummary object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *CustomerSummaryMutation) OldUpdatedAt(ctx context.Context) (v time.Time, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldUpdatedAt is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldUpdatedAt requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldUpdatedAt: %w", err)
+	}
+	return oldValue.UpdatedAt, nil
+}
+
+// ResetUpdatedAt resets all changes to the "updated_at" field.
+func (m *CustomerSummaryMutation) ResetUpdatedAt() {
+	m.updated_at = nil
+}
+
+// Where appends a list predicates to the CustomerSummaryMutation builder.
+func (m *CustomerSummaryMutation) Where(ps ...predicate.CustomerSummary) {
+	m.predicates = append(m.predicates, ps...)
+}
+
+// WhereP appends storage-level predicates to the CustomerSummaryMutation builder. Using this method,
+// users can use type-assertion to append predicates that do not depend on any generated package.
+func (m *CustomerSummaryMutation) WhereP(ps ...func(*sql.Selector)) {
+	p := make([]predicate.CustomerSummary, len(ps))
+	for i := range ps {
+		p[i] = ps[i]
+	}
+	m.Where(p...)
+}
+
+// Op returns the operation name.
+func (m *CustomerSummaryMutation) Op() Op {
+	return m.op
+}
+
+// SetOp allows setting the mutation operation.
+func (m *CustomerSummaryMutation) SetOp(op Op) {
+	m.op = op
+}
+
+// Type returns the node type of this mutation (CustomerSummary).
+func (m *CustomerSummaryMutation) Type() string {
+	return m.typ
+}
+
+// Fields returns all fields that were changed during this mutation. Note that in
+// order to get all numeric fields that were incremented/decremented, call
+// AddedFields().
+func (m *CustomerSummaryMutation) Fields() []string {
+	fields := make([]string, 0, 6)
+	if m.customer != nil {
+		fields = append(fields, customersummary.FieldCustomer)
+	}
+	if m.orders_placed != nil {
+		fields = append(fields, customersummary.FieldOrdersPlaced)
+	}
+	if m.orders_paid != nil {
+		fields = append(fields, customersummary.FieldOrdersPaid)
+	}
+	if m.orders_cancelled != nil {
+		fields = append(fields, customersummary.FieldOrdersCancelled)
+	}
+	if m.total_spent_cents != nil {
+		fields = append(fields, customersummary.FieldTotalSpentCents)
+	}
+	if m.updated_at != nil {
+		fields = append(fields, customersummary.FieldUpdatedAt)
+	}
+	return fields
+}
+
+// Field returns the value of a field with the given name. The second boolean
+// return value indicates that this field was not set, or was not defined in the
+// schema.
+func (m *CustomerSummaryMutation) Field(name string) (ent.Value, bool) {
+	switch name {
+	case customersummary.FieldCustomer:
+		return m.Customer()
+	case customersummary.FieldOrdersPlaced:
+		return m.OrdersPlaced()
+	case customersummary.FieldOrdersPaid:
+		return m.OrdersPaid()
+	case customersummary.FieldOrdersCancelled:
+		return m.OrdersCancelled()
+	case customersummary.FieldTotalSpentCents:
+		return m.TotalSpentCents()
+	case customersummary.FieldUpdatedAt:
+		return m.UpdatedAt()
+	}
+	return nil, false
+}
+
+// OldField returns the old value of the field from the database. An error is
+// returned if the mutation operation is not UpdateOne, or the query to the
+// database failed.
+func (m *CustomerSummaryMutation) OldField(ctx context.Context, name string) (ent.Value, error) {
+	switch name {
+	case customersummary.FieldCustomer:
+		return m.OldCustomer(ctx)
+	case customersummary.FieldOrdersPlaced:
+		return m.OldOrdersPlaced(ctx)
+	case customersummary.FieldOrdersPaid:
+		return m.OldOrdersPaid(ctx)
+	case customersummary.FieldOrdersCancelled:
+		return m.OldOrdersCancelled(ctx)
+	case customersummary.FieldTotalSpentCents:
+		return m.OldTotalSpentCents(ctx)
+	case customersummary.FieldUpdatedAt:
+		return m.OldUpdatedAt(ctx)
+	}
+	return nil, fmt.Errorf("unknown CustomerSummary field %s", name)
+}
+
+// SetField sets the value of a field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *CustomerSummaryMutation) SetField(name string, value ent.Value) error {
+	switch name {
+	case customersummary.FieldCustomer:
+		v, ok := value.(string)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetCustomer(v)
+		return nil
+	case customersummary.FieldOrdersPlaced:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetOrdersPlaced(v)
+		return nil
+	case customersummary.FieldOrdersPaid:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetOrdersPaid(v)
+		return nil
+	case customersummary.FieldOrdersCancelled:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetOrdersCancelled(v)
+		return nil
+	case customersummary.FieldTotalSpentCents:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetTotalSpentCents(v)
+		return nil
+	case customersummary.FieldUpdatedAt:
+		v, ok := value.(time.Time)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetUpdatedAt(v)
+		return nil
+	}
+	return fmt.Errorf("unknown CustomerSummary field %s", name)
+}
+
+// AddedFields returns all numeric fields that were incremented/decremented during
+// this mutation.
+func (m *CustomerSummaryMutation) AddedFields() []string {
+	var fields []string
+	if m.addorders_placed != nil {
+		fields = append(fields, customersummary.FieldOrdersPlaced)
+	}
+	if m.addorders_paid != nil {
+		fields = append(fields, customersummary.FieldOrdersPaid)
+	}
+	if m.addorders_cancelled != nil {
+		fields = append(fields, customersummary.FieldOrdersCancelled)
+	}
+	if m.addtotal_spent_cents != nil {
+		fields = append(fields, customersummary.FieldTotalSpentCents)
+	}
+	return fields
+}
+
+// AddedField returns the numeric value that was incremented/decremented on a field
+// with the given name. The second boolean return value indicates that this field
+// was not set, or was not defined in the schema.
+func (m *CustomerSummaryMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	case customersummary.FieldOrdersPlaced:
+		return m.AddedOrdersPlaced()
+	case customersummary.FieldOrdersPaid:
+		return m.AddedOrdersPaid()
+	case customersummary.FieldOrdersCancelled:
+		return m.AddedOrdersCancelled()
+	case customersummary.FieldTotalSpentCents:
+		return m.AddedTotalSpentCents()
+	}
+	return nil, false
+}
+
+// AddField adds the value to the field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *CustomerSummaryMutation) AddField(name string, value ent.Value) error {
+	switch name {
+	case customersummary.FieldOrdersPlaced:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddOrdersPlaced(v)
+		return nil
+	case customersummary.FieldOrdersPaid:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddOrdersPaid(v)
+		return nil
+	case customersummary.FieldOrdersCancelled:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddOrdersCancelled(v)
+		return nil
+	case customersummary.FieldTotalSpentCents:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddTotalSpentCents(v)
+		return nil
+	}
+	return fmt.Errorf("unknown CustomerSummary numeric field %s", name)
+}
+
+// ClearedFields returns all nullable fields that were cleared during this
+// mutation.
+func (m *CustomerSummaryMutation) ClearedFields() []string {
+	return nil
+}
+
+// FieldCleared returns a boolean indicating if a field with the given name was
+// cleared in this mutation.
+func (m *CustomerSummaryMutation) FieldCleared(name string) bool {
+	_, ok := m.clearedFields[name]
+	return ok
+}
+
+// ClearField clears the value of the field with the given name. It returns an
+// error if the field is not defined in the schema.
+func (m *CustomerSummaryMutation) ClearField(name string) error {
+	return fmt.Errorf("unknown CustomerSummary nullable field %s", name)
+}
+
+// ResetField resets all changes in the mutation for the field with the given name.
+// It returns an error if the field is not defined in the schema.
+func (m *CustomerSummaryMutation) ResetField(name string) error {
+	switch name {
+	case customersummary.FieldCustomer:
+		m.ResetCustomer()
+		return nil
+	case customersummary.FieldOrdersPlaced:
+		m.ResetOrdersPlaced()
+		return nil
+	case customersummary.FieldOrdersPaid:
+		m.ResetOrdersPaid()
+		return nil
+	case customersummary.FieldOrdersCancelled:
+		m.ResetOrdersCancelled()
+		return nil
+	case customersummary.FieldTotalSpentCents:
+		m.ResetTotalSpentCents()
+		return nil
+	case customersummary.FieldUpdatedAt:
+		m.ResetUpdatedAt()
+		return nil
+	}
+	return fmt.Errorf("unknown CustomerSummary field %s", name)
+}
+
+// AddedEdges returns all edge names that were set/added in this mutation.
+func (m *CustomerSummaryMutation) AddedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// AddedIDs returns all IDs (to other nodes) that were added for the given edge
+// name in this mutation.
+func (m *CustomerSummaryMutation) AddedIDs(name string) []ent.Value {
+	return nil
+}
+
+// RemovedEdges returns all edge names that were removed in this mutation.
+func (m *CustomerSummaryMutation) RemovedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// RemovedIDs returns all IDs (to other nodes) that were removed for the edge with
+// the given name in this mutation.
+func (m *CustomerSummaryMutation) RemovedIDs(name string) []ent.Value {
+	return nil
+}
+
+// ClearedEdges returns all edge names that were cleared in this mutation.
+func (m *CustomerSummaryMutation) ClearedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// EdgeCleared returns a boolean which indicates if the edge with the given name
+// was cleared in this mutation.
+func (m *CustomerSummaryMutation) EdgeCleared(name string) bool {
+	return false
+}
+
+// ClearEdge clears the value of the edge with the given name. It returns an error
+// if that edge is not defined in the schema.
+func (m *CustomerSummaryMutation) ClearEdge(name string) error {
+	return fmt.Errorf("unknown CustomerSummary unique edge %s", name)
+}
+
+// ResetEdge resets all changes to the edge with the given name in this mutation.
+// It returns an error if the edge is not defined in the schema.
+func (m *CustomerSummaryMutation) ResetEdge(name string) error {
+	return fmt.Errorf("unknown CustomerSummary edge %s", name)
+}
 
 // OrderMutation represents an operation that mutates the Order nodes in the graph.
 type OrderMutation struct {
@@ -1431,4 +2166,561 @@ func (m *OrderLineMutation) ResetEdge(name string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown OrderLine edge %s", name)
+}
+
+// SummaryOrderMutation represents an operation that mutates the SummaryOrder nodes in the graph.
+type SummaryOrderMutation struct {
+	config
+	op             Op
+	typ            string
+	id             *int
+	order_id       *int
+	addorder_id    *int
+	customer       *string
+	total_cents    *int64
+	addtotal_cents *int64
+	status         *summaryorder.Status
+	clearedFields  map[string]struct{}
+	done           bool
+	oldValue       func(context.Context) (*SummaryOrder, error)
+	predicates     []predicate.SummaryOrder
+}
+
+var _ ent.Mutation = (*SummaryOrderMutation)(nil)
+
+// summaryorderOption allows management of the mutation configuration using functional options.
+type summaryorderOption func(*SummaryOrderMutation)
+
+// newSummaryOrderMutation creates new mutation for the SummaryOrder entity.
+func newSummaryOrderMutation(c config, op Op, opts ...summaryorderOption) *SummaryOrderMutation {
+	m := &SummaryOrderMutation{
+		config:        c,
+		op:            op,
+		typ:           TypeSummaryOrder,
+		clearedFields: make(map[string]struct{}),
+	}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return m
+}
+
+// withSummaryOrderID sets the ID field of the mutation.
+func withSummaryOrderID(id int) summaryorderOption {
+	return func(m *SummaryOrderMutation) {
+		var (
+			err   error
+			once  sync.Once
+			value *SummaryOrder
+		)
+		m.oldValue = func(ctx context.Context) (*SummaryOrder, error) {
+			once.Do(func() {
+				if m.done {
+					err = errors.New("querying old values post mutation is not allowed")
+				} else {
+					value, err = m.Client().SummaryOrder.Get(ctx, id)
+				}
+			})
+			return value, err
+		}
+		m.id = &id
+	}
+}
+
+// withSummaryOrder sets the old SummaryOrder of the mutation.
+func withSummaryOrder(node *SummaryOrder) summaryorderOption {
+	return func(m *SummaryOrderMutation) {
+		m.oldValue = func(context.Context) (*SummaryOrder, error) {
+			return node, nil
+		}
+		m.id = &node.ID
+	}
+}
+
+// Client returns a new `ent.Client` from the mutation. If the mutation was
+// executed in a transaction (ent.Tx), a transactional client is returned.
+func (m SummaryOrderMutation) Client() *Client {
+	client := &Client{config: m.config}
+	client.init()
+	return client
+}
+
+// Tx returns an `ent.Tx` for mutations that were executed in transactions;
+// it returns an error otherwise.
+func (m SummaryOrderMutation) Tx() (*Tx, error) {
+	if _, ok := m.driver.(*txDriver); !ok {
+		return nil, errors.New("ent: mutation is not running in a transaction")
+	}
+	tx := &Tx{config: m.config}
+	tx.init()
+	return tx, nil
+}
+
+// ID returns the ID value in the mutation. Note that the ID is only available
+// if it was provided to the builder or after it was returned from the database.
+func (m *SummaryOrderMutation) ID() (id int, exists bool) {
+	if m.id == nil {
+		return
+	}
+	return *m.id, true
+}
+
+// IDs queries the database and returns the entity ids that match the mutation's predicate.
+// That means, if the mutation is applied within a transaction with an isolation level such
+// as sql.LevelSerializable, the returned ids match the ids of the rows that will be updated
+// or updated by the mutation.
+func (m *SummaryOrderMutation) IDs(ctx context.Context) ([]int, error) {
+	switch {
+	case m.op.Is(OpUpdateOne | OpDeleteOne):
+		id, exists := m.ID()
+		if exists {
+			return []int{id}, nil
+		}
+		fallthrough
+	case m.op.Is(OpUpdate | OpDelete):
+		return m.Client().SummaryOrder.Query().Where(m.predicates...).IDs(ctx)
+	default:
+		return nil, fmt.Errorf("IDs is not allowed on %s operations", m.op)
+	}
+}
+
+// SetOrderID sets the "order_id" field.
+func (m *SummaryOrderMutation) SetOrderID(i int) {
+	m.order_id = &i
+	m.addorder_id = nil
+}
+
+// OrderID returns the value of the "order_id" field in the mutation.
+func (m *SummaryOrderMutation) OrderID() (r int, exists bool) {
+	v := m.order_id
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldOrderID returns the old "order_id" field's value of the SummaryOrder entity.
+// If the SummaryOrder object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *SummaryOrderMutation) OldOrderID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldOrderID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldOrderID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldOrderID: %w", err)
+	}
+	return oldValue.OrderID, nil
+}
+
+// AddOrderID adds i to the "order_id" field.
+func (m *SummaryOrderMutation) AddOrderID(i int) {
+	if m.addorder_id != nil {
+		*m.addorder_id += i
+	} else {
+		m.addorder_id = &i
+	}
+}
+
+// AddedOrderID returns the value that was added to the "order_id" field in this mutation.
+func (m *SummaryOrderMutation) AddedOrderID() (r int, exists bool) {
+	v := m.addorder_id
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetOrderID resets all changes to the "order_id" field.
+func (m *SummaryOrderMutation) ResetOrderID() {
+	m.order_id = nil
+	m.addorder_id = nil
+}
+
+// SetCustomer sets the "customer" field.
+func (m *SummaryOrderMutation) SetCustomer(s string) {
+	m.customer = &s
+}
+
+// Customer returns the value of the "customer" field in the mutation.
+func (m *SummaryOrderMutation) Customer() (r string, exists bool) {
+	v := m.customer
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldCustomer returns the old "customer" field's value of the SummaryOrder entity.
+// If the SummaryOrder object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *SummaryOrderMutation) OldCustomer(ctx context.Context) (v string, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldCustomer is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldCustomer requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldCustomer: %w", err)
+	}
+	return oldValue.Customer, nil
+}
+
+// ResetCustomer resets all changes to the "customer" field.
+func (m *SummaryOrderMutation) ResetCustomer() {
+	m.customer = nil
+}
+
+// SetTotalCents sets the "total_cents" field.
+func (m *SummaryOrderMutation) SetTotalCents(i int64) {
+	m.total_cents = &i
+	m.addtotal_cents = nil
+}
+
+// TotalCents returns the value of the "total_cents" field in the mutation.
+func (m *SummaryOrderMutation) TotalCents() (r int64, exists bool) {
+	v := m.total_cents
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldTotalCents returns the old "total_cents" field's value of the SummaryOrder entity.
+// If the SummaryOrder object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *SummaryOrderMutation) OldTotalCents(ctx context.Context) (v int64, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldTotalCents is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldTotalCents requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldTotalCents: %w", err)
+	}
+	return oldValue.TotalCents, nil
+}
+
+// AddTotalCents adds i to the "total_cents" field.
+func (m *SummaryOrderMutation) AddTotalCents(i int64) {
+	if m.addtotal_cents != nil {
+		*m.addtotal_cents += i
+	} else {
+		m.addtotal_cents = &i
+	}
+}
+
+// AddedTotalCents returns the value that was added to the "total_cents" field in this mutation.
+func (m *SummaryOrderMutation) AddedTotalCents() (r int64, exists bool) {
+	v := m.addtotal_cents
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetTotalCents resets all changes to the "total_cents" field.
+func (m *SummaryOrderMutation) ResetTotalCents() {
+	m.total_cents = nil
+	m.addtotal_cents = nil
+}
+
+// SetStatus sets the "status" field.
+func (m *SummaryOrderMutation) SetStatus(s summaryorder.Status) {
+	m.status = &s
+}
+
+// Status returns the value of the "status" field in the mutation.
+func (m *SummaryOrderMutation) Status() (r summaryorder.Status, exists bool) {
+	v := m.status
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldStatus returns the old "status" field's value of the SummaryOrder entity.
+// If the SummaryOrder object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *SummaryOrderMutation) OldStatus(ctx context.Context) (v summaryorder.Status, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldStatus is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldStatus requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldStatus: %w", err)
+	}
+	return oldValue.Status, nil
+}
+
+// ResetStatus resets all changes to the "status" field.
+func (m *SummaryOrderMutation) ResetStatus() {
+	m.status = nil
+}
+
+// Where appends a list predicates to the SummaryOrderMutation builder.
+func (m *SummaryOrderMutation) Where(ps ...predicate.SummaryOrder) {
+	m.predicates = append(m.predicates, ps...)
+}
+
+// WhereP appends storage-level predicates to the SummaryOrderMutation builder. Using this method,
+// users can use type-assertion to append predicates that do not depend on any generated package.
+func (m *SummaryOrderMutation) WhereP(ps ...func(*sql.Selector)) {
+	p := make([]predicate.SummaryOrder, len(ps))
+	for i := range ps {
+		p[i] = ps[i]
+	}
+	m.Where(p...)
+}
+
+// Op returns the operation name.
+func (m *SummaryOrderMutation) Op() Op {
+	return m.op
+}
+
+// SetOp allows setting the mutation operation.
+func (m *SummaryOrderMutation) SetOp(op Op) {
+	m.op = op
+}
+
+// Type returns the node type of this mutation (SummaryOrder).
+func (m *SummaryOrderMutation) Type() string {
+	return m.typ
+}
+
+// Fields returns all fields that were changed during this mutation. Note that in
+// order to get all numeric fields that were incremented/decremented, call
+// AddedFields().
+func (m *SummaryOrderMutation) Fields() []string {
+	fields := make([]string, 0, 4)
+	if m.order_id != nil {
+		fields = append(fields, summaryorder.FieldOrderID)
+	}
+	if m.customer != nil {
+		fields = append(fields, summaryorder.FieldCustomer)
+	}
+	if m.total_cents != nil {
+		fields = append(fields, summaryorder.FieldTotalCents)
+	}
+	if m.status != nil {
+		fields = append(fields, summaryorder.FieldStatus)
+	}
+	return fields
+}
+
+// Field returns the value of a field with the given name. The second boolean
+// return value indicates that this field was not set, or was not defined in the
+// schema.
+func (m *SummaryOrderMutation) Field(name string) (ent.Value, bool) {
+	switch name {
+	case summaryorder.FieldOrderID:
+		return m.OrderID()
+	case summaryorder.FieldCustomer:
+		return m.Customer()
+	case summaryorder.FieldTotalCents:
+		return m.TotalCents()
+	case summaryorder.FieldStatus:
+		return m.Status()
+	}
+	return nil, false
+}
+
+// OldField returns the old value of the field from the database. An error is
+// returned if the mutation operation is not UpdateOne, or the query to the
+// database failed.
+func (m *SummaryOrderMutation) OldField(ctx context.Context, name string) (ent.Value, error) {
+	switch name {
+	case summaryorder.FieldOrderID:
+		return m.OldOrderID(ctx)
+	case summaryorder.FieldCustomer:
+		return m.OldCustomer(ctx)
+	case summaryorder.FieldTotalCents:
+		return m.OldTotalCents(ctx)
+	case summaryorder.FieldStatus:
+		return m.OldStatus(ctx)
+	}
+	return nil, fmt.Errorf("unknown SummaryOrder field %s", name)
+}
+
+// SetField sets the value of a field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *SummaryOrderMutation) SetField(name string, value ent.Value) error {
+	switch name {
+	case summaryorder.FieldOrderID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetOrderID(v)
+		return nil
+	case summaryorder.FieldCustomer:
+		v, ok := value.(string)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetCustomer(v)
+		return nil
+	case summaryorder.FieldTotalCents:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetTotalCents(v)
+		return nil
+	case summaryorder.FieldStatus:
+		v, ok := value.(summaryorder.Status)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetStatus(v)
+		return nil
+	}
+	return fmt.Errorf("unknown SummaryOrder field %s", name)
+}
+
+// AddedFields returns all numeric fields that were incremented/decremented during
+// this mutation.
+func (m *SummaryOrderMutation) AddedFields() []string {
+	var fields []string
+	if m.addorder_id != nil {
+		fields = append(fields, summaryorder.FieldOrderID)
+	}
+	if m.addtotal_cents != nil {
+		fields = append(fields, summaryorder.FieldTotalCents)
+	}
+	return fields
+}
+
+// AddedField returns the numeric value that was incremented/decremented on a field
+// with the given name. The second boolean return value indicates that this field
+// was not set, or was not defined in the schema.
+func (m *SummaryOrderMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	case summaryorder.FieldOrderID:
+		return m.AddedOrderID()
+	case summaryorder.FieldTotalCents:
+		return m.AddedTotalCents()
+	}
+	return nil, false
+}
+
+// AddField adds the value to the field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *SummaryOrderMutation) AddField(name string, value ent.Value) error {
+	switch name {
+	case summaryorder.FieldOrderID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddOrderID(v)
+		return nil
+	case summaryorder.FieldTotalCents:
+		v, ok := value.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddTotalCents(v)
+		return nil
+	}
+	return fmt.Errorf("unknown SummaryOrder numeric field %s", name)
+}
+
+// ClearedFields returns all nullable fields that were cleared during this
+// mutation.
+func (m *SummaryOrderMutation) ClearedFields() []string {
+	return nil
+}
+
+// FieldCleared returns a boolean indicating if a field with the given name was
+// cleared in this mutation.
+func (m *SummaryOrderMutation) FieldCleared(name string) bool {
+	_, ok := m.clearedFields[name]
+	return ok
+}
+
+// ClearField clears the value of the field with the given name. It returns an
+// error if the field is not defined in the schema.
+func (m *SummaryOrderMutation) ClearField(name string) error {
+	return fmt.Errorf("unknown SummaryOrder nullable field %s", name)
+}
+
+// ResetField resets all changes in the mutation for the field with the given name.
+// It returns an error if the field is not defined in the schema.
+func (m *SummaryOrderMutation) ResetField(name string) error {
+	switch name {
+	case summaryorder.FieldOrderID:
+		m.ResetOrderID()
+		return nil
+	case summaryorder.FieldCustomer:
+		m.ResetCustomer()
+		return nil
+	case summaryorder.FieldTotalCents:
+		m.ResetTotalCents()
+		return nil
+	case summaryorder.FieldStatus:
+		m.ResetStatus()
+		return nil
+	}
+	return fmt.Errorf("unknown SummaryOrder field %s", name)
+}
+
+// AddedEdges returns all edge names that were set/added in this mutation.
+func (m *SummaryOrderMutation) AddedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// AddedIDs returns all IDs (to other nodes) that were added for the given edge
+// name in this mutation.
+func (m *SummaryOrderMutation) AddedIDs(name string) []ent.Value {
+	return nil
+}
+
+// RemovedEdges returns all edge names that were removed in this mutation.
+func (m *SummaryOrderMutation) RemovedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// RemovedIDs returns all IDs (to other nodes) that were removed for the edge with
+// the given name in this mutation.
+func (m *SummaryOrderMutation) RemovedIDs(name string) []ent.Value {
+	return nil
+}
+
+// ClearedEdges returns all edge names that were cleared in this mutation.
+func (m *SummaryOrderMutation) ClearedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// EdgeCleared returns a boolean which indicates if the edge with the given name
+// was cleared in this mutation.
+func (m *SummaryOrderMutation) EdgeCleared(name string) bool {
+	return false
+}
+
+// ClearEdge clears the value of the edge with the given name. It returns an error
+// if that edge is not defined in the schema.
+func (m *SummaryOrderMutation) ClearEdge(name string) error {
+	return fmt.Errorf("unknown SummaryOrder unique edge %s", name)
+}
+
+// ResetEdge resets all changes to the edge with the given name in this mutation.
+// It returns an error if the edge is not defined in the schema.
+func (m *SummaryOrderMutation) ResetEdge(name string) error {
+	return fmt.Errorf("unknown SummaryOrder edge %s", name)
 }

@@ -5,8 +5,10 @@ package ent
 import (
 	"time"
 
+	"github.com/bento-go/bento/ent/customersummary"
 	"github.com/bento-go/bento/ent/order"
 	"github.com/bento-go/bento/ent/orderline"
+	"github.com/bento-go/bento/ent/summaryorder"
 	"github.com/bento-go/bento/schema"
 )
 
@@ -14,6 +16,48 @@ import (
 // (default values, validators, hooks and policies) and stitches it
 // to their package variables.
 func init() {
+	customersummaryFields := schema.CustomerSummary{}.Fields()
+	_ = customersummaryFields
+	// customersummaryDescCustomer is the schema descriptor for customer field.
+	customersummaryDescCustomer := customersummaryFields[0].Descriptor()
+	// customersummary.CustomerValidator is a validator for the "customer" field. It is called by the builders before save.
+	customersummary.CustomerValidator = func() func(string) error {
+		validators := customersummaryDescCustomer.Validators
+		fns := [...]func(string) error{
+			validators[0].(func(string) error),
+			validators[1].(func(string) error),
+		}
+		return func(customer string) error {
+			for _, fn := range fns {
+				if err := fn(customer); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}()
+	// customersummaryDescOrdersPlaced is the schema descriptor for orders_placed field.
+	customersummaryDescOrdersPlaced := customersummaryFields[1].Descriptor()
+	// customersummary.DefaultOrdersPlaced holds the default value on creation for the orders_placed field.
+	customersummary.DefaultOrdersPlaced = customersummaryDescOrdersPlaced.Default.(int64)
+	// customersummaryDescOrdersPaid is the schema descriptor for orders_paid field.
+	customersummaryDescOrdersPaid := customersummaryFields[2].Descriptor()
+	// customersummary.DefaultOrdersPaid holds the default value on creation for the orders_paid field.
+	customersummary.DefaultOrdersPaid = customersummaryDescOrdersPaid.Default.(int64)
+	// customersummaryDescOrdersCancelled is the schema descriptor for orders_cancelled field.
+	customersummaryDescOrdersCancelled := customersummaryFields[3].Descriptor()
+	// customersummary.DefaultOrdersCancelled holds the default value on creation for the orders_cancelled field.
+	customersummary.DefaultOrdersCancelled = customersummaryDescOrdersCancelled.Default.(int64)
+	// customersummaryDescTotalSpentCents is the schema descriptor for total_spent_cents field.
+	customersummaryDescTotalSpentCents := customersummaryFields[4].Descriptor()
+	// customersummary.DefaultTotalSpentCents holds the default value on creation for the total_spent_cents field.
+	customersummary.DefaultTotalSpentCents = customersummaryDescTotalSpentCents.Default.(int64)
+	// customersummaryDescUpdatedAt is the schema descriptor for updated_at field.
+	customersummaryDescUpdatedAt := customersummaryFields[5].Descriptor()
+	// customersummary.DefaultUpdatedAt holds the default value on creation for the updated_at field.
+	customersummary.DefaultUpdatedAt = customersummaryDescUpdatedAt.Default.(func() time.Time)
+	// customersummary.UpdateDefaultUpdatedAt holds the default value on update for the updated_at field.
+	customersummary.UpdateDefaultUpdatedAt = customersummaryDescUpdatedAt.UpdateDefault.(func() time.Time)
 	orderMixin := schema.Order{}.Mixin()
 	orderMixinFields0 := orderMixin[0].Fields()
 	_ = orderMixinFields0
@@ -85,4 +129,28 @@ func init() {
 	orderlineDescUnitPriceCents := orderlineFields[2].Descriptor()
 	// orderline.UnitPriceCentsValidator is a validator for the "unit_price_cents" field. It is called by the builders before save.
 	orderline.UnitPriceCentsValidator = orderlineDescUnitPriceCents.Validators[0].(func(int64) error)
+	summaryorderFields := schema.SummaryOrder{}.Fields()
+	_ = summaryorderFields
+	// summaryorderDescCustomer is the schema descriptor for customer field.
+	summaryorderDescCustomer := summaryorderFields[1].Descriptor()
+	// summaryorder.CustomerValidator is a validator for the "customer" field. It is called by the builders before save.
+	summaryorder.CustomerValidator = func() func(string) error {
+		validators := summaryorderDescCustomer.Validators
+		fns := [...]func(string) error{
+			validators[0].(func(string) error),
+			validators[1].(func(string) error),
+		}
+		return func(customer string) error {
+			for _, fn := range fns {
+				if err := fn(customer); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}()
+	// summaryorderDescTotalCents is the schema descriptor for total_cents field.
+	summaryorderDescTotalCents := summaryorderFields[2].Descriptor()
+	// summaryorder.TotalCentsValidator is a validator for the "total_cents" field. It is called by the builders before save.
+	summaryorder.TotalCentsValidator = summaryorderDescTotalCents.Validators[0].(func(int64) error)
 }

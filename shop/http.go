@@ -47,6 +47,7 @@ type HTTPOptions struct {
 //	GET  /orders/{id}          an order → 200
 //	POST /orders/{id}/pay      pay a pending order → 200
 //	POST /orders/{id}/cancel   cancel a pending order → 200
+//	GET  /customers/{email}/summary  the customer's order summary, projected by bento consume → 200 (404 before any)
 //	GET  /healthz              the process is alive → 200
 //	GET  /readyz               database healthy and not draining → 200, else 503
 //	GET  /metrics              Prometheus metrics (when configured)
@@ -71,6 +72,7 @@ func NewHandler(svc *Service, opts HTTPOptions) http.Handler {
 	mux.HandleFunc("GET /orders/{id}", h.get)
 	mux.HandleFunc("POST /orders/{id}/pay", h.pay)
 	mux.HandleFunc("POST /orders/{id}/cancel", h.cancel)
+	mux.HandleFunc("GET /customers/{email}/summary", h.summary) // summary.go
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

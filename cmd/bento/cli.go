@@ -62,6 +62,7 @@ func commands() []command {
 		serveCommand(),
 		relayCommand(),
 		outboxCommand(),
+		consumeCommand(),
 		benchCommand(),
 		versionCommand(),
 	}

@@ -9,6 +9,18 @@ import (
 	"github.com/bento-go/bento/ent"
 )
 
+// The CustomerSummaryFunc type is an adapter to allow the use of ordinary
+// function as CustomerSummary mutator.
+type CustomerSummaryFunc func(context.Context, *ent.CustomerSummaryMutation) (ent.Value, error)
+
+// Mutate calls f(ctx, m).
+func (f CustomerSummaryFunc) Mutate(ctx context.Context, m ent.Mutation) (ent.Value, error) {
+	if mv, ok := m.(*ent.CustomerSummaryMutation); ok {
+		return f(ctx, mv)
+	}
+	return nil, fmt.Errorf("unexpected mutation type %T. expect *ent.CustomerSummaryMutation", m)
+}
+
 // The OrderFunc type is an adapter to allow the use of ordinary
 // function as Order mutator.
 type OrderFunc func(context.Context, *ent.OrderMutation) (ent.Value, error)
@@ -31,6 +43,18 @@ func (f OrderLineFunc) Mutate(ctx context.Context, m ent.Mutation) (ent.Value, e
 		return f(ctx, mv)
 	}
 	return nil, fmt.Errorf("unexpected mutation type %T. expect *ent.OrderLineMutation", m)
+}
+
+// The SummaryOrderFunc type is an adapter to allow the use of ordinary
+// function as SummaryOrder mutator.
+type SummaryOrderFunc func(context.Context, *ent.SummaryOrderMutation) (ent.Value, error)
+
+// Mutate calls f(ctx, m).
+func (f SummaryOrderFunc) Mutate(ctx context.Context, m ent.Mutation) (ent.Value, error) {
+	if mv, ok := m.(*ent.SummaryOrderMutation); ok {
+		return f(ctx, mv)
+	}
+	return nil, fmt.Errorf("unexpected mutation type %T. expect *ent.SummaryOrderMutation", m)
 }
 
 // Condition is a hook condition function.

@@ -8,6 +8,22 @@ import (
 )
 
 var (
+	// CustomerSummariesColumns holds the columns for the "customer_summaries" table.
+	CustomerSummariesColumns = []*schema.Column{
+		{Name: "id", Type: field.TypeInt, Increment: true},
+		{Name: "customer", Type: field.TypeString, Unique: true, Size: 320},
+		{Name: "orders_placed", Type: field.TypeInt64, Default: 0},
+		{Name: "orders_paid", Type: field.TypeInt64, Default: 0},
+		{Name: "orders_cancelled", Type: field.TypeInt64, Default: 0},
+		{Name: "total_spent_cents", Type: field.TypeInt64, Default: 0},
+		{Name: "updated_at", Type: field.TypeTime},
+	}
+	// CustomerSummariesTable holds the schema information for the "customer_summaries" table.
+	CustomerSummariesTable = &schema.Table{
+		Name:       "customer_summaries",
+		Columns:    CustomerSummariesColumns,
+		PrimaryKey: []*schema.Column{CustomerSummariesColumns[0]},
+	}
 	// OrdersColumns holds the columns for the "orders" table.
 	OrdersColumns = []*schema.Column{
 		{Name: "id", Type: field.TypeInt, Increment: true},
@@ -61,10 +77,33 @@ var (
 			},
 		},
 	}
+	// SummaryOrdersColumns holds the columns for the "summary_orders" table.
+	SummaryOrdersColumns = []*schema.Column{
+		{Name: "id", Type: field.TypeInt, Increment: true},
+		{Name: "order_id", Type: field.TypeInt, Unique: true},
+		{Name: "customer", Type: field.TypeString, Size: 320},
+		{Name: "total_cents", Type: field.TypeInt64},
+		{Name: "status", Type: field.TypeEnum, Enums: []string{"pending", "paid", "cancelled"}, Default: "pending"},
+	}
+	// SummaryOrdersTable holds the schema information for the "summary_orders" table.
+	SummaryOrdersTable = &schema.Table{
+		Name:       "summary_orders",
+		Columns:    SummaryOrdersColumns,
+		PrimaryKey: []*schema.Column{SummaryOrdersColumns[0]},
+		Indexes: []*schema.Index{
+			{
+				Name:    "summaryorder_customer",
+				Unique:  false,
+				Columns: []*schema.Column{SummaryOrdersColumns[2]},
+			},
+		},
+	}
 	// Tables holds all the tables in the schema.
 	Tables = []*schema.Table{
+		CustomerSummariesTable,
 		OrdersTable,
 		OrderLinesTable,
+		SummaryOrdersTable,
 	}
 )
 

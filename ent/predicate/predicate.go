@@ -6,8 +6,14 @@ import (
 	"entgo.io/ent/dialect/sql"
 )
 
+// CustomerSummary is the predicate function for customersummary builders.
+type CustomerSummary func(*sql.Selector)
+
 // Order is the predicate function for order builders.
 type Order func(*sql.Selector)
 
 // OrderLine is the predicate function for orderline builders.
 type OrderLine func(*sql.Selector)
+
+// SummaryOrder is the predicate function for summaryorder builders.
+type SummaryOrder func(*sql.Selector)
