@@ -13,6 +13,7 @@ import (
 
 	"github.com/bento-go/bento"
 	"github.com/bento-go/bento/config"
+	"github.com/bento-go/bento/consumer"
 	"github.com/bento-go/bento/ent/migrate"
 )
 
@@ -140,7 +141,9 @@ DIR defaults to migrations/<dialect> (postgres, mysql or sqlite3).`,
 					}
 				}
 			default:
-				if err := db.Migrate(ctx, migrate.Tables...); err != nil {
+				// The reference domain's tables, Bento's, and those of the
+				// consumer runtime (bento consume).
+				if err := db.Migrate(ctx, append(migrate.Tables, consumer.Schema(db.Names())...)...); err != nil {
 					return inv.fail("", err)
 				}
 				inv.logger.Info("bento: migrated", "dialect", db.Dialect(), "url", inv.cfg.DB.URL, "took", time.Since(start).Round(time.Millisecond))
