@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# relay-shapes.sh measures the relay's burn-down on the shapes of backlog
+# users have (BenchmarkRelayShapes in outbox/shape_test.go: one event per
+# aggregate, 1,000 and 20 aggregates, one aggregate, Zipf over 10,000; one
+# relay and three), then 1,000,000 pending events against 100,000 of the
+# same shapes on PostgreSQL (the claim's cost must not grow with the
+# backlog), and writes the tables between the relay-shapes markers of
+# BENCHMARKS.md, with the raw output in docs/benchmarks/relay-shapes.txt.
+#
+#   scripts/relay-shapes.sh                # every dialect, 3 rounds
+#   ROUNDS=1 DIALECTS=postgres scripts/relay-shapes.sh
+#   BIG=0 scripts/relay-shapes.sh          # without the 1,000,000 run
+#
+# Rounds alternate (each round runs every shape once), so a slow stretch
+# of the machine falls on every shape alike; the table gives the median
+# and the range. Run it on a quiet machine: about 12 minutes a round.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DIALECTS=${DIALECTS:-sqlite3,postgres,mysql}
+BIG=${BIG:-1}
+raw=docs/benchmarks/relay-shapes.txt
+mkdir -p docs/benchmarks
+scripts/services.sh >/dev/null
+go test -c -o /tmp/outbox.test ./outbox/
+{
+  echo "# scripts/relay-shapes.sh, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD), $(nproc) cores, $(go version | cut -d' ' -f3)"
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "# round $round"
+    (cd outbox && BENTO_TEST_DIALECTS=$DIALECTS /tmp/outbox.test -test.run '^$' -test.bench 'RelayShapes' -test.benchtime 1x -test.timeout 60m)
+  done
+  if [ "$BIG" = 1 ]; then
+    for round in $(seq 1 "$ROUNDS"); do
+      for n in 100000 1000000; do
+        echo "# backlog $n, round $round"
+        (cd outbox && BENTO_TEST_DIALECTS=postgres BENTO_BENCH_BACKLOG=$n /tmp/outbox.test -test.run '^$' \
+          -test.bench 'RelayShapes/postgres/(uniform|aggregates=20)/relays=1$' -test.benchtime 1x -test.timeout 60m | sed "s/^Benchmark/backlog=$n Benchmark/")
+      done
+    done
+  fi
+} 2>&1 | tee "$raw"
+
+go run ./internal/benchtable -shapes "$raw" -into BENCHMARKS.md
+echo "relay-shapes: tables written into BENCHMARKS.md; raw output in $raw"
