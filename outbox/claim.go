@@ -53,9 +53,9 @@ import (
 const windowFactor = 2
 
 // claimCursor is where a relay's window starts: the oldest due rows when
-// unset, or the rows due after at. The cursor sweeps: each claim moves it
-// to the end of its window, so a batch does not walk again the front of
-// the due index that the batches before it emptied (on PostgreSQL the
+// unset, or the rows due after at. The cursor sweeps: a claim whose window
+// was full moves it to the window's end, so a batch does not walk again
+// the front of the due index that the batches before it emptied (on PostgreSQL the
 // entries of deleted rows stay in the index until VACUUM, and with a
 // replica's hot_standby_feedback or a long transaction they cost a heap
 // visit each). Rows due before the cursor (committed late, or left by a
@@ -102,6 +102,12 @@ func newClaimQueries(d string, n Names) claimQueries {
 		return "(SELECT e." + col + " FROM " + t + " e WHERE e.aggregatetype = a.aggregatetype AND e.aggregateid = a.aggregateid" +
 			" AND e.status = " + pending + fmt.Sprintf(bySeq, "e") + " LIMIT 1)"
 	}
+	// The window's last due time and size, on every row: a full window
+	// moves the cursor to its end (a burn-down sweeps), one that is not
+	// lets the next claim start from the front again, so that under a
+	// steady flow an event committed late is not left behind the cursor.
+	windowEnd := "max(max(a.next_attempt_at)) OVER () AS wend, CAST(sum(count(*)) OVER () AS " + map[string]string{
+		dialect.Postgres: "bigint", dialect.MySQL: "signed", dialect.SQLite: "integer"}[d] + ") AS wcount"
 	columns := "SELECT " + idText + ", r.aggregatetype, r.aggregateid, r." + typ + ", " + payloadText + ", r." + seq + ", " + headersText +
 		", r.occurred_at, r.attempts"
 	runs := func(after bool) string {
@@ -114,7 +120,7 @@ func newClaimQueries(d string, n Names) claimQueries {
 			// deletes left before the head; never after the aggregate's
 			// first row in the window, which is pending (a requeued dead
 			// letter shows there, and the hint gives way).
-			return columns + ", hd.head, g.wend FROM (SELECT a.aggregatetype, a.aggregateid, max(a.next_attempt_at) AS wend, min(a." + seq + ") AS wmin FROM (" +
+			return columns + ", hd.head, g.wend, g.wcount FROM (SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", min(a." + seq + ") AS wmin FROM (" +
 				window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) g" +
 				" CROSS JOIN LATERAL (SELECT e." + seq + " AS head, e.next_attempt_at AS due FROM " + t + " e" +
 				" WHERE e.aggregatetype = g.aggregatetype AND e.aggregateid = g.aggregateid AND e.status = " + pending +
@@ -126,8 +132,8 @@ func newClaimQueries(d string, n Names) claimQueries {
 				fmt.Sprintf(bySeq, "x") + " LIMIT :run) r" +
 				" WHERE hd.due <= :now LIMIT :batch FOR UPDATE OF r SKIP LOCKED"
 		}
-		q := columns + ", h.head, h.wend FROM (" +
-			"SELECT a.aggregatetype, a.aggregateid, max(a.next_attempt_at) AS wend, " + head(seq) + " AS head, " +
+		q := columns + ", h.head, h.wend, h.wcount FROM (" +
+			"SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", " + head(seq) + " AS head, " +
 			head("next_attempt_at") + " AS head_due FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) h" +
 			" JOIN " + t + " r ON r.aggregatetype = h.aggregatetype AND r.aggregateid = h.aggregateid AND r.status = " + pending +
 			" AND r." + seq + " >= h.head AND r." + seq + " < h.head + :run AND r.next_attempt_at <= :now" +
@@ -226,7 +232,8 @@ type claimed struct {
 	m        Message
 	attempts int
 	head     int64 // the head of its aggregate the statement found
-	wend     int64 // the due time of its aggregate's last row in the window
+	wend     int64 // the due time of the window's last row
+	wcount   int   // how many rows the window had
 }
 
 // claim reads the claimable runs: in tx with row locks, or (SQLite)
@@ -258,13 +265,11 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 			return nil, nil, err
 		}
 		if msgs, attempts := runs(rows); len(msgs) > 0 {
-			end := a.cursor
-			for _, c := range rows {
-				if !end.set || c.wend > end.at {
-					end = claimCursor{set: true, at: c.wend}
-				}
+			next := claimCursor{}
+			if rows[0].wcount >= a.window {
+				next = claimCursor{set: true, at: rows[0].wend}
 			}
-			setCursor(end)
+			setCursor(next)
 			return msgs, attempts, nil
 		}
 		// Nothing claimable in this window: look past it, or start again
@@ -322,7 +327,7 @@ func (r *Relay) claimRows(ctx context.Context, tx *driver.Tx, a claimArgs) ([]cl
 			occurred sql.NullTime
 		)
 		if err := rows.Scan(&id, &c.m.AggregateType, &c.m.AggregateID, &c.m.Type, &payload, &c.m.Sequence, &headers, &occurred,
-			&c.attempts, &c.head, &c.wend); err != nil {
+			&c.attempts, &c.head, &c.wend, &c.wcount); err != nil {
 			return nil, fmt.Errorf("outbox: relay: reading a claimed row: %w", err)
 		}
 		var err error

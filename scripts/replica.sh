@@ -12,7 +12,11 @@ DIR=${BENTO_REPLICA_DIR:-/var/lib/postgresql/bento-replica}
 HBA=$(psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -Atc "SHOW hba_file")
 as_pg() { runuser -u postgres -- "$@"; }
 
-if [ "$(psql -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -Atc 'SELECT pg_is_in_recovery()' 2>/dev/null || true)" = "t" ]; then
+SLOT=bento_replica
+# Running, in recovery and streaming from the primary: nothing to do. A
+# standby that runs but no longer streams (it fell behind the WAL the
+# primary kept) is rebuilt.
+if [ "$(psql -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -Atc "SELECT pg_is_in_recovery() AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')" 2>/dev/null || true)" = "t" ]; then
   echo "replica: streaming replica already running on $REPLICA_PORT"
   exit 0
 fi
@@ -28,11 +32,16 @@ if [ -f "$DIR/postmaster.pid" ]; then
   as_pg "$PGBIN/pg_ctl" -D "$DIR" -m immediate stop >/dev/null 2>&1 || true
 fi
 rm -rf "$DIR"
+# A physical replication slot keeps the WAL the standby has not received
+# yet, so a standby stopped by a test (or slowed by a burst of writes)
+# always catches up instead of finding its WAL removed.
+psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -Atc \
+  "SELECT pg_drop_replication_slot('$SLOT') FROM pg_replication_slots WHERE slot_name = '$SLOT'" >/dev/null
 mkdir -p "$DIR"
 chown postgres:postgres "$DIR"
 chmod 700 "$DIR"
 echo "replica: pg_basebackup into $DIR"
-as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DIR" -R -X stream -c fast
+as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DIR" -R -X stream -c fast -C -S "$SLOT"
 # The Debian layout keeps postgresql.conf outside the data directory.
 cat > "$DIR/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
