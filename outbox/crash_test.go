@@ -259,7 +259,7 @@ func TestRelayKilledSkewed(t *testing.T) {
 		}
 		t.Logf("hottest aggregate has %d of %d events", step["A0"], total)
 		env := []string{"DB_URL=" + cfg.DB.URL.Secret(), "NATS_URL=" + srv.URL(), "STREAM=" + testStream,
-			"OUTBOX_TABLE=bento_outbox", "OUTBOX_BATCH_SIZE=50", "OUTBOX_POLL_INTERVAL=50ms", "OUTBOX_BACKOFF=100ms",
+			"OUTBOX_TABLE=bento_outbox", "OUTBOX_BATCH_SIZE=20", "OUTBOX_POLL_INTERVAL=50ms", "OUTBOX_BACKOFF=100ms",
 			"OUTBOX_MAX_ATTEMPTS=100", "OUTBOX_RETENTION=0", "OUTBOX_NOTIFY=false"}
 		pending := func() int { return w.count("SELECT COUNT(*) FROM bento_outbox WHERE status = 'pending'") }
 		relays := 2
@@ -277,7 +277,7 @@ func TestRelayKilledSkewed(t *testing.T) {
 			for range relays {
 				ps = append(ps, startRelayProcess(t, bin, env))
 			}
-			time.Sleep(time.Duration(50+rand.IntN(300)) * time.Millisecond)
+			time.Sleep(time.Duration(20+rand.IntN(150)) * time.Millisecond)
 			for _, p := range ps {
 				p.kill()
 				time.Sleep(time.Duration(rand.IntN(50)) * time.Millisecond)
