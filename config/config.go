@@ -67,6 +67,9 @@ type Outbox struct {
 	SubjectPrefix string
 	// Stream is the JetStream stream (OUTBOX_STREAM).
 	Stream string
+	// StreamReplicas is the stream's number of replicas, 1 to 5, when
+	// Bento creates or updates it (OUTBOX_STREAM_REPLICAS).
+	StreamReplicas int
 	// BatchSize is the most rows a relay claims at once (OUTBOX_BATCH_SIZE).
 	BatchSize int
 	// PollInterval is the longest a relay sleeps without a wake-up

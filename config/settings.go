@@ -232,6 +232,8 @@ func Settings() []Setting {
 			},
 			get: func(c Config) string { return c.Outbox.Stream },
 		},
+		intRangeSetting("OUTBOX_STREAM_REPLICAS", 1, 1, 5, "replicas of the JetStream stream when Bento creates or updates it (3 on a three-node cluster survives the loss of one server); at most the cluster's size",
+			func(c *Config) *int { return &c.Outbox.StreamReplicas }),
 		intRangeSetting("OUTBOX_BATCH_SIZE", 100, 1, 10000, "most outbox rows a relay claims and publishes at once",
 			func(c *Config) *int { return &c.Outbox.BatchSize }),
 		durationSetting("OUTBOX_POLL_INTERVAL", "1s", false, "longest a relay sleeps without a wake-up (commits in process and NOTIFY wake it at once)",
