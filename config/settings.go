@@ -64,7 +64,7 @@ func Settings() []Setting {
 	return []Setting{
 		{
 			Name: "DB_URL", Default: "sqlite://bento.db", secret: true,
-			Usage:   "primary database URL; the scheme selects the dialect",
+			Usage:   "primary database URL; the scheme selects the dialect. PostgreSQL takes several hosts (postgres://h1:5432,h2:5432/db?target_session_attrs=read-write) and connects to the one that accepts writes",
 			Accepts: acceptedURLs,
 			apply: func(c *Config, v string) error {
 				u, err := ParseURL(v)
