@@ -237,6 +237,18 @@ func testFailover(t *testing.T, synchronous bool) {
 	if pending != 0 {
 		t.Errorf("the relay left %d OrderPlaced events unpublished on the new primary", pending)
 	}
+	// The NOTIFY listener, on a connection of its own, is LISTENing on the
+	// new primary.
+	listening, listenAfter := settleToZero(15*time.Second, func() int {
+		var n int
+		if err := standby.DB("postgres").QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query ILIKE 'LISTEN%'`, app).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return 1 - min(n, 1)
+	})
+	if listening != 0 {
+		t.Errorf("no session of %s LISTENs on the new primary 15 s after the load: the NOTIFY listener did not reconnect", app)
+	}
 	rows := outboxRows(t, newPrimary)
 	msgs := readEventStream(t, nats.URL(), stream)
 	orphans := streamAgainstOutbox(t, rows, msgs)
@@ -245,7 +257,7 @@ func testFailover(t *testing.T, synchronous bool) {
 		"outage", firstAfter.Sub(killedAt), "max_ack_gap", maxGap(acks, killedAt.Add(-time.Second), promotedAt.Add(2*time.Second)),
 		"acked", acked, "acked_before_kill", before, "lost_acked", lost, "duplicated", duplicated, "loss_window", window,
 		"outbox_events", len(rows), "stream_messages", len(msgs), "stream_orphans", orphans,
-		"relay_caught_up_after_load", catchup}, append(retryKV(m), loadKV(res)...)...)...)
+		"relay_caught_up_after_load", catchup, "listener_found_after_load", listenAfter}, append(retryKV(m), loadKV(res)...)...)...)
 	logErrors(t, fault, res)
 }
 
