@@ -99,7 +99,7 @@ func Publisher(ctx context.Context, c config.Outbox, db *DB) (pub outbox.Publish
 		p := outbox.NewLogPublisher(db.logger, outbox.LogLimit{})
 		return p, func() error { p.Flush(); return nil }, nil
 	case "nats":
-		p, err := natspub.Connect(ctx, natspub.Config{URL: c.NATSURL, SubjectPrefix: c.SubjectPrefix, Stream: c.Stream, CreateStream: true})
+		p, err := natspub.Connect(ctx, natspub.Config{URL: c.NATSURL, SubjectPrefix: c.SubjectPrefix, Stream: c.Stream, Replicas: c.StreamReplicas, CreateStream: true})
 		if err != nil {
 			return nil, nil, err
 		}

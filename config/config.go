@@ -104,6 +104,9 @@ type Outbox struct {
 	// RabbitMQExchange is the durable topic exchange the rabbitmq publisher
 	// publishes to, declared if missing (OUTBOX_RABBITMQ_EXCHANGE).
 	RabbitMQExchange string
+	// StreamReplicas is the stream's number of replicas, 1 to 5, when
+	// Bento creates or updates it (OUTBOX_STREAM_REPLICAS).
+	StreamReplicas int
 	// BatchSize is the most rows a relay claims at once (OUTBOX_BATCH_SIZE).
 	BatchSize int
 	// PollInterval is the longest a relay sleeps without a wake-up

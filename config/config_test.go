@@ -512,6 +512,9 @@ func TestLoadBadValues(t *testing.T) {
 			[]string{`DB_URL="postgres://u:xxxxx@/db"`, "no host", "accepted: postgres://"}},
 		{"DB_URL=mysql://root:" + pw + "@/test", "DB_URL", "mysql://root:xxxxx@/test", []string{"no host", "accepted: "}},
 		{"DB_URL=mysql://root:" + pw + "@localhost:3306", "DB_URL", "mysql://root:xxxxx@localhost:3306", []string{"no database name"}},
+		{"OUTBOX_STREAM_REPLICAS=7", "OUTBOX_STREAM_REPLICAS", "7", []string{`OUTBOX_STREAM_REPLICAS="7" (environment)`, "must be <= 5", "accepted: an integer from 1 to 5 (default 1)"}},
+		{"OUTBOX_STREAM_REPLICAS=0", "OUTBOX_STREAM_REPLICAS", "0", []string{`OUTBOX_STREAM_REPLICAS="0" (environment)`, "must be >= 1", "accepted: an integer from 1 to 5"}},
+		{"OUTBOX_STREAM_REPLICAS=three", "OUTBOX_STREAM_REPLICAS", "three", []string{"not an integer", "accepted: an integer from 1 to 5"}},
 		{"DB_URL=postgres://u@host/db?sslpassword=" + pw + "&port=x", "DB_URL", "", nil}, // valid: no error expected below
 	}
 	for _, tt := range tests {
@@ -759,5 +762,21 @@ func TestConfigString(t *testing.T) {
 	}
 	if a := v.Group()[0]; a.Key != "DB_URL" || a.Value.String() != "sqlite://bento.db" {
 		t.Errorf("LogValue()[0] = %v", a)
+	}
+}
+
+// OUTBOX_STREAM_REPLICAS defaults to 1 (a single server) and takes 1 to 5.
+func TestOutboxStreamReplicas(t *testing.T) {
+	if got := Default().Outbox.StreamReplicas; got != 1 {
+		t.Errorf("default OUTBOX_STREAM_REPLICAS = %d, want 1", got)
+	}
+	for _, v := range []int{1, 3, 5} {
+		c, err := Load(Source{Environ: environ(fmt.Sprintf("OUTBOX_STREAM_REPLICAS=%d", v))})
+		if err != nil {
+			t.Fatalf("OUTBOX_STREAM_REPLICAS=%d: %v", v, err)
+		}
+		if c.Outbox.StreamReplicas != v {
+			t.Errorf("OUTBOX_STREAM_REPLICAS=%d gave %d", v, c.Outbox.StreamReplicas)
+		}
 	}
 }

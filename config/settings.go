@@ -64,7 +64,7 @@ func Settings() []Setting {
 	return []Setting{
 		{
 			Name: "DB_URL", Default: "sqlite://bento.db", secret: true,
-			Usage:   "primary database URL; the scheme selects the dialect",
+			Usage:   "primary database URL; the scheme selects the dialect. PostgreSQL takes several hosts (postgres://h1:5432,h2:5432/db?target_session_attrs=read-write) and connects to the one that accepts writes",
 			Accepts: acceptedURLs,
 			apply: func(c *Config, v string) error {
 				u, err := ParseURL(v)
@@ -270,6 +270,8 @@ func Settings() []Setting {
 			},
 			get: func(c Config) string { return c.Outbox.RabbitMQExchange },
 		},
+		intRangeSetting("OUTBOX_STREAM_REPLICAS", 1, 1, 5, "replicas of the JetStream stream when Bento creates or updates it (3 on a three-node cluster survives the loss of one server); at most the cluster's size",
+			func(c *Config) *int { return &c.Outbox.StreamReplicas }),
 		intRangeSetting("OUTBOX_BATCH_SIZE", 100, 1, 10000, "most outbox rows a relay claims and publishes at once",
 			func(c *Config) *int { return &c.Outbox.BatchSize }),
 		durationSetting("OUTBOX_POLL_INTERVAL", "1s", false, "longest a relay sleeps without a wake-up (commits in process and NOTIFY wake it at once)",

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -77,9 +78,38 @@ func ParseURL(raw string) (URL, error) {
 }
 
 func parseServer(raw, s, scheme, dialect, normalized string) (URL, error) {
-	u, err := url.Parse(normalized + s[len(scheme):])
+	rest := s[len(scheme):]
+	// A PostgreSQL URL may list several hosts (libpq's multi-host form,
+	// h1:5432,h2:5433), which net/url cannot parse: each is checked here
+	// and the list put back after parsing the rest with a placeholder.
+	authStart := len("://")
+	authEnd := len(rest)
+	if i := strings.IndexAny(rest[authStart:], "/?#"); i >= 0 {
+		authEnd = authStart + i
+	}
+	hosts := rest[authStart:authEnd]
+	if at := strings.LastIndexByte(hosts, '@'); at >= 0 {
+		hosts = hosts[at+1:]
+	}
+	multi := strings.Contains(hosts, ",")
+	if multi {
+		if dialect != Postgres {
+			return URL{}, fmt.Errorf("%q lists several hosts, which only PostgreSQL URLs may; accepted: mysql://user:pass@host:3306/db", redactString(s))
+		}
+		for i, h := range strings.Split(hosts, ",") {
+			if err := checkHostPort(h); err != nil {
+				return URL{}, fmt.Errorf("%q: host %d of the list %s; accepted: postgres://user:pass@host1:5432,host2:5432/db", redactString(s), i+1, err)
+			}
+		}
+		rest = rest[:authEnd-len(hosts)] + "multi-host" + rest[authEnd:]
+	}
+	u, err := url.Parse(normalized + rest)
 	if err != nil {
 		return URL{}, fmt.Errorf("%q is not a valid URL (%v); accepted: %s", redactString(s), unwrapURLError(err), acceptedURLs)
+	}
+	if multi {
+		u.Host = hosts
+		return URL{raw: raw, dialect: dialect, u: u, query: u.Query()}, nil
 	}
 	if u.Hostname() == "" {
 		return URL{}, fmt.Errorf("%q has no host; accepted: %s", redactURL(u), acceptedURLs)
@@ -94,6 +124,37 @@ func parseServer(raw, s, scheme, dialect, normalized string) (URL, error) {
 		return URL{}, fmt.Errorf("%q has no database name; accepted: mysql://user:pass@host:3306/db", redactURL(u))
 	}
 	return URL{raw: raw, dialect: dialect, u: u, query: u.Query()}, nil
+}
+
+// checkHostPort checks one host[:port] of a host list ([v6addr]:port
+// too).
+func checkHostPort(h string) error {
+	host, port := h, ""
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return fmt.Errorf("%q has no closing ]", h)
+		}
+		host, port = h[1:end], h[end+1:]
+		if port != "" && !strings.HasPrefix(port, ":") {
+			return fmt.Errorf("%q has %q after the address", h, port)
+		}
+		port = strings.TrimPrefix(port, ":")
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		host, port = h[:i], h[i+1:]
+	}
+	if host == "" {
+		return errors.New("is empty")
+	}
+	if strings.ContainsAny(host, " /?#@[]") {
+		return fmt.Errorf("%q is not a host name", host)
+	}
+	if port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("has invalid port %q (1-65535)", port)
+		}
+	}
+	return nil
 }
 
 func parseSQLite(raw, s, scheme string) (URL, error) {

@@ -417,3 +417,49 @@ func TestRedactString(t *testing.T) {
 		})
 	}
 }
+
+// A PostgreSQL URL may list several hosts (libpq's multi-host form, as
+// used with target_session_attrs=read-write to find the primary after a
+// failover): ParseURL keeps the list as given, ports or not, IPv6 too, and
+// redacts the password. Other dialects refuse a list.
+func TestParseURLMultiHost(t *testing.T) {
+	good := []struct{ raw, hosts string }{
+		{"postgres://app:" + pw + "@127.0.0.1:5432,127.0.0.1:5433/db?target_session_attrs=read-write", "127.0.0.1:5432,127.0.0.1:5433"},
+		{"postgres://h1,h2/db", "h1,h2"},
+		{"postgres://h1:5432,h2/db", "h1:5432,h2"},
+		{"postgresql://u@[::1]:5432,h2:5433/db", "[::1]:5432,h2:5433"},
+		{"postgres://u:p,w@h1,h2", "h1,h2"},
+	}
+	for _, tt := range good {
+		u, err := ParseURL(tt.raw)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", tt.raw, err)
+			continue
+		}
+		if got := u.Server().Host; got != tt.hosts {
+			t.Errorf("ParseURL(%q).Server().Host = %q, want %q", tt.raw, got, tt.hosts)
+		}
+		if !strings.Contains(u.String(), tt.hosts) {
+			t.Errorf("ParseURL(%q).String() = %q: the host list is missing", tt.raw, u.String())
+		}
+		assertNoSecret(t, "String()", u.String())
+		if u.Query().Get("target_session_attrs") != "" && !strings.Contains(u.Server().String(), "target_session_attrs=read-write") {
+			t.Errorf("Server() lost the query: %s", u.Server().Redacted())
+		}
+	}
+	bad := []struct{ raw, want string }{
+		{"postgres://u:" + pw + "@h1:5432,:5433/db", "host 2 of the list is empty"},
+		{"postgres://u:" + pw + "@h1:5432,h2:99999/db", `host 2 of the list has invalid port "99999"`},
+		{"postgres://h1,h2:x/db", `host 2 of the list has invalid port "x"`},
+		{"postgres://[::1,h2/db", `host 1 of the list "[::1" has no closing ]`},
+		{"mysql://root:" + pw + "@h1:3306,h2:3306/db", "only PostgreSQL URLs may"},
+	}
+	for _, tt := range bad {
+		_, err := ParseURL(tt.raw)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseURL(%q) = %v, want an error containing %q", tt.raw, err, tt.want)
+			continue
+		}
+		assertNoSecret(t, "error", err.Error())
+	}
+}

@@ -325,9 +325,19 @@ func pgCategory(code string) Category {
 		return Permanent
 	case "57P01", "57P02", "57P03", "57P05", "53300", "25P03":
 		return Connection
+	case "25006":
+		// read_only_sql_transaction: after a failover the server reached
+		// is a standby (an old primary demoted, a DNS name or VIP not yet
+		// moved, default_transaction_read_only set for a switchover). The
+		// work is retried on a new connection, which a multi-host DB_URL
+		// with target_session_attrs=read-write opens on the new primary.
+		// A write in a transaction the application made READ ONLY gets
+		// the same code: it fails again at each attempt and is reported
+		// as a connection error once the retries are spent.
+		return Connection
 	case "57014", "25P04":
 		return Timeout
-	case "57P04", "53100", "25P02", "25006", "3D000", "3F000":
+	case "57P04", "53100", "25P02", "3D000", "3F000":
 		return Permanent
 	}
 	if len(code) < 2 {

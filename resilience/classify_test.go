@@ -360,6 +360,22 @@ func TestClassifyRealPostgres(t *testing.T) {
 			want: pgCode("57014"), cat: resilience.Timeout, retryable: false, codes: []string{"57014"}, cause: isPgError,
 		},
 		{
+			// What a write meets on a standby; here the transaction is
+			// made read-only, which gives the same error.
+			name: "25006 read-only transaction",
+			produce: func(t *testing.T) error {
+				ctx := testCtx(t)
+				tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tx.Rollback()
+				_, err = tx.ExecContext(ctx, `INSERT INTO parent VALUES (42)`)
+				return err
+			},
+			want: pgCode("25006"), cat: resilience.Connection, retryable: true, codes: []string{"25006"}, cause: isPgError,
+		},
+		{
 			name:    "57P01 terminated backend",
 			produce: func(t *testing.T) error { return pgTerminated(t, db) },
 			want:    pgCode("57P01"), cat: resilience.Connection, retryable: true, codes: []string{"57P01"}, cause: isPgError,
@@ -756,6 +772,15 @@ func TestClassifyUnit(t *testing.T) {
 		{"deadlock (message)", errors.New("some deadlock detected"), resilience.Transient, true, ""},
 		{"unknown message", errors.New("blah"), resilience.Unknown, false, ""},
 		{"pgx.ErrTxCommitRollback", pgx.ErrTxCommitRollback, resilience.Transient, true, ""},
+		// A failover: the node reached is a standby (a demoted primary)
+		// or a standby still starting or being promoted.
+		{"25006 read-only transaction (a standby)", &pgconn.PgError{Severity: "ERROR", Code: "25006",
+			Message: "cannot execute INSERT in a read-only transaction"}, resilience.Connection, true, "25006"},
+		{"57P03 starting up", &pgconn.PgError{Severity: "FATAL", Code: "57P03",
+			Message: "the database system is starting up"}, resilience.Connection, true, "57P03"},
+		{"57P03 not yet accepting connections", &pgconn.PgError{Severity: "FATAL", Code: "57P03",
+			Message: "the database system is not yet accepting connections"}, resilience.Connection, true, "57P03"},
+		{"recovery mode (message)", errors.New("FATAL: the database system is in recovery mode"), resilience.Connection, true, ""},
 		{"RetryError over a transient error", &resilience.RetryError{Attempts: 3, Err: transient}, resilience.Transient, false, "40001"},
 	}
 	for _, r := range rows {

@@ -241,6 +241,11 @@ func (u *UnitOfWork[C, T]) Do(ctx context.Context, fn func(ctx context.Context, 
 			if s.key != "" && resilience.Classify(err) == resilience.Ambiguous {
 				return true // the next attempt finds the key if the commit happened
 			}
+			if s.readOnly && resilience.Code(err) == "25006" {
+				// A write in the unit's own read-only transaction: 25006 is
+				// a connection error only when a standby sent it.
+				return false
+			}
 			return resilience.IsRetryable(err)
 		}
 		userOnRetry := p.OnRetry

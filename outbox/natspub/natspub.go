@@ -27,7 +27,9 @@ import (
 
 // Config configures a Publisher. Zero fields take the defaults shown.
 type Config struct {
-	// URL of the NATS server (nats://127.0.0.1:4222).
+	// URL of the NATS server (nats://127.0.0.1:4222), or of several
+	// servers of one cluster separated by commas: the connection picks one
+	// and, when it fails, reconnects to another.
 	URL string
 	// SubjectPrefix starts every subject ("bento").
 	SubjectPrefix string
@@ -36,6 +38,11 @@ type Config struct {
 	// capture <prefix>.> with a duplicate window of Duplicates.
 	Stream       string
 	CreateStream bool
+	// Replicas is the stream's number of replicas when EnsureStream
+	// creates or updates it (1); on a JetStream cluster, 3 keeps the
+	// stream available while one server is down. It cannot exceed the
+	// cluster's size.
+	Replicas int
 	// Duplicates is the stream's duplicate window (2 min, JetStream's
 	// default).
 	Duplicates time.Duration
@@ -71,6 +78,9 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 	if cfg.Duplicates <= 0 {
 		cfg.Duplicates = 2 * time.Minute
 	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 256
 	}
@@ -101,13 +111,15 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 	return p, nil
 }
 
-// EnsureStream creates or updates the stream to capture <prefix>.>.
+// EnsureStream creates or updates the stream to capture <prefix>.>, with
+// Config.Replicas replicas.
 func (p *Publisher) EnsureStream(ctx context.Context) error {
 	_, err := p.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:       p.cfg.Stream,
 		Subjects:   []string{p.cfg.SubjectPrefix + ".>"},
 		Duplicates: p.cfg.Duplicates,
 		Storage:    jetstream.FileStorage,
+		Replicas:   p.cfg.Replicas,
 	})
 	if err != nil {
 		return fmt.Errorf("natspub: stream %s: %w", p.cfg.Stream, err)
