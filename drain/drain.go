@@ -194,11 +194,17 @@ func (d *Drainer) Middleware() driver.Middleware {
 					// a transaction on the statement's context, not the
 					// transaction's, and rolls the transaction back only
 					// after the running statement returned.
-					if ctx.Done() == nil {
+					switch done := ctx.Done(); {
+					case done == nil:
 						// Nothing else cancels the statement: it ends with
 						// the transaction's context, which Force cancels
 						// (Begin), without a context of its own.
 						return d.explain(next(txBound{Context: ctx, tx: st.Tx.Context()}, st))
+					case done == st.Tx.Context().Done():
+						// It runs on the transaction's context (a
+						// statement deferred to COMMIT): Force cancels it
+						// already.
+						return d.explain(next(ctx, st))
 					}
 					ctx, cancel, stop := d.cancellable(ctx)
 					err := next(ctx, st)
