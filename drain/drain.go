@@ -194,6 +194,18 @@ func (d *Drainer) Middleware() driver.Middleware {
 					// a transaction on the statement's context, not the
 					// transaction's, and rolls the transaction back only
 					// after the running statement returned.
+					switch done := ctx.Done(); {
+					case done == nil:
+						// Nothing else cancels the statement: it ends with
+						// the transaction's context, which Force cancels
+						// (Begin), without a context of its own.
+						return d.explain(next(txBound{Context: ctx, tx: st.Tx.Context()}, st))
+					case done == st.Tx.Context().Done():
+						// It runs on the transaction's context (a
+						// statement deferred to COMMIT): Force cancels it
+						// already.
+						return d.explain(next(ctx, st))
+					}
 					ctx, cancel, stop := d.cancellable(ctx)
 					err := next(ctx, st)
 					if st.Kind == driver.Query {
@@ -295,6 +307,25 @@ func (d *Drainer) cancellable(ctx context.Context) (context.Context, func(), fun
 		cancel(nil)
 	}, stop
 }
+
+// txBound is the context of a statement in a transaction whose own
+// context cannot be cancelled: it has the statement context's values and
+// ends when the transaction's context does (on Force, or when the
+// transaction ends). Being cancelled only through the transaction's
+// context, it costs one small allocation instead of a context and a Force
+// watch of its own per statement.
+type txBound struct {
+	context.Context // the statement's: values
+	tx              context.Context
+}
+
+func (c txBound) Done() <-chan struct{} { return c.tx.Done() }
+func (c txBound) Err() error            { return c.tx.Err() }
+
+// AfterFunc lets context.AfterFunc and the contexts derived from c (the
+// drivers' cancellation watches) register on the transaction's context
+// directly instead of starting a goroutine that waits for Done.
+func (c txBound) AfterFunc(f func()) func() bool { return context.AfterFunc(c.tx, f) }
 
 // errForced is the cause of the cancellation of work in flight by Force.
 // It wraps ErrDraining, so that work cut short by the drain (a unit of work

@@ -173,17 +173,8 @@ func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) 
 	if err != nil {
 		return err
 	}
-	switch v.(type) {
-	case nil, *sql.Result:
-		if kind == Query {
-			return fmt.Errorf("bento: invalid type %T for query rows, expected *sql.Rows", v)
-		}
-	case *entsql.Rows:
-		if kind == Exec {
-			return fmt.Errorf("bento: invalid type %T for an Exec result, expected *sql.Result", v)
-		}
-	default:
-		return fmt.Errorf("bento: invalid type %T for the statement's result", v)
+	if err := checkDest(v, kind); err != nil {
+		return err
 	}
 	t.begun = true
 	return t.start(ctx, func(c *pgx.Conn) error {
@@ -200,6 +191,24 @@ func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) 
 		}
 		return closeBatch(br, err)
 	})
+}
+
+// checkDest checks that v can receive the result of a statement of kind:
+// nil or a *sql.Result for an Exec, an *entsql.Rows for a Query.
+func checkDest(v any, kind Kind) error {
+	switch v.(type) {
+	case nil, *sql.Result:
+		if kind == Query {
+			return fmt.Errorf("bento: invalid type %T for query rows, expected *sql.Rows", v)
+		}
+	case *entsql.Rows:
+		if kind == Exec {
+			return fmt.Errorf("bento: invalid type %T for an Exec result, expected *sql.Result", v)
+		}
+	default:
+		return fmt.Errorf("bento: invalid type %T for the statement's result", v)
+	}
+	return nil
 }
 
 // pgArgs returns a statement's arguments as pgx takes them.
@@ -235,6 +244,12 @@ func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) e
 	if err != nil {
 		return err
 	}
+	return bufferRows(m, rows, v)
+}
+
+// bufferRows reads rows into memory and closes them; v, an *entsql.Rows,
+// gets them.
+func bufferRows(m *pgtype.Map, rows pgx.Rows, v any) error {
 	// A copy: the connection reuses the descriptions for its next result
 	// (the transaction id's, with BeginTxID).
 	buf := &bufferedRows{m: m, fields: slices.Clone(rows.FieldDescriptions())}
@@ -279,10 +294,44 @@ func (t *pgTx) stmt(ctx context.Context, query string, args, v any, kind Kind) e
 	if err := t.begin(ctx); err != nil {
 		return err
 	}
+	if !IsReadOnly(query) {
+		return t.write(ctx, query, args, v, kind)
+	}
 	if kind == Exec {
 		return t.ent.Exec(ctx, query, args, v)
 	}
 	return t.ent.Query(ctx, query, args, v)
+}
+
+// write runs a statement that may write on the pgx connection itself,
+// with the rows it returns (RETURNING: few) read into memory, as the
+// pipelined first statement is: past database/sql's per-statement work
+// (converting the arguments again; for rows, a goroutine that watches a
+// cancellable context until they are closed). Errors and a connection
+// left broken are handled as database/sql would: the connection is
+// discarded (raw).
+func (t *pgTx) write(ctx context.Context, query string, args, v any, kind Kind) error {
+	argv, err := pgArgs(args)
+	if err != nil {
+		return err
+	}
+	if err := checkDest(v, kind); err != nil {
+		return err
+	}
+	return t.raw(func(c *pgx.Conn) error {
+		if kind == Exec {
+			tag, err := c.Exec(ctx, query, argv...)
+			if err == nil && v != nil {
+				*v.(*sql.Result) = pgResult(tag.RowsAffected())
+			}
+			return err
+		}
+		rows, err := c.Query(ctx, query, argv...)
+		if err != nil {
+			return err
+		}
+		return bufferRows(c.TypeMap(), rows, v)
+	})
 }
 
 // QueryContext runs a query and returns database/sql rows (never

@@ -204,6 +204,46 @@ func (w *writer) writePostgres(ctx context.Context, tx *driver.Tx, groups []*gro
 // transaction's id for resolving a lost COMMIT (resilience.SetTxID).
 const returningTxID = " RETURNING " + resilience.PostgresTxIDExpr
 
+// Statements are the SQL statements the outbox writer (Middleware) sends
+// to record one event of one aggregate, exactly as it sends them: for
+// benchmarks and tools that write the same rows without the writer, so
+// that they cannot drift from it.
+type Statements struct {
+	// Sequence (MySQL, SQLite; empty on PostgreSQL) reserves the next n
+	// numbers of an aggregate's sequence. Arguments: aggregatetype,
+	// aggregateid, n. On SQLite it returns the last number reserved
+	// (RETURNING); on MySQL LAST_INSERT_ID() is the last number.
+	Sequence string
+	// Insert inserts the event's outbox row. On PostgreSQL it also takes
+	// the next number of the aggregate's sequence, in the same statement,
+	// as the writer sends it with COMMIT (in a transaction whose id is not
+	// known yet, the writer adds RETURNING of the id and sends it
+	// before COMMIT). Arguments on PostgreSQL:
+	// aggregatetype, aggregateid, id (UUID text), type, payload (JSON),
+	// headers (JSON object or nil), occurred_at, next_attempt_at (Unix
+	// microseconds: occurred_at's). On MySQL and SQLite: id, aggregatetype,
+	// aggregateid, type, payload, sequence, headers, occurred_at,
+	// next_attempt_at.
+	Insert string
+}
+
+// WriteStatements returns the writer's Statements for a dialect
+// ("postgres", "mysql" or "sqlite3") and table names (zero: NamesFor("")).
+func WriteStatements(dialectName string, n Names) Statements {
+	if n.Outbox == "" {
+		n = NamesFor("")
+	}
+	q := newQueries(dialectName, n)
+	switch dialectName {
+	case dialect.Postgres:
+		return Statements{Insert: strings.TrimSuffix(q.one, returningTxID)}
+	case dialect.MySQL:
+		return Statements{Sequence: q.sequenceMySQL, Insert: q.insertPrefix + insertRow}
+	default:
+		return Statements{Sequence: q.sequenceSQLite, Insert: q.insertPrefix + insertRow}
+	}
+}
+
 // queries holds the dialect's statements.
 type queries struct {
 	dialect        string
@@ -233,6 +273,9 @@ func newQueries(d string, n Names) queries {
 	return q
 }
 
+// insertRow is one row of the multi-row insert of MySQL and SQLite.
+const insertRow = "(?, ?, ?, ?, ?, ?, ?, ?, '" + StatusPending + "', 0, ?)"
+
 // insert builds the multi-row insert of MySQL and SQLite.
 func (q queries) insert(groups []*group) (string, []any) {
 	var b strings.Builder
@@ -245,7 +288,7 @@ func (q queries) insert(groups []*group) (string, []any) {
 				b.WriteString(", ")
 			}
 			first = false
-			b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, '" + StatusPending + "', 0, ?)")
+			b.WriteString(insertRow)
 			args = append(args, m.ID.String(), m.AggregateType, m.AggregateID, m.Type, string(m.Payload),
 				m.Sequence, headersJSON(m.Headers), m.OccurredAt, m.OccurredAt.UnixMicro())
 		}

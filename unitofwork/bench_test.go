@@ -14,43 +14,25 @@ import (
 
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/shop"
 )
 
 // baseline places an order the way a team would write it by hand with
 // ent and no framework: a plain ent client over entsql.OpenDB on the same
 // *sql.DB, client.Tx, the order, its line, and the outbox row with its
-// per-aggregate sequence taken with the same upsert outbox/write.go uses
-// (on PostgreSQL the upsert and the insert in one statement, as there).
+// per-aggregate sequence, written with the statements outbox/write.go
+// sends (outbox.WriteStatements: on PostgreSQL the upsert and the insert
+// in one statement, as there).
 type baseline struct {
 	dialect string
 	client  *ent.Client
-	seq     string // SQLite: upsert RETURNING; MySQL: upsert with LAST_INSERT_ID
-	insert  string // SQLite, MySQL: the outbox insert
-	pg      string // PostgreSQL: upsert and insert in one statement
+	sql     outbox.Statements
 }
 
 func newBaseline(e *env) *baseline {
-	b := &baseline{dialect: e.dialect, client: ent.NewClient(ent.Driver(entsql.OpenDB(e.dialect, e.raw)))}
-	switch e.dialect {
-	case testdb.Postgres:
-		b.pg = `WITH s AS (INSERT INTO bento_outbox_sequences (aggregatetype, aggregateid, last_sequence) VALUES ($1, $2, 1)
-			ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = bento_outbox_sequences.last_sequence + EXCLUDED.last_sequence
-			RETURNING last_sequence)
-			INSERT INTO bento_outbox (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at)
-			SELECT $3::uuid, $1, $2, $4, $5::jsonb, s.last_sequence, NULL, $6, 'pending', 0, $7 FROM s`
-	case testdb.MySQL:
-		b.seq = "INSERT INTO `bento_outbox_sequences` (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, LAST_INSERT_ID(1)) " +
-			"ON DUPLICATE KEY UPDATE last_sequence = LAST_INSERT_ID(last_sequence + VALUES(last_sequence))"
-		b.insert = "INSERT INTO `bento_outbox` (id, aggregatetype, aggregateid, `type`, payload, `sequence`, headers, occurred_at, status, attempts, next_attempt_at) " +
-			"VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'pending', 0, ?)"
-	default:
-		b.seq = `INSERT INTO "bento_outbox_sequences" (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, 1)
-			ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = last_sequence + excluded.last_sequence RETURNING last_sequence`
-		b.insert = `INSERT INTO "bento_outbox" (id, aggregatetype, aggregateid, "type", payload, "sequence", headers, occurred_at, status, attempts, next_attempt_at)
-			VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'pending', 0, ?)`
-	}
-	return b
+	return &baseline{dialect: e.dialect, client: ent.NewClient(ent.Driver(entsql.OpenDB(e.dialect, e.raw))),
+		sql: outbox.WriteStatements(e.dialect, outbox.NamesFor(""))}
 }
 
 // place writes the same rows as the unit of work's place.
@@ -84,11 +66,11 @@ func (b *baseline) place(ctx context.Context, customer string) (err error) {
 	aggID, now := o.AggregateID(), time.Now().UTC()
 	switch b.dialect {
 	case testdb.Postgres:
-		if _, err := tx.ExecContext(ctx, b.pg, "Order", aggID, id.String(), ev.EventType(), string(payload), now, now.UnixMicro()); err != nil {
+		if _, err := tx.ExecContext(ctx, b.sql.Insert, "Order", aggID, id.String(), ev.EventType(), string(payload), nil, now, now.UnixMicro()); err != nil {
 			return err
 		}
 	case testdb.MySQL:
-		res, err := tx.ExecContext(ctx, b.seq, "Order", aggID)
+		res, err := tx.ExecContext(ctx, b.sql.Sequence, "Order", aggID, 1)
 		if err != nil {
 			return err
 		}
@@ -96,11 +78,11 @@ func (b *baseline) place(ctx context.Context, customer string) (err error) {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, b.insert, id.String(), "Order", aggID, ev.EventType(), string(payload), seq, now, now.UnixMicro()); err != nil {
+		if _, err := tx.ExecContext(ctx, b.sql.Insert, id.String(), "Order", aggID, ev.EventType(), string(payload), seq, nil, now, now.UnixMicro()); err != nil {
 			return err
 		}
 	default:
-		rows, err := tx.QueryContext(ctx, b.seq, "Order", aggID)
+		rows, err := tx.QueryContext(ctx, b.sql.Sequence, "Order", aggID, 1)
 		if err != nil {
 			return err
 		}
@@ -114,7 +96,7 @@ func (b *baseline) place(ctx context.Context, customer string) (err error) {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, b.insert, id.String(), "Order", aggID, ev.EventType(), string(payload), seq, now, now.UnixMicro()); err != nil {
+		if _, err := tx.ExecContext(ctx, b.sql.Insert, id.String(), "Order", aggID, ev.EventType(), string(payload), seq, nil, now, now.UnixMicro()); err != nil {
 			return err
 		}
 	}

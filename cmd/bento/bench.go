@@ -969,37 +969,16 @@ func (c *rowCounter) count(ctx context.Context, prefix string, relay bool) (orde
 	return orders, events, nil
 }
 
-// outboxSQL holds a dialect's hand-written statements for the sequence
-// upsert and the outbox insert, the same rows outbox/write.go writes (on
-// PostgreSQL the upsert and the insert in one statement, as there).
+// outboxSQL holds the statements outbox/write.go sends for one event
+// (outbox.WriteStatements): on PostgreSQL the sequence upsert and the
+// insert in one statement, elsewhere the upsert and the insert.
 type outboxSQL struct {
 	dialect string
-	seq     string // SQLite: upsert RETURNING; MySQL: upsert with LAST_INSERT_ID
-	insert  string // SQLite, MySQL: the outbox insert
-	pg      string // PostgreSQL: upsert and insert in one statement
+	outbox.Statements
 }
 
 func newOutboxSQL(d string, n outbox.Names) outboxSQL {
-	s := outboxSQL{dialect: d}
-	switch d {
-	case dialect.Postgres:
-		s.pg = `WITH s AS (INSERT INTO "` + n.Sequences + `" (aggregatetype, aggregateid, last_sequence) VALUES ($1, $2, 1)
-			ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = "` + n.Sequences + `".last_sequence + EXCLUDED.last_sequence
-			RETURNING last_sequence)
-			INSERT INTO "` + n.Outbox + `" (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at)
-			SELECT $3::uuid, $1, $2, $4, $5::jsonb, s.last_sequence, NULL, $6, 'pending', 0, $7 FROM s`
-	case dialect.MySQL:
-		s.seq = "INSERT INTO `" + n.Sequences + "` (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, LAST_INSERT_ID(1)) " +
-			"ON DUPLICATE KEY UPDATE last_sequence = LAST_INSERT_ID(last_sequence + VALUES(last_sequence))"
-		s.insert = "INSERT INTO `" + n.Outbox + "` (id, aggregatetype, aggregateid, `type`, payload, `sequence`, headers, occurred_at, status, attempts, next_attempt_at) " +
-			"VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'pending', 0, ?)"
-	default:
-		s.seq = `INSERT INTO "` + n.Sequences + `" (aggregatetype, aggregateid, last_sequence) VALUES (?, ?, 1)
-			ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = last_sequence + excluded.last_sequence RETURNING last_sequence`
-		s.insert = `INSERT INTO "` + n.Outbox + `" (id, aggregatetype, aggregateid, "type", payload, "sequence", headers, occurred_at, status, attempts, next_attempt_at)
-			VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'pending', 0, ?)`
-	}
-	return s
+	return outboxSQL{dialect: d, Statements: outbox.WriteStatements(d, n)}
 }
 
 // execQuerier is what a transaction of either baseline offers.
@@ -1023,10 +1002,10 @@ func (s outboxSQL) write(ctx context.Context, tx execQuerier, id int, customer s
 	aggID, now := fmt.Sprint(id), time.Now().UTC()
 	switch s.dialect {
 	case dialect.Postgres:
-		_, err := tx.ExecContext(ctx, s.pg, "Order", aggID, eid.String(), ev.EventType(), string(payload), now, now.UnixMicro())
+		_, err := tx.ExecContext(ctx, s.Insert, "Order", aggID, eid.String(), ev.EventType(), string(payload), nil, now, now.UnixMicro())
 		return err
 	case dialect.MySQL:
-		res, err := tx.ExecContext(ctx, s.seq, "Order", aggID)
+		res, err := tx.ExecContext(ctx, s.Sequence, "Order", aggID, 1)
 		if err != nil {
 			return err
 		}
@@ -1034,10 +1013,10 @@ func (s outboxSQL) write(ctx context.Context, tx execQuerier, id int, customer s
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, s.insert, eid.String(), "Order", aggID, ev.EventType(), string(payload), seq, now, now.UnixMicro())
+		_, err = tx.ExecContext(ctx, s.Insert, eid.String(), "Order", aggID, ev.EventType(), string(payload), seq, nil, now, now.UnixMicro())
 		return err
 	default:
-		rows, err := tx.QueryContext(ctx, s.seq, "Order", aggID)
+		rows, err := tx.QueryContext(ctx, s.Sequence, "Order", aggID, 1)
 		if err != nil {
 			return err
 		}
@@ -1051,7 +1030,7 @@ func (s outboxSQL) write(ctx context.Context, tx execQuerier, id int, customer s
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, s.insert, eid.String(), "Order", aggID, ev.EventType(), string(payload), seq, now, now.UnixMicro())
+		_, err = tx.ExecContext(ctx, s.Insert, eid.String(), "Order", aggID, ev.EventType(), string(payload), seq, nil, now, now.UnixMicro())
 		return err
 	}
 }

@@ -8,14 +8,17 @@ INSERT INTO orders (version, customer, status, total_cents, created_at, updated_
   VALUES (1, 'pgbench-' || (:client_id)::text || '@example.com', 'pending', 2500, now(), now())
   RETURNING id AS order_id \gset
 INSERT INTO order_lines (sku, quantity, unit_price_cents, order_lines) VALUES ('SKU-1', 2, 1250, (:order_id)::bigint);
-WITH s AS (
-  INSERT INTO bento_outbox_sequences (aggregatetype, aggregateid, last_sequence) VALUES ('Order', (:order_id)::bigint::text, 1)
-  ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = bento_outbox_sequences.last_sequence + EXCLUDED.last_sequence
+-- The outbox statement is the writer's own (outbox.WriteStatements), its
+-- parameters replaced by the values below (outbox's pgbenchArgs);
+-- TestPgbenchScriptMatchesWriter in package outbox fails when they differ.
+WITH s AS (INSERT INTO "bento_outbox_sequences" (aggregatetype, aggregateid, last_sequence)
+  VALUES ('Order', (:order_id)::bigint::text, 1)
+  ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = "bento_outbox_sequences".last_sequence + 1
   RETURNING last_sequence)
-INSERT INTO bento_outbox (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at)
-  SELECT gen_random_uuid(), 'Order', (:order_id)::bigint::text, 'OrderPlaced',
+INSERT INTO "bento_outbox" (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at)
+  SELECT gen_random_uuid()::uuid, 'Order', (:order_id)::bigint::text, 'OrderPlaced',
     jsonb_build_object('order_id', (:order_id)::bigint, 'customer', 'pgbench-' || (:client_id)::text || '@example.com', 'total_cents', 2500,
-      'lines', jsonb_build_array(jsonb_build_object('sku', 'SKU-1', 'quantity', 2, 'unit_price_cents', 1250))),
-    s.last_sequence, NULL, now(), 'pending', 0, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+      'lines', jsonb_build_array(jsonb_build_object('sku', 'SKU-1', 'quantity', 2, 'unit_price_cents', 1250)))::jsonb,
+    s.last_sequence, NULL::jsonb, now()::timestamptz, 'pending', 0, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::bigint
   FROM s;
 COMMIT;
