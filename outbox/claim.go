@@ -81,7 +81,7 @@ type claimQueries struct {
 	window, windowAfter statement
 	// lockPrefix starts MySQL's second statement, which locks the runs of
 	// the aggregates the first one found (lockRuns).
-	lockPrefix string
+	lockPrefix, lockHeads string
 }
 
 func newClaimQueries(d string, n Names) claimQueries {
@@ -153,10 +153,10 @@ func newClaimQueries(d string, n Names) claimQueries {
 			// rows other relays hold. So the window and the heads are
 			// read first without locks, and the runs locked by a second
 			// statement (lockRuns).
-			return "SELECT h.aggregatetype, h.aggregateid, h.head, h.wend, h.wcount FROM (" +
-				"SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", " + head(seq) + " AS head, " +
-				head("next_attempt_at") + " AS head_due FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) h" +
-				" WHERE h.head_due <= :now"
+			return "SELECT h.aggregatetype, h.aggregateid, h.head, h.wend, h.wcount, h.n FROM (" +
+				"SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", count(*) AS n, min(a.next_attempt_at) AS first, " +
+				head(seq) + " AS head, " + head("next_attempt_at") + " AS head_due FROM (" + window(after) +
+				") a GROUP BY a.aggregatetype, a.aggregateid) h WHERE h.head_due <= :now ORDER BY h.first"
 		}
 		q := columns + ", h.head, h.wend, h.wcount FROM (" +
 			"SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", " + head(seq) + " AS head, " +
@@ -173,8 +173,13 @@ func newClaimQueries(d string, n Names) claimQueries {
 			" <= :now THEN 1 ELSE 0 END) AS " + integer + ") FROM (SELECT a.aggregatetype, a.aggregateid, max(a.next_attempt_at) AS wend," +
 			" count(*) AS n FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) a"
 	}
-	lock := columns + " FROM " + t + " r WHERE r.status = " + pending + " AND r.next_attempt_at <= ? AND (r.aggregatetype, r.aggregateid) IN ("
-	return claimQueries{dialect: d, lockPrefix: lock, runs: compile(d, runs(false)), runsAfter: compile(d, runs(true)),
+	// FORCE INDEX: without it MariaDB reads the IN list's rows through the
+	// due index (status alone), every pending row, locking as it goes.
+	lock := columns + " FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " + pending +
+		" AND r.next_attempt_at <= ? AND (r.aggregatetype, r.aggregateid) IN ("
+	lockHeads := "SELECT r.aggregatetype, r.aggregateid FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " +
+		pending + " AND (r.aggregatetype, r.aggregateid, r." + seq + ") IN ("
+	return claimQueries{dialect: d, lockPrefix: lock, lockHeads: lockHeads, runs: compile(d, runs(false)), runsAfter: compile(d, runs(true)),
 		window: compile(d, size(false)), windowAfter: compile(d, size(true))}
 }
 
@@ -360,15 +365,17 @@ func (r *Relay) claimRows(ctx context.Context, tx *driver.Tx, a claimArgs) ([]cl
 type windowGroup struct {
 	typ, id    string
 	head, wend int64
-	wcount     int
+	wcount, n  int // the window's rows, and this aggregate's among them
 }
 
 // lockRuns is MySQL's claim: the window's aggregates and their heads,
-// read without locks by st, then their runs locked with SKIP LOCKED by
-// one statement over the pending index, (aggregatetype, aggregateid) IN
-// the aggregates found. No row of theirs before the head is pending, so
-// each aggregate's rows come from its head in sequence order, and the
-// statement stops at the batch size. (One range per aggregate with its own
+// read without locks by st; then their heads locked with SKIP LOCKED; then
+// the runs of the aggregates whose head this relay got, by one statement
+// over the pending index, (aggregatetype, aggregateid) IN those. No row of
+// theirs before the head is pending, so each aggregate's rows come from
+// its head in sequence order, and the statement stops at the batch size.
+// (Without the heads first, a relay locked the rows after another relay's
+// run, which that relay then skipped; one range per aggregate with its own
 // sequence bounds, OR'ed, kept MariaDB's range optimizer busy for seconds
 // at 100 aggregates.)
 func (r *Relay) lockRuns(ctx context.Context, tx *driver.Tx, st statement, a claimArgs) ([]claimed, error) {
@@ -379,7 +386,7 @@ func (r *Relay) lockRuns(ctx context.Context, tx *driver.Tx, st statement, a cla
 	var groups []windowGroup
 	for rows.Next() {
 		var g windowGroup
-		if err := rows.Scan(&g.typ, &g.id, &g.head, &g.wend, &g.wcount); err != nil {
+		if err := rows.Scan(&g.typ, &g.id, &g.head, &g.wend, &g.wcount, &g.n); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
 		}
@@ -389,18 +396,57 @@ func (r *Relay) lockRuns(ctx context.Context, tx *driver.Tx, st statement, a cla
 	if err := rows.Err(); err != nil || len(groups) == 0 {
 		return nil, err
 	}
+	// Heads first, oldest aggregates first, as many as the window says
+	// the batch needs: holding the head is holding the aggregate, so the
+	// runs below only take rows of aggregates this relay holds.
 	var b strings.Builder
-	b.WriteString(r.cq.lockPrefix)
-	args := make([]any, 0, 2+4*len(groups))
-	args = append(args, a.now)
-	byKey := make(map[[2]string]windowGroup, len(groups))
+	b.WriteString(r.cq.lockHeads)
+	args := make([]any, 0, 3*len(groups))
+	want := 0
 	for i, g := range groups {
+		if want >= a.batch {
+			break
+		}
+		want += g.n
 		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?)")
+		args = append(args, g.typ, g.id, g.head)
+	}
+	b.WriteString(") FOR UPDATE SKIP LOCKED")
+	var heads entsql.Rows
+	if err := tx.Query(ctx, b.String(), args, &heads); err != nil {
+		return nil, fmt.Errorf("outbox: relay: claiming: %w", err)
+	}
+	held := map[[2]string]bool{}
+	for heads.Next() {
+		var k [2]string
+		if err := heads.Scan(&k[0], &k[1]); err != nil {
+			heads.Close()
+			return nil, fmt.Errorf("outbox: relay: claiming: %w", err)
+		}
+		held[k] = true
+	}
+	heads.Close()
+	if err := heads.Err(); err != nil || len(held) == 0 {
+		return nil, err
+	}
+	b.Reset()
+	b.WriteString(r.cq.lockPrefix)
+	args = append(args[:0], a.now)
+	byKey := make(map[[2]string]windowGroup, len(held))
+	for _, g := range groups {
+		k := [2]string{g.typ, g.id}
+		if !held[k] {
+			continue
+		}
+		if len(byKey) > 0 {
 			b.WriteString(", ")
 		}
 		b.WriteString("(?, ?)")
 		args = append(args, g.typ, g.id)
-		byKey[[2]string{g.typ, g.id}] = g
+		byKey[k] = g
 	}
 	b.WriteString(") LIMIT ? FOR UPDATE SKIP LOCKED")
 	args = append(args, a.batch)

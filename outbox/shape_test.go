@@ -109,7 +109,7 @@ func cpuTime(tb testing.TB) time.Duration {
 // SQLite runs one relay per database), batches of 100. It reports
 // events/s and the benchmark process's CPU per event (relays, publisher
 // and NATS client; the servers' CPU is not in it). BENTO_BENCH_BACKLOG sets
-// the backlog (100,000):
+// the backlog (100,000), BENTO_BENCH_RELAYS the relay counts (1,3):
 //
 //	go test -run '^$' -bench RelayShapes -benchtime 1x ./outbox/
 //	BENTO_BENCH_BACKLOG=1000000 go test -run '^$' -bench 'RelayShapes/postgres/uniform/relays=1' -benchtime 1x -timeout 30m ./outbox/
@@ -125,6 +125,17 @@ func BenchmarkRelayShapes(b *testing.B) {
 		}
 		backlog = n
 	}
+	relayCounts := []int{1, 3}
+	if v := os.Getenv("BENTO_BENCH_RELAYS"); v != "" {
+		relayCounts = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				b.Fatalf("BENTO_BENCH_RELAYS=%q: accepted: relay counts separated by commas, such as 1,2,4", v)
+			}
+			relayCounts = append(relayCounts, n)
+		}
+	}
 	for _, d := range testdb.Dialects() {
 		b.Run(d, func(b *testing.B) {
 			db := openDB(b, testdb.Config(b, d))
@@ -134,7 +145,7 @@ func BenchmarkRelayShapes(b *testing.B) {
 			}
 			pub := connectJS(b, testnats.Start(b).URL())
 			for _, s := range shapes {
-				for _, relays := range []int{1, 3} {
+				for _, relays := range relayCounts {
 					if relays > 1 && d == testdb.SQLite {
 						continue
 					}
