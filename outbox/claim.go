@@ -106,9 +106,25 @@ func newClaimQueries(d string, n Names) claimQueries {
 	// "ORDER BY status, sequence" with status fixed is the order of the
 	// pending index.
 	bySeq := " ORDER BY %[1]s.status, %[1]s." + seq
+	// On PostgreSQL the head probe starts after the last sequence a relay
+	// published of the aggregate (<outbox>_relayed, kept for aggregates
+	// published in runs), so it does not walk the index entries of the
+	// aggregate's deleted rows, which stay until VACUUM (and, with a
+	// replica's hot_standby_feedback or a long transaction, cost a heap
+	// visit each: one probe after 50,000 deletes on one aggregate took
+	// 146 ms). Never after the aggregate's first row in the window (wmin),
+	// which is pending: a requeued dead letter shows there, and the mark
+	// gives way.
+	probeFrom := func(g string) string {
+		if d != dialect.Postgres {
+			return ""
+		}
+		return " AND e." + seq + " > least(" + g + ".wmin - 1, coalesce((SELECT x." + seq + " FROM " + quote(n.Relayed) +
+			" x WHERE x.aggregatetype = " + g + ".aggregatetype AND x.aggregateid = " + g + ".aggregateid), 0))"
+	}
 	head := func(col string) string {
 		return "(SELECT e." + col + " FROM " + t + " e WHERE e.aggregatetype = a.aggregatetype AND e.aggregateid = a.aggregateid" +
-			" AND e.status = " + pending + fmt.Sprintf(bySeq, "e") + " LIMIT 1)"
+			" AND e.status = " + pending + probeFrom("a") + fmt.Sprintf(bySeq, "e") + " LIMIT 1)"
 	}
 	// The window's last due time and size, on every row: a full window
 	// moves the cursor to its end (a burn-down sweeps), one that is not
@@ -128,18 +144,12 @@ func newClaimQueries(d string, n Names) claimQueries {
 		if d == dialect.Postgres {
 			// Laterals: each aggregate's head is one probe of the index,
 			// and its run one range of it, parameterised by the aggregate,
-			// so no plan can read an index whole. The probe starts after
-			// the sequence this relay last published of the aggregate (its
-			// hints, :hk and :hl), so it does not walk the entries its own
-			// deletes left before the head; never after the aggregate's
-			// first row in the window, which is pending (a requeued dead
-			// letter shows there, and the hint gives way).
+			// so no plan can read an index whole.
 			return columns + ", hd.head, g.wend, g.wcount FROM (SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", min(a." + seq + ") AS wmin FROM (" +
 				window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) g" +
 				" CROSS JOIN LATERAL (SELECT e." + seq + " AS head, e.next_attempt_at AS due FROM " + t + " e" +
 				" WHERE e.aggregatetype = g.aggregatetype AND e.aggregateid = g.aggregateid AND e.status = " + pending +
-				" AND e." + seq + " > least(g.wmin - 1, coalesce((SELECT h.low FROM unnest(:hk::text[], :hl::bigint[]) AS h(k, low)" +
-				" WHERE h.k = g.aggregatetype || chr(31) || g.aggregateid), 0))" +
+				probeFrom("g") +
 				fmt.Sprintf(bySeq, "e") + " LIMIT 1) hd" +
 				" CROSS JOIN LATERAL (SELECT * FROM " + t + " x WHERE x.aggregatetype = g.aggregatetype AND x.aggregateid = g.aggregateid" +
 				" AND x.status = " + pending + " AND x." + seq + " >= hd.head AND x." + seq + " < hd.head + :run AND x.next_attempt_at <= :now" +
@@ -171,7 +181,7 @@ func newClaimQueries(d string, n Names) claimQueries {
 	size := func(after bool) string {
 		return "SELECT max(a.wend), CAST(sum(a.n) AS " + integer + "), CAST(sum(CASE WHEN " + head("next_attempt_at") +
 			" <= :now THEN 1 ELSE 0 END) AS " + integer + ") FROM (SELECT a.aggregatetype, a.aggregateid, max(a.next_attempt_at) AS wend," +
-			" count(*) AS n FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) a"
+			" count(*) AS n, min(a." + seq + ") AS wmin FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) a"
 	}
 	// FORCE INDEX: without it MariaDB reads the IN list's rows through the
 	// due index (status alone), every pending row, locking as it goes.
@@ -232,10 +242,6 @@ func (st statement) args(a claimArgs) []any {
 			args[i] = a.now
 		case "at":
 			args[i] = a.cursor.at
-		case "hk":
-			args[i] = a.hintKeys
-		case "hl":
-			args[i] = a.hintLows
 		case "window":
 			args[i] = a.window
 		case "run":
@@ -254,10 +260,6 @@ type claimArgs struct {
 	now                int64
 	cursor             claimCursor
 	window, run, batch int
-	// PostgreSQL: per aggregate (type and id joined by \x1f), the last
-	// sequence this relay published or dead-lettered.
-	hintKeys []string
-	hintLows []int64
 }
 
 // claimed is one row a claim returned.
@@ -282,9 +284,6 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 	r.mu.Lock()
 	a := claimArgs{now: time.Now().UnixMicro(), cursor: r.cursor, window: windowFactor * r.cfg.BatchSize,
 		run: r.cfg.BatchSize, batch: r.cfg.BatchSize}
-	if r.dialect == dialect.Postgres {
-		a.hintKeys, a.hintLows = r.hints.args(time.Now())
-	}
 	r.mu.Unlock()
 	setCursor := func(c claimCursor) {
 		r.mu.Lock()
@@ -516,68 +515,6 @@ func (r *Relay) windowSize(ctx context.Context, tx *driver.Tx, a claimArgs) (end
 		}
 	}
 	return e.Int64, int(cnt.Int64), int(h.Int64), rows.Err()
-}
-
-// hints remember, per aggregate this relay published a run of, the last
-// sequence it published or dead-lettered: no row of the aggregate at or
-// before it is pending (writers only append), so the head probe starts
-// after it, or before the aggregate's first row in the window if that is
-// lower (a dead letter made pending again by Requeue). At most maxHints
-// are kept, the most recently used, for at most hintTTL.
-type hints struct {
-	m map[[2]string]hint
-}
-
-type hint struct {
-	low  int64
-	used time.Time
-}
-
-const (
-	maxHints = 256
-	hintTTL  = time.Minute
-)
-
-// note records that the aggregate's rows up to seq are no longer pending.
-// Only aggregates with more than one event in the batch are noted: those
-// are the hot ones whose heads the next batches probe again.
-func (h *hints) note(aggType, aggID string, seq int64, run int, now time.Time) {
-	k := [2]string{aggType, aggID}
-	if _, known := h.m[k]; !known && run < 2 {
-		return
-	}
-	if h.m == nil {
-		h.m = map[[2]string]hint{}
-	}
-	if cur, ok := h.m[k]; ok && cur.low > seq {
-		seq = cur.low
-	}
-	h.m[k] = hint{low: seq, used: now}
-	if len(h.m) > maxHints {
-		var oldest [2]string
-		var at time.Time
-		for k, v := range h.m {
-			if at.IsZero() || v.used.Before(at) {
-				oldest, at = k, v.used
-			}
-		}
-		delete(h.m, oldest)
-	}
-}
-
-// args returns the hints as the claim's arrays, dropping expired ones.
-func (h *hints) args(now time.Time) ([]string, []int64) {
-	keys := make([]string, 0, len(h.m))
-	lows := make([]int64, 0, len(h.m))
-	for k, v := range h.m {
-		if now.Sub(v.used) > hintTTL {
-			delete(h.m, k)
-			continue
-		}
-		keys = append(keys, k[0]+"\x1f"+k[1])
-		lows = append(lows, v.low)
-	}
-	return keys, lows
 }
 
 // runs keeps, of the claimed rows, each aggregate's run: the rows from

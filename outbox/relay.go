@@ -170,7 +170,6 @@ type Relay struct {
 	rng     *rand.Rand
 	mu      sync.Mutex
 	cursor  claimCursor // where the claim's window starts (guarded by mu)
-	hints   hints       // PostgreSQL: where heads are (guarded by mu)
 }
 
 // NewRelay returns a relay that reads the outbox through drv (a Bento
@@ -408,32 +407,8 @@ func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 		return BatchResult{Claimed: res.Claimed}, fmt.Errorf("outbox: relay: commit: %w", err)
 	}
 	r.observePublished(msgs, results)
-	r.noteHints(msgs, results)
 	r.logDead(res)
 	return res, nil
-}
-
-// noteHints records, once a batch committed, how far it published each
-// aggregate (PostgreSQL: see hints).
-func (r *Relay) noteHints(msgs []Message, results []error) {
-	if r.dialect != dialect.Postgres {
-		return
-	}
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i := 0; i < len(msgs); {
-		j, last := i, int64(-1)
-		for ; j < len(msgs) && msgs[j].AggregateType == msgs[i].AggregateType && msgs[j].AggregateID == msgs[i].AggregateID; j++ {
-			if results[j] == nil {
-				last = msgs[j].Sequence
-			}
-		}
-		if last >= 0 {
-			r.hints.note(msgs[i].AggregateType, msgs[i].AggregateID, last, j-i, now)
-		}
-		i = j
-	}
 }
 
 // batchSingle is SQLite's batch: the only relay reads, publishes, then
@@ -542,6 +517,7 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 		}
 	}
 	res.Published = len(done)
+	hot := relayedRuns(msgs, results)
 	for len(done) > 0 {
 		chunk := done
 		if len(chunk) > 1000 {
@@ -565,7 +541,13 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 		}
 		if len(done) == 0 {
 			// The batch's last statement goes with its COMMIT (one round
-			// trip on PostgreSQL); its error is the commit's.
+			// trip on PostgreSQL); its error is the commit's. On
+			// PostgreSQL it also records how far the batch published its
+			// runs (<outbox>_relayed, for the head probes: claim.go).
+			if r.dialect == dialect.Postgres && len(hot.types) > 0 {
+				query = r.q.withRelayed(query, len(args))
+				args = append(args, hot.types, hot.ids, hot.seqs)
+			}
 			if err := tx.DeferExec(query, args...); err != nil {
 				return fmt.Errorf("outbox: relay: marking %d rows published: %w", len(chunk), err)
 			}
@@ -576,6 +558,36 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 		}
 	}
 	return nil
+}
+
+// relayedAggregates are the aggregates a batch published two events or more of,
+// with the last sequence it published of each, as the arrays of
+// relayQueries.withRelayed.
+type relayedAggregates struct {
+	types, ids []string
+	seqs       []int64
+}
+
+// relayedRuns finds them in the batch's runs (each aggregate's messages
+// are contiguous, in sequence order; results[i] is nil for a published
+// one).
+func relayedRuns(msgs []Message, results []error) relayedAggregates {
+	var out relayedAggregates
+	for i := 0; i < len(msgs); {
+		j, n, last := i, 0, int64(0)
+		for ; j < len(msgs) && msgs[j].AggregateType == msgs[i].AggregateType && msgs[j].AggregateID == msgs[i].AggregateID; j++ {
+			if results[j] == nil {
+				n, last = n+1, msgs[j].Sequence
+			}
+		}
+		if n >= 2 {
+			out.types = append(out.types, msgs[i].AggregateType)
+			out.ids = append(out.ids, msgs[i].AggregateID)
+			out.seqs = append(out.seqs, last)
+		}
+		i = j
+	}
+	return out
 }
 
 // maxErrorRunes bounds the stored text of a failed publish (the column
@@ -781,6 +793,7 @@ func Requeue(ctx context.Context, drv *driver.Driver, names Names, ids ...uuid.U
 // relayQueries are the relay's statements for one dialect.
 type relayQueries struct {
 	dialect, table    string
+	relayed           string // PostgreSQL: the quoted <outbox>_relayed
 	settings          string // PostgreSQL: PostgresSessionSettings for the transaction
 	fail, cleanup     string
 	cleanupKeys       string
@@ -792,6 +805,7 @@ func newRelayQueries(d string, n Names) relayQueries {
 	quote := func(s string) string { return dialects.QuoteIdent(d, s) }
 	t := quote(n.Outbox)
 	q.table = t
+	q.relayed = quote(n.Relayed)
 	p := func(i int) string { return dialects.Placeholder(d, i) }
 	if d == dialect.Postgres {
 		var sets []string
@@ -838,6 +852,16 @@ func (q relayQueries) markPublished(n int) string {
 		p1 = "$1"
 	}
 	return "UPDATE " + q.table + " SET status = '" + StatusPublished + "', published_at = " + p1 + " WHERE " + q.idList(2, n)
+}
+
+// withRelayed wraps a PostgreSQL mark statement with nargs arguments into
+// one that also records, in <outbox>_relayed, the last sequence published
+// of each aggregate given by the three arrays that follow its arguments.
+func (q relayQueries) withRelayed(mark string, nargs int) string {
+	p := func(i int) string { return "$" + strconv.Itoa(nargs+i) }
+	return "WITH marked AS (" + mark + ") INSERT INTO " + q.relayed + " AS x (aggregatetype, aggregateid, " + `"sequence"` +
+		") SELECT * FROM unnest(" + p(1) + "::text[], " + p(2) + "::text[], " + p(3) + "::bigint[])" +
+		" ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET " + `"sequence"` + " = greatest(x." + `"sequence"` + ", excluded." + `"sequence"` + ")"
 }
 
 func (q relayQueries) deletePublished(n int) string {

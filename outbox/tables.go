@@ -22,6 +22,7 @@ type Names struct {
 	Sequences   string // per-aggregate sequences: <table>_sequences
 	Idempotency string // idempotency keys: <table>_idempotency
 	Inbox       string // consumer inbox: <table>_inbox
+	Relayed     string // how far relays published hot aggregates: <table>_relayed
 }
 
 // NamesFor returns the table names for an outbox table name ("" means
@@ -30,7 +31,8 @@ func NamesFor(table string) Names {
 	if table == "" {
 		table = DefaultTable
 	}
-	return Names{Outbox: table, Sequences: table + "_sequences", Idempotency: table + "_idempotency", Inbox: table + "_inbox"}
+	return Names{Outbox: table, Sequences: table + "_sequences", Idempotency: table + "_idempotency", Inbox: table + "_inbox",
+		Relayed: table + "_relayed"}
 }
 
 // microTime is a timestamp with microseconds on every dialect.
@@ -91,5 +93,16 @@ func Tables(n Names) []*schema.Table {
 		AddPrimary(eventID).
 		AddColumn(&schema.Column{Name: "processed_at", Type: field.TypeTime, SchemaType: microTime})
 
-	return []*schema.Table{outbox, sequences, idem, inbox}
+	// The last sequence a relay published of an aggregate it published a
+	// run of (PostgreSQL relays keep it, see claim.go): the head probe of
+	// every relay starts after it instead of walking the index entries of
+	// the aggregate's deleted rows.
+	rAggType := &schema.Column{Name: "aggregatetype", Type: field.TypeString, Size: 255}
+	rAggID := &schema.Column{Name: "aggregateid", Type: field.TypeString, Size: 255}
+	relayed := schema.NewTable(n.Relayed).
+		AddPrimary(rAggType).
+		AddPrimary(rAggID).
+		AddColumn(&schema.Column{Name: "sequence", Type: field.TypeInt64})
+
+	return []*schema.Table{outbox, sequences, idem, inbox, relayed}
 }
