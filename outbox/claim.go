@@ -168,13 +168,14 @@ func newClaimQueries(d string, n Names) claimQueries {
 				head(seq) + " AS head, " + head("next_attempt_at") + " AS head_due FROM (" + window(after) +
 				") a GROUP BY a.aggregatetype, a.aggregateid) h WHERE h.head_due <= :now ORDER BY h.first"
 		}
-		q := columns + ", h.head, h.wend, h.wcount FROM (" +
-			"SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", " + head(seq) + " AS head, " +
-			head("next_attempt_at") + " AS head_due FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) h" +
+		// SQLite: one relay, no locks, so one probe per aggregate: a head
+		// that is not due drops out of the run (r.next_attempt_at), and
+		// claim keeps only runs that start at the head.
+		return columns + ", h.head, h.wend, h.wcount FROM (" +
+			"SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", " + head(seq) + " AS head" +
+			" FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) h" +
 			" JOIN " + t + " r ON r.aggregatetype = h.aggregatetype AND r.aggregateid = h.aggregateid AND r.status = " + pending +
-			" AND r." + seq + " >= h.head AND r." + seq + " < h.head + :run AND r.next_attempt_at <= :now" +
-			" WHERE h.head_due <= :now LIMIT :batch"
-		return q
+			" AND r." + seq + " >= h.head AND r." + seq + " < h.head + :run AND r.next_attempt_at <= :now LIMIT :batch"
 	}
 	// The window's end and size, and how many of its aggregates have a
 	// due head: those are held by other relays, which make progress.
@@ -282,7 +283,7 @@ type claimed struct {
 // again from the front once.
 func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, error) {
 	r.mu.Lock()
-	a := claimArgs{now: time.Now().UnixMicro(), cursor: r.cursor, window: windowFactor * r.cfg.BatchSize,
+	a := claimArgs{now: time.Now().UnixMicro(), cursor: r.cursor, window: r.window(),
 		run: r.cfg.BatchSize, batch: r.cfg.BatchSize}
 	r.mu.Unlock()
 	setCursor := func(c claimCursor) {
@@ -323,12 +324,21 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 			setCursor(claimCursor{})
 			return nil, nil, nil
 		default:
-			a.cursor, a.window, wrapped = claimCursor{}, windowFactor*r.cfg.BatchSize, true
+			a.cursor, a.window, wrapped = claimCursor{}, r.window(), true
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, nil, err
 		}
 	}
+}
+
+// window is the first window's size: twice the batch where other relays
+// may hold part of it, the batch on SQLite, whose relay is alone.
+func (r *Relay) window() int {
+	if r.dialect == dialect.SQLite {
+		return r.cfg.BatchSize
+	}
+	return windowFactor * r.cfg.BatchSize
 }
 
 // query runs a claim statement in tx, or outside a transaction (SQLite).

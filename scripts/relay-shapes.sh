@@ -10,6 +10,8 @@
 #   scripts/relay-shapes.sh                # every dialect, 3 rounds
 #   ROUNDS=1 DIALECTS=postgres scripts/relay-shapes.sh
 #   BIG=0 scripts/relay-shapes.sh          # without the 1,000,000 run
+#   APPEND=1 DIALECTS=sqlite3 BIG=0 scripts/relay-shapes.sh
+#                                          # add a dialect's rows to the last run's
 #
 # Rounds alternate (each round runs every shape once), so a slow stretch
 # of the machine falls on every shape alike; the table gives the median
@@ -38,7 +40,7 @@ go test -c -o /tmp/outbox.test ./outbox/
       done
     done
   fi
-} 2>&1 | tee "$raw"
+} 2>&1 | if [ "${APPEND:-0}" = 1 ]; then tee -a "$raw"; else tee "$raw"; fi
 
 go run ./internal/benchtable -shapes "$raw" -into BENCHMARKS.md
 echo "relay-shapes: tables written into BENCHMARKS.md; raw output in $raw"

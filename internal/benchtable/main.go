@@ -61,15 +61,19 @@ type result struct {
 
 var line = regexp.MustCompile(`^(?:backlog=(\d+) )?BenchmarkRelayShapes/([^/]+)/([^/]+)/relays=(\d+)(?:-\d+)?\s+\d+\s+\d+ ns/op\s+([\d.]+) cpu-µs/event\s+([\d.]+) events/s`)
 
-// parse reads the benchmark lines and the run's first comment line.
+// parse reads the benchmark lines and the header line of each run in the
+// file (an appended run adds its own).
 func parse(r io.Reader) ([]result, string, error) {
 	var rs []result
 	header := ""
 	s := bufio.NewScanner(r)
 	for s.Scan() {
 		t := s.Text()
-		if header == "" && strings.HasPrefix(t, "# ") {
-			header = strings.TrimPrefix(t, "# ")
+		if strings.HasPrefix(t, "# scripts/") {
+			if header != "" {
+				header += "; then "
+			}
+			header += strings.TrimPrefix(t, "# ")
 		}
 		m := line.FindStringSubmatch(t)
 		if m == nil {
