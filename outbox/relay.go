@@ -544,9 +544,16 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 			// trip on PostgreSQL); its error is the commit's. On
 			// PostgreSQL it also records how far the batch published its
 			// runs (<outbox>_relayed, for the head probes: claim.go).
-			if r.dialect == dialect.Postgres && len(hot.types) > 0 {
-				query = r.q.withRelayed(query, len(args))
-				args = append(args, hot.types, hot.ids, hot.seqs)
+			if len(hot.types) > 0 {
+				switch r.dialect {
+				case dialect.Postgres:
+					query = r.q.withRelayed(query, len(args))
+					args = append(args, hot.types, hot.ids, hot.seqs)
+				case dialect.MySQL:
+					if err := r.recordRelayed(ctx, tx, hot); err != nil {
+						return err
+					}
+				}
 			}
 			if err := tx.DeferExec(query, args...); err != nil {
 				return fmt.Errorf("outbox: relay: marking %d rows published: %w", len(chunk), err)
@@ -556,6 +563,26 @@ func (r *Relay) mark(ctx context.Context, tx *driver.Tx, msgs []Message, attempt
 		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
 			return fmt.Errorf("outbox: relay: marking %d rows published: %w", len(chunk), err)
 		}
+	}
+	return nil
+}
+
+// recordRelayed writes hot into <outbox>_relayed on MySQL, where the
+// mark has no statement to ride with.
+func (r *Relay) recordRelayed(ctx context.Context, tx *driver.Tx, hot relayedAggregates) error {
+	var b strings.Builder
+	b.WriteString("INSERT INTO " + r.q.relayed + " (aggregatetype, aggregateid, `sequence`) VALUES ")
+	args := make([]any, 0, 3*len(hot.types))
+	for i := range hot.types {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?)")
+		args = append(args, hot.types[i], hot.ids[i], hot.seqs[i])
+	}
+	b.WriteString(" ON DUPLICATE KEY UPDATE `sequence` = GREATEST(`sequence`, VALUES(`sequence`))")
+	if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+		return fmt.Errorf("outbox: relay: recording how far runs were published: %w", err)
 	}
 	return nil
 }
@@ -793,7 +820,7 @@ func Requeue(ctx context.Context, drv *driver.Driver, names Names, ids ...uuid.U
 // relayQueries are the relay's statements for one dialect.
 type relayQueries struct {
 	dialect, table    string
-	relayed           string // PostgreSQL: the quoted <outbox>_relayed
+	relayed           string // the quoted <outbox>_relayed
 	settings          string // PostgreSQL: PostgresSessionSettings for the transaction
 	fail, cleanup     string
 	cleanupKeys       string
