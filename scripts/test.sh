@@ -14,16 +14,20 @@ scripts/promtool.sh # alerting rules: promtool check rules, promtool test rules
 # long it has run and which test binaries (its children named *.test) are
 # running, so that a long run (e2e takes minutes) is never silent. The
 # command's own output, go test's ok/FAIL lines included, is untouched.
+#
+# The command's output goes through a pipe: go test's vet step reopens
+# /dev/stdout and fails with "copy_file_range: bad file descriptor" when
+# that is a file (seen on a run with its output sent to a file).
 with_progress() {
   local start pid ticker rc=0
   start=$(date +%s)
-  "$@" &
+  "$@" 2>&1 | cat &
   pid=$!
   (
     while sleep 60; do
       kill -0 "$pid" 2>/dev/null || exit 0
-      running=$(ps -o args= --ppid "$pid" 2>/dev/null | awk '{print $1}' | grep '\.test$' |
-        xargs -r -n1 basename | sed 's/\.test$//' | sort | tr '\n' ' ' || true)
+      running=$(ps -eo args= 2>/dev/null | awk '{print $1}' | grep '\.test$' |
+        xargs -r -n1 basename | sed 's/\.test$//' | sort -u | tr '\n' ' ' || true)
       echo "test: ... $(( ($(date +%s) - start) / 60 )) min into '$*'; running now: ${running:-building or starting packages}"
     done
   ) &
