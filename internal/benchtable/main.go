@@ -169,6 +169,10 @@ func render(rs []result, header string) string {
 				continue
 			}
 			three, _ := cell(d, sh, 3, 0)
+			if three.med == 0 {
+				fmt.Fprintf(&b, "| %s | %s | %.2f× | %.1f | not measured | — | not measured |\n", shapeName[sh], one, ratio, cpu.med)
+				continue
+			}
 			scale := three.med / one.med
 			verdict := "reported"
 			if d == "postgres" {
