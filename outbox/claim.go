@@ -73,15 +73,15 @@ type claimCursor struct {
 
 // claimQueries are the statements of the claim for one dialect.
 type claimQueries struct {
-	dialect string
 	// runs claims the runs of the window's aggregates, from the front or
 	// after a cursor; window reads the window's end and size, to move the
 	// cursor past a window with nothing claimable.
 	runs, runsAfter     statement
 	window, windowAfter statement
-	// lockPrefix starts MySQL's second statement, which locks the runs of
-	// the aggregates the first one found (lockRuns).
-	lockPrefix, lockHeads, lockRange string
+	// MySQL's statements that lock the heads, then the runs, of the
+	// aggregates the first one found (lockRuns); the aggregates' terms
+	// complete them.
+	lockHeads, lockRuns string
 }
 
 func newClaimQueries(d string, n Names) claimQueries {
@@ -188,13 +188,11 @@ func newClaimQueries(d string, n Names) claimQueries {
 	}
 	// FORCE INDEX: without it MariaDB reads the IN list's rows through the
 	// due index (status alone), every pending row, locking as it goes.
-	lock := columns + " FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " + pending +
-		" AND r.next_attempt_at <= ? AND (r.aggregatetype, r.aggregateid) IN ("
-	lockRange := columns + " FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " + pending +
+	lockRuns := columns + " FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " + pending +
 		" AND r.next_attempt_at <= ? AND ("
 	lockHeads := "SELECT r.aggregatetype, r.aggregateid FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " +
 		pending + " AND (r.aggregatetype, r.aggregateid, r." + seq + ") IN ("
-	return claimQueries{dialect: d, lockPrefix: lock, lockHeads: lockHeads, lockRange: lockRange, runs: compile(d, runs(false)), runsAfter: compile(d, runs(true)),
+	return claimQueries{lockHeads: lockHeads, lockRuns: lockRuns, runs: compile(d, runs(false)), runsAfter: compile(d, runs(true)),
 		window: compile(d, size(false)), windowAfter: compile(d, size(true))}
 }
 
@@ -453,40 +451,35 @@ func (r *Relay) lockRuns(ctx context.Context, tx *driver.Tx, st statement, a cla
 			order = append(order, g)
 		}
 	}
-	if len(order) <= maxRangeAggregates {
-		// A few aggregates (a skewed backlog): a range of the pending
-		// index from each head, so the statement never reads the entries
-		// of an aggregate's rows deleted before its head (InnoDB keeps
-		// them until purge catches up: reading them made a 100,000-event
-		// backlog on 20 aggregates drain at 800 events/s).
-		b.Reset()
-		b.WriteString(r.cq.lockRange)
-		args = append(args[:0], a.now)
-		for i, g := range order {
-			if i > 0 {
-				b.WriteString(" OR ")
-			}
-			b.WriteString("(r.aggregatetype = ? AND r.aggregateid = ? AND r.`sequence` >= ? AND r.`sequence` < ?)")
-			args = append(args, g.typ, g.id, g.head, g.head+int64(a.run))
-		}
-		b.WriteString(") LIMIT ? FOR UPDATE SKIP LOCKED")
-		args = append(args, a.batch)
-		var locked entsql.Rows
-		if err := tx.Query(ctx, b.String(), args, &locked); err != nil {
-			return nil, fmt.Errorf("outbox: relay: claiming: %w", err)
-		}
-		defer locked.Close()
-		return r.scanClaimed(&locked, byKey)
-	}
+	// A few aggregates (a skewed backlog): a range of the pending index
+	// from each head, so the statement never reads the entries of an
+	// aggregate's rows deleted before its head (InnoDB keeps them until
+	// purge catches up: reading them made a 100,000-event backlog on 20
+	// aggregates drain at 800 events/s). More: by aggregate alone.
+	ranges := len(order) <= maxRangeAggregates
 	b.Reset()
-	b.WriteString(r.cq.lockPrefix)
+	b.WriteString(r.cq.lockRuns)
+	if !ranges {
+		b.WriteString("(r.aggregatetype, r.aggregateid) IN (")
+	}
 	args = append(args[:0], a.now)
 	for i, g := range order {
-		if i > 0 {
+		switch {
+		case ranges && i > 0:
+			b.WriteString(" OR ")
+		case i > 0:
 			b.WriteString(", ")
 		}
-		b.WriteString("(?, ?)")
-		args = append(args, g.typ, g.id)
+		if ranges {
+			b.WriteString("(r.aggregatetype = ? AND r.aggregateid = ? AND r.`sequence` >= ? AND r.`sequence` < ?)")
+			args = append(args, g.typ, g.id, g.head, g.head+int64(a.run))
+		} else {
+			b.WriteString("(?, ?)")
+			args = append(args, g.typ, g.id)
+		}
+	}
+	if !ranges {
+		b.WriteString(")")
 	}
 	b.WriteString(") LIMIT ? FOR UPDATE SKIP LOCKED")
 	args = append(args, a.batch)
