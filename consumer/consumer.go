@@ -534,7 +534,8 @@ func (c *Consumer[C]) fail(ctx context.Context, m jetstream.Msg, meta Metadata, 
 		}
 		return
 	}
-	if derr := c.deadLetter(ctx, m, meta, cat, err); derr != nil {
+	inserted, derr := c.deadLetter(ctx, m, meta, cat, err)
+	if derr != nil {
 		// Not recorded: keep the event, try again later.
 		delay := c.backoff(meta.Delivery)
 		c.log.Error("bento: consumer: dead-lettering failed; retrying", "consumer", c.cfg.Name, "event_id", meta.EventID.String(),
@@ -552,7 +553,9 @@ func (c *Consumer[C]) fail(ctx context.Context, m jetstream.Msg, meta Metadata, 
 		// applied (or, unordered, is dead-lettered again, ignored).
 		c.log.Warn("bento: consumer: term failed", "consumer", c.cfg.Name, "event_id", meta.EventID.String(), "error", terr.Error())
 	}
-	if c.cfg.Observer != nil {
+	// A redelivery of an event already dead-lettered (its Term was lost)
+	// adds no dead letter, and is not counted as one again.
+	if c.cfg.Observer != nil && inserted {
 		c.cfg.Observer.Failed(cat, true)
 	}
 }
@@ -570,12 +573,14 @@ func (c *Consumer[C]) backoff(n int) time.Duration {
 
 // deadLetter records m in the dead letters and, keeping order, moves the
 // aggregate's applied sequence past it, in one transaction of its own.
-func (c *Consumer[C]) deadLetter(ctx context.Context, m jetstream.Msg, meta Metadata, cat resilience.Category, cause error) error {
+// It reports whether the dead letter is new (not already recorded).
+func (c *Consumer[C]) deadLetter(ctx context.Context, m jetstream.Msg, meta Metadata, cat resilience.Category, cause error) (bool, error) {
 	msg := cause.Error()
 	if len(msg) > 2000 {
 		msg = strings.ToValidUTF8(msg[:2000], "") + "…" // a cut rune would fail the insert
 	}
-	return c.uow.Do(ctx, func(ctx context.Context, _ C) error {
+	var inserted bool
+	err := c.uow.Do(ctx, func(ctx context.Context, _ C) error {
 		tx := driver.TxFromContext(ctx)
 		if tx == nil {
 			return errors.New("consumer: the unit of work has no Bento transaction")
@@ -585,10 +590,13 @@ func (c *Consumer[C]) deadLetter(ctx context.Context, m jetstream.Msg, meta Meta
 		if h := headersJSON(meta.Headers); h != "" {
 			headers = h
 		}
-		if _, err := tx.ExecContext(ctx, q.dead, c.cfg.Name, meta.EventID.String(), m.Subject(), meta.Type, meta.AggregateType,
-			meta.AggregateID, meta.Sequence, headers, m.Data(), msg, cat.String(), int64(meta.Delivery), time.Now().UTC()); err != nil {
+		res, err := tx.ExecContext(ctx, q.dead, c.cfg.Name, meta.EventID.String(), m.Subject(), meta.Type, meta.AggregateType,
+			meta.AggregateID, meta.Sequence, headers, m.Data(), msg, cat.String(), int64(meta.Delivery), time.Now().UTC())
+		if err != nil {
 			return fmt.Errorf("consumer: dead-lettering %s: %w", meta.EventID, err)
 		}
+		n, _ := res.RowsAffected()
+		inserted = n > 0
 		if c.cfg.Unordered || meta.Requeued || meta.Sequence < 1 {
 			return nil
 		}
@@ -602,6 +610,7 @@ func (c *Consumer[C]) deadLetter(ctx context.Context, m jetstream.Msg, meta Meta
 		}
 		return nil
 	})
+	return inserted, err
 }
 
 // metadata reads the event's metadata from m's headers. A message that is
