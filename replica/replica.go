@@ -427,9 +427,13 @@ func (r *Router) checkPostgres(ctx context.Context, db *sql.DB, st *State) (uint
 	}
 	// Lag: nothing when it replayed all it received (an idle primary makes
 	// the replay timestamp old without any lag); else the age of the last
-	// replayed transaction.
-	if replay.Valid && receive.Valid && replay.String != receive.String && sinceReplaySeconds.Valid {
-		st.Lag = time.Duration(sinceReplaySeconds.Float64 * float64(time.Second))
+	// replayed transaction. After a restart the receive position is where
+	// streaming started again, at or before the replay position, until new
+	// WAL arrives: that is no lag either.
+	if replay.Valid && receive.Valid && sinceReplaySeconds.Valid {
+		if rcv, err := ParseLSN(receive.String); err == nil && rcv > lsn {
+			st.Lag = time.Duration(sinceReplaySeconds.Float64 * float64(time.Second))
+		}
 	}
 	return lsn, nil
 }
