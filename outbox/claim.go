@@ -78,10 +78,10 @@ type claimQueries struct {
 	// cursor past a window with nothing claimable.
 	runs, runsAfter     statement
 	window, windowAfter statement
-	// MySQL's statements that lock the heads, then the runs, of the
-	// aggregates the first one found (lockRuns); the aggregates' terms
-	// complete them.
-	lockHeads, lockRuns string
+	// MySQL's statements that find the heads the window does not give,
+	// lock the heads, then the runs, of the aggregates the first one
+	// found (lockRuns); the aggregates' terms complete them.
+	probeHead, lockHeads, lockRuns string
 }
 
 func newClaimQueries(d string, n Names) claimQueries {
@@ -161,14 +161,14 @@ func newClaimQueries(d string, n Names) claimQueries {
 			// MariaDB reads every table of a locking statement with locks,
 			// its derived tables and subqueries too: a window read inside
 			// FOR UPDATE waited for (or, with SKIP LOCKED, dropped) the
-			// rows other relays hold. So the window and the heads are
-			// read first without locks, and the runs locked by a second
-			// statement (lockRuns).
-			return "SELECT g.aggregatetype, g.aggregateid, g.head, g.wend, g.wcount, g.n FROM (" +
-				"SELECT h.aggregatetype, h.aggregateid, h.wend, h.wcount, h.n, h.first, " + headOf("h", seq) + " AS head, " +
-				headOf("h", "next_attempt_at") + " AS head_due FROM (" +
+			// rows other relays hold. So the window is read first without
+			// locks, with each aggregate's first sequence in it and how
+			// far runs of it were published; the heads are found from
+			// those (lockRuns), then locked, then the runs.
+			return "SELECT h.aggregatetype, h.aggregateid, h.wmin, coalesce(x." + seq + ", 0), h.wend, h.wcount, h.n FROM (" +
 				"SELECT a.aggregatetype, a.aggregateid, " + windowEnd + ", count(*) AS n, min(a.next_attempt_at) AS first, min(a." + seq +
-				") AS wmin FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) h) g WHERE g.head_due <= :now ORDER BY g.first"
+				") AS wmin FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) h LEFT JOIN " + quote(n.Relayed) +
+				" x ON x.aggregatetype = h.aggregatetype AND x.aggregateid = h.aggregateid ORDER BY h.first"
 		}
 		// SQLite: one relay, no locks, so one probe per aggregate: a head
 		// that is not due drops out of the run (r.next_attempt_at), and
@@ -190,9 +190,17 @@ func newClaimQueries(d string, n Names) claimQueries {
 	// due index (status alone), every pending row, locking as it goes.
 	lockRuns := columns + " FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " + pending +
 		" AND r.next_attempt_at <= ? AND ("
+	// One probe of the pending index per aggregate whose head may come
+	// before its first row in the window, between literal bounds:
+	// MariaDB starts no range at a bound taken from an outer row, so a
+	// correlated probe read every index entry of the aggregate's
+	// published rows that purge had not removed yet.
+	probeHead := "(SELECT e.aggregatetype, e.aggregateid, e." + seq + ", e.next_attempt_at FROM " + t + " e FORCE INDEX (" +
+		quote(n.Outbox+"_pending") + ") WHERE e.aggregatetype = ? AND e.aggregateid = ? AND e.status = " + pending +
+		" AND e." + seq + " > ? AND e." + seq + " < ?" + fmt.Sprintf(bySeq, "e") + " LIMIT 1)"
 	lockHeads := "SELECT r.aggregatetype, r.aggregateid FROM " + t + " r FORCE INDEX (" + quote(n.Outbox+"_pending") + ") WHERE r.status = " +
 		pending + " AND (r.aggregatetype, r.aggregateid, r." + seq + ") IN ("
-	return claimQueries{lockHeads: lockHeads, lockRuns: lockRuns, runs: compile(d, runs(false)), runsAfter: compile(d, runs(true)),
+	return claimQueries{probeHead: probeHead, lockHeads: lockHeads, lockRuns: lockRuns, runs: compile(d, runs(false)), runsAfter: compile(d, runs(true)),
 		window: compile(d, size(false)), windowAfter: compile(d, size(true))}
 }
 
@@ -376,7 +384,8 @@ func (r *Relay) claimRows(ctx context.Context, tx *driver.Tx, a claimArgs) ([]cl
 type windowGroup struct {
 	typ, id    string
 	head, wend int64
-	wcount, n  int // the window's rows, and this aggregate's among them
+	from       int64 // MySQL: the last sequence runs of it were published up to
+	wcount, n  int   // the window's rows, and this aggregate's among them
 }
 
 // lockRuns is MySQL's claim: the window's aggregates and their heads,
@@ -397,7 +406,7 @@ func (r *Relay) lockRuns(ctx context.Context, tx *driver.Tx, st statement, a cla
 	var groups []windowGroup
 	for rows.Next() {
 		var g windowGroup
-		if err := rows.Scan(&g.typ, &g.id, &g.head, &g.wend, &g.wcount, &g.n); err != nil {
+		if err := rows.Scan(&g.typ, &g.id, &g.head, &g.from, &g.wend, &g.wcount, &g.n); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
 		}
@@ -405,6 +414,10 @@ func (r *Relay) lockRuns(ctx context.Context, tx *driver.Tx, st statement, a cla
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil || len(groups) == 0 {
+		return nil, err
+	}
+	groups, err := r.findHeads(ctx, tx, groups, a.now)
+	if err != nil || len(groups) == 0 {
 		return nil, err
 	}
 	// Heads first, oldest aggregates first, as many as the window says
@@ -489,6 +502,63 @@ func (r *Relay) lockRuns(ctx context.Context, tx *driver.Tx, st statement, a cla
 	}
 	defer locked.Close()
 	return r.scanClaimed(&locked, byKey)
+}
+
+// findHeads completes the heads of MySQL's window groups, which hold the
+// aggregate's first sequence in the window (head) and the last one runs
+// of it were published up to (from). Every pending row of the aggregate
+// is after from, and the first in the window is pending and due, so the
+// head is that one unless a pending row lies between the two (a retry
+// waiting for its backoff, a requeued dead letter, a row outside the
+// window): one probe each, between literal bounds, finds those. In a
+// burn-down, runs left from where the last one ended and no probe is
+// sent. Aggregates whose head is not due are dropped.
+func (r *Relay) findHeads(ctx context.Context, tx *driver.Tx, groups []windowGroup, now int64) ([]windowGroup, error) {
+	var b strings.Builder
+	var args []any
+	for _, g := range groups {
+		if g.from >= g.head-1 {
+			continue
+		}
+		if len(args) > 0 {
+			b.WriteString(" UNION ALL ")
+		}
+		b.WriteString(r.cq.probeHead)
+		args = append(args, g.typ, g.id, g.from, g.head)
+	}
+	if len(args) == 0 {
+		return groups, nil
+	}
+	var rows entsql.Rows
+	if err := tx.Query(ctx, b.String(), args, &rows); err != nil {
+		return nil, fmt.Errorf("outbox: relay: finding the heads: %w", err)
+	}
+	type head struct{ seq, due int64 }
+	found := map[[2]string]head{}
+	for rows.Next() {
+		var k [2]string
+		var h head
+		if err := rows.Scan(&k[0], &k[1], &h.seq, &h.due); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("outbox: relay: finding the heads: %w", err)
+		}
+		found[k] = h
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("outbox: relay: finding the heads: %w", err)
+	}
+	kept := groups[:0]
+	for _, g := range groups {
+		if h, ok := found[[2]string{g.typ, g.id}]; ok {
+			if h.due > now {
+				continue
+			}
+			g.head = h.seq
+		}
+		kept = append(kept, g)
+	}
+	return kept, nil
 }
 
 // maxRangeAggregates is how many held aggregates MySQL locks the runs of
