@@ -628,7 +628,8 @@ func (r *Relay) windowSize(ctx context.Context, tx *driver.Tx, a claimArgs) (end
 }
 
 // runs keeps, of the claimed rows, each aggregate's run: the rows from
-// the head the statement found, in sequence order, up to the first gap.
+// the head the statement found, in sequence order, up to the first gap;
+// rows before the head are left out.
 // Rows outside a run (another relay holds the head, or a row before them)
 // are dropped: they stay pending.
 func runs(rows []claimed) ([]Message, []int) {
@@ -647,12 +648,20 @@ func runs(rows []claimed) ([]Message, []int) {
 	for _, k := range order {
 		g := groups[k]
 		sort.Slice(g, func(i, j int) bool { return g[i].m.Sequence < g[j].m.Sequence })
-		for i, c := range g {
-			if c.m.Sequence != c.head+int64(i) {
+		want := g[0].head
+		for _, c := range g {
+			if c.m.Sequence < want {
+				// Before the head: a requeued dead letter that runs
+				// published past, which MySQL's lock by aggregate alone
+				// returns too. It waits for a window of its own.
+				continue
+			}
+			if c.m.Sequence != want {
 				break
 			}
 			msgs = append(msgs, c.m)
 			attempts = append(attempts, c.attempts)
+			want++
 		}
 	}
 	return msgs, attempts
