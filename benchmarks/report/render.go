@@ -332,12 +332,17 @@ func renderTables(rn run, plots []string) string {
 
 	workers := workerCounts(rn)
 	if len(workers) > 0 {
-		b.WriteString("\n**Throughput against workers** (transactions/s; connections = workers):\n\n")
+		b.WriteString("\n**Throughput against workers** (transactions/s, then client / server CPU µs per transaction; connections = workers):\n\n")
 		b.WriteString("| workers | " + armNames["uow"] + " | pgbench, same round trips | pgbench, one round trip | unit of work ÷ same |\n|---|---|---|---|---|\n")
+		cell := func(rs []record) string {
+			if len(rs) == 0 {
+				return "not measured"
+			}
+			return show(summarize(each(rs, tput)), group) + " · " + micro(summarize(each(rs, clientCPU)).med) + " / " + micro(summarize(each(rs, serverCPU)).med)
+		}
 		for _, n := range workers {
 			u, s, o := rn.of("workers", "uow", n), rn.of("workers", "pgbench-same", n), rn.of("workers", "pgbench-1rt", n)
-			fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", n, show(summarize(each(u, tput)), group), show(summarize(each(s, tput)), group),
-				show(summarize(each(o, tput)), group), show(summarize(paired(u, s, tput)), ratio3))
+			fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", n, cell(u), cell(s), cell(o), show(summarize(paired(u, s, tput)), ratio3))
 		}
 	}
 
