@@ -34,12 +34,19 @@
 #   burndown  BURN_N events pending, then Bento's relay or Watermill's
 #             forwarder (batch 100) until the stream holds them all; ROUNDS
 #             rounds, alternating
+#   micro     the go test benchmarks that compare with a baseline inside
+#             the benchmark, -count ROUNDS: the driver wrapper against plain
+#             ent, metrics against none, the unit of work against
+#             hand-written ent (PostgreSQL on the private cluster, MariaDB
+#             and SQLite as the tests find them), the resilience success
+#             path's allocations, SQLite's writers (SQLITE_BUSY)
 #
 # Environment (defaults for the full run; QUICK=1 shrinks them): ROUNDS (3),
 # DURATION (20), SWEEP_DURATION (10), WORKERS_LIST ("1 4 16 64"), RATE
 # (1000), LAT_DURATION (20s), LAT_WARMUP (5s), BURN_N (50000), WM_BATCH
 # (1000), RELAYBENCH_NATS (nats://127.0.0.1:4222), RAW (the raw file,
-# docs/benchmarks/report.jsonl), SUITES ("ceiling workers latency burndown").
+# docs/benchmarks/report.jsonl), SUITES ("ceiling workers latency burndown
+# micro"), MICRO_N (3000: iterations of the database micro-benchmarks).
 # Run it on a quiet machine: it measures CPU per transaction, and anything
 # else running shares the two cores.
 set -euo pipefail
@@ -48,7 +55,7 @@ cd "$(dirname "$0")/.."
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   ROUNDS=${ROUNDS:-1}; DURATION=${DURATION:-3}; SWEEP_DURATION=${SWEEP_DURATION:-2}; WORKERS_LIST=${WORKERS_LIST:-"1 16"}
-  RATE=${RATE:-200}; LAT_DURATION=${LAT_DURATION:-3s}; LAT_WARMUP=${LAT_WARMUP:-1s}; BURN_N=${BURN_N:-2000}
+  RATE=${RATE:-200}; LAT_DURATION=${LAT_DURATION:-3s}; LAT_WARMUP=${LAT_WARMUP:-1s}; BURN_N=${BURN_N:-2000}; MICRO_N=${MICRO_N:-100}
 fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-20}
@@ -59,7 +66,8 @@ LAT_DURATION=${LAT_DURATION:-20s}
 LAT_WARMUP=${LAT_WARMUP:-5s}
 BURN_N=${BURN_N:-50000}
 WM_BATCH=${WM_BATCH:-1000}
-SUITES=${SUITES:-"ceiling workers latency burndown"}
+MICRO_N=${MICRO_N:-3000}
+SUITES=${SUITES:-"ceiling workers latency burndown micro"}
 RAW=${RAW:-docs/benchmarks/report.jsonl}
 export RELAYBENCH_NATS=${RELAYBENCH_NATS:-nats://127.0.0.1:4222}
 W=16 # the workers of the targets
@@ -83,6 +91,9 @@ say "building bento, relaybench and bench-report in $work"
 go build -o "$work/bento" ./cmd/bento
 (cd benchmarks/watermill && go build -o "$work/relaybench" .)
 (cd benchmarks/report && go build -o "$work/bench-report" .)
+case " $SUITES " in *" micro "*)
+  for p in driver metrics unitofwork resilience dialects; do go test -c -o "$work/$p.test" "./$p"; done ;;
+esac
 
 # A private PostgreSQL cluster: its postmaster's process tree is the server
 # whose CPU is measured.
@@ -178,7 +189,17 @@ for suite in $SUITES; do
             "$work/relaybench" -system "$s" -mode burndown -n "$BURN_N" -batch 100
         done
       done ;;
-    *) echo "benchmarks.sh: unknown suite $suite (SUITES: ceiling workers latency burndown)" >&2; exit 2 ;;
+    micro)
+      uown=$(( MICRO_N * 2 / 3 ))
+      for m in "driver WrapperOverhead ${MICRO_N}x" "metrics MetricsOverhead ${MICRO_N}x" "unitofwork UoW ${uown}x" \
+               "resilience . $([ "$QUICK" = 1 ] && echo 100000x || echo 1s)" "dialects SQLiteWriters $(( MICRO_N / 3 ))x"; do
+        read -r p bench n <<<"$m"
+        say "micro/$p: go test ./$p -bench $bench -benchtime $n -count $ROUNDS"
+        measure -suite micro -arm "$p" -parse gotest -label "go test ./$p -run '^\$' -bench $bench -benchmem -benchtime $n -count $ROUNDS" -- \
+          bash -c "cd $p && BENTO_TEST_POSTGRES_URL='postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable' \
+            '$work/$p.test' -test.run '^\$' -test.bench '$bench' -test.benchmem -test.benchtime $n -test.count $ROUNDS -test.timeout 30m"
+      done ;;
+    *) echo "benchmarks.sh: unknown suite $suite (SUITES: ceiling workers latency burndown micro)" >&2; exit 2 ;;
   esac
 done
 

@@ -62,7 +62,7 @@ func measure(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var r record
 	out := fs.String("out", "", "raw file to append the record to (JSON lines)")
-	parse := fs.String("parse", "", "how to read the command's output: bento (bento bench --json), pgbench, relaybench")
+	parse := fs.String("parse", "", "how to read the command's output: bento (bento bench --json), pgbench, relaybench, gotest (go test -bench)")
 	serverPID := fs.Int("server-pid", 0, "the PostgreSQL postmaster's pid (0: no server CPU)")
 	fs.StringVar(&r.Suite, "suite", "", "suite name")
 	fs.StringVar(&r.Arm, "arm", "", "arm name")
@@ -77,8 +77,8 @@ func measure(args []string, stderr io.Writer) error {
 	if *out == "" || r.Suite == "" || r.Arm == "" || len(argv) == 0 {
 		return errors.New("measure: want -out, -suite, -arm and a command after --")
 	}
-	if *parse != "bento" && *parse != "pgbench" && *parse != "relaybench" {
-		return fmt.Errorf("measure: -parse=%q: accepted: bento, pgbench, relaybench", *parse)
+	if *parse != "bento" && *parse != "pgbench" && *parse != "relaybench" && *parse != "gotest" {
+		return fmt.Errorf("measure: -parse=%q: accepted: bento, pgbench, relaybench, gotest", *parse)
 	}
 	r.CommandRun = strings.Join(argv, " ")
 	r.Command = r.CommandRun
@@ -214,6 +214,13 @@ func parseOutput(kind string, out []byte, r *record) error {
 			return errors.New("bento bench: mismatch between acknowledged and stored rows")
 		}
 		return nil
+	case "gotest":
+		m, err := parseGoBench(out)
+		if err != nil {
+			return err
+		}
+		r.Detail, err = json.Marshal(m)
+		return err
 	default: // relaybench
 		line := lastJSON(out)
 		if line == nil {
@@ -244,6 +251,46 @@ func parseOutput(kind string, out []byte, r *record) error {
 		}
 		return nil
 	}
+}
+
+// goBench holds a go test -bench output's metrics: per benchmark (its
+// name without the GOMAXPROCS suffix), per unit, one value per run
+// (-count).
+type goBench map[string]map[string][]float64
+
+var (
+	benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
+	benchPair = regexp.MustCompile(`([-+0-9.eE]+) (\S+)`)
+)
+
+// parseGoBench reads the benchmark lines of go test -bench's output; a
+// FAIL line is an error.
+func parseGoBench(out []byte) (goBench, error) {
+	m := goBench{}
+	s := bufio.NewScanner(bytes.NewReader(out))
+	for s.Scan() {
+		t := s.Text()
+		if strings.HasPrefix(t, "--- FAIL") || strings.HasPrefix(t, "FAIL") {
+			return m, fmt.Errorf("go test: %s", t)
+		}
+		l := benchLine.FindStringSubmatch(t)
+		if l == nil {
+			continue
+		}
+		if m[l[1]] == nil {
+			m[l[1]] = map[string][]float64{}
+		}
+		for _, p := range benchPair.FindAllStringSubmatch(l[2], -1) {
+			v, err := strconv.ParseFloat(p[1], 64)
+			if err == nil {
+				m[l[1]][p[2]] = append(m[l[1]][p[2]], v)
+			}
+		}
+	}
+	if len(m) == 0 {
+		return m, errors.New("go test printed no benchmark line")
+	}
+	return m, nil
 }
 
 // lastJSON returns the last line of out that is a JSON object.

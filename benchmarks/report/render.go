@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -364,6 +365,8 @@ func renderTables(rn run, plots []string) string {
 		fmt.Fprintf(&b, "| %s (%s) | %s |\n", armNames[a.name], commandOf(a.rs), show(summarize(each(a.rs, tput)), group))
 	}
 
+	renderMicro(&b, rn)
+
 	if f := rn.failures(); len(f) > 0 {
 		b.WriteString("\n**Failed runs** (left out of the figures above):\n\n")
 		for _, s := range f {
@@ -429,4 +432,93 @@ func render(args []string, stderr io.Writer) error {
 		return fmt.Errorf("%s: %w", *into, err)
 	}
 	return os.WriteFile(*into, []byte(out), 0o644)
+}
+
+// microRule is a target of a go test benchmark: its metric against a
+// limit, for the benchmark named prefix, or every benchmark under it when
+// prefix ends with a slash.
+type microRule struct {
+	prefix, metric, target string
+	atMost                 bool
+	limit                  float64
+}
+
+var microRules = []microRule{
+	{"BenchmarkWrapperOverhead/postgres/create", "ratio", "≤ 1.03× plain ent", true, 1.03},
+	{"BenchmarkWrapperOverhead/postgres/read", "ratio", "≤ 1.03× plain ent", true, 1.03},
+	{"BenchmarkWrapperOverhead/postgres/tx", "ratio", "≤ 1.03× plain ent", true, 1.03},
+	{"BenchmarkMetricsOverhead/insert", "ratio", "≤ 1.02× without metrics", true, 1.02},
+	{"BenchmarkUoWPlaceOrder/postgres/", "ratio", "≥ 0.95× hand-written ent", false, 0.95},
+	{"BenchmarkPolicyDoSuccess", "allocs/op", "0 allocations", true, 0},
+	{"BenchmarkMiddlewareSuccess", "allocs/op", "0 allocations", true, 0},
+	{"BenchmarkSQLiteWriters/", "busy", "0 SQLITE_BUSY", true, 0},
+}
+
+// renderMicro writes the table of the go test benchmarks (suite micro):
+// every ratio they report, and the metrics with a target.
+func renderMicro(b *strings.Builder, rn run) {
+	type row struct {
+		name, metric string
+		values       []float64
+		rule         *microRule
+	}
+	var rows []row
+	var cmds []string
+	for _, r := range rn.records {
+		if r.Suite != "micro" || r.Error != "" {
+			continue
+		}
+		var m goBench
+		if json.Unmarshal(r.Detail, &m) != nil {
+			continue
+		}
+		cmds = append(cmds, "`"+r.Command+"`")
+		names := make([]string, 0, len(m))
+		for n := range m {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		busy := row{name: "BenchmarkSQLiteWriters (every configuration)", metric: "busy"}
+		for _, n := range names {
+			var rule *microRule
+			for i := range microRules {
+				if p := microRules[i].prefix; n == p || strings.HasSuffix(p, "/") && strings.HasPrefix(n, p) {
+					rule = &microRules[i]
+					break
+				}
+			}
+			switch {
+			case strings.HasPrefix(n, "BenchmarkSQLiteWriters"):
+				busy.values = append(busy.values, m[n]["busy"]...)
+				busy.rule = rule
+			case rule != nil:
+				rows = append(rows, row{n, rule.metric, m[n][rule.metric], rule})
+			case len(m[n]["ratio"]) > 0:
+				rows = append(rows, row{n, "ratio", m[n]["ratio"], nil})
+			}
+		}
+		if len(busy.values) > 0 {
+			s := slices.Clone(busy.values)
+			busy.values = []float64{slices.Max(s)}
+			rows = append(rows, busy)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	b.WriteString("\n**Micro-benchmarks** (`go test -bench`, each side by side with its baseline inside the benchmark; median and range over the `-count` runs): " +
+		strings.Join(cmds, ", ") + "\n\n| Benchmark | metric | measured | target | verdict |\n|---|---|---|---|---|\n")
+	for _, r := range rows {
+		st := summarize(r.values)
+		f := ratio3
+		if r.metric != "ratio" {
+			f = func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+		}
+		goal, verdict := "—", "reported"
+		if r.rule != nil {
+			t := target{value: st, atMost: r.rule.atMost, limit: r.rule.limit}
+			goal, verdict = r.rule.target, t.verdict(rn.meta.Quick)
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", r.name, r.metric, show(st, f), goal, verdict)
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -112,5 +113,44 @@ func TestRenderVerdicts(t *testing.T) {
 	}
 	if _, err := splice("no markers", "x"); err == nil {
 		t.Fatal("splice without markers succeeded")
+	}
+}
+
+// TestMicro: go test benchmark lines are read per benchmark and unit, and
+// the targets of the micro table are judged from them.
+func TestMicro(t *testing.T) {
+	out := `goos: linux
+BenchmarkWrapperOverhead/postgres/create-2         	    5000	    380000 ns/op	    380000 plain-ns/op	    383800 bento-ns/op	         1.010 ratio
+BenchmarkWrapperOverhead/postgres/create-2         	    5000	    380000 ns/op	    380000 plain-ns/op	    383800 bento-ns/op	         1.050 ratio
+BenchmarkWrapperOverhead/postgres/create-2         	    5000	    380000 ns/op	    380000 plain-ns/op	    383800 bento-ns/op	         1.020 ratio
+BenchmarkWrapperOverhead/postgres/tx-pipelined-2   5000   1 ns/op   0.9 ratio
+BenchmarkPolicyDoSuccess-2   	300000000	         3.8 ns/op	       0 B/op	       0 allocs/op
+BenchmarkSQLiteWriters/readers=0/serialize=true/maxopen=2-2   5000   100 ns/op   9600 tx/s   0 reads/s   0 busy
+BenchmarkSQLiteWriters/readers=4/serialize=false/maxopen=2-2   5000   100 ns/op   7600 tx/s   2000 reads/s   0 busy
+PASS
+`
+	m, err := parseGoBench([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m["BenchmarkWrapperOverhead/postgres/create"]["ratio"]; len(got) != 3 || got[1] != 1.05 {
+		t.Fatalf("ratios %v", got)
+	}
+	if _, err := parseGoBench([]byte(out + "--- FAIL: BenchmarkX\n")); err == nil {
+		t.Fatal("a failed benchmark was not an error")
+	}
+	d, _ := json.Marshal(m)
+	rn := run{meta: meta{Suite: "meta"}, records: []record{{Suite: "micro", Arm: "driver", Command: "go test ./driver", Detail: d}}}
+	var b strings.Builder
+	renderMicro(&b, rn)
+	for _, want := range []string{
+		"| BenchmarkWrapperOverhead/postgres/create | ratio | **1.020** (1.010–1.050) | ≤ 1.03× plain ent | met |",
+		"| BenchmarkPolicyDoSuccess | allocs/op | 0 | 0 allocations | met |",
+		"| BenchmarkWrapperOverhead/postgres/tx-pipelined | ratio | 0.900 | — | reported |",
+		"| BenchmarkSQLiteWriters (every configuration) | busy | 0 | 0 SQLITE_BUSY | met |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("missing %q in:\n%s", want, b.String())
+		}
 	}
 }
