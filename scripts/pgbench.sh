@@ -16,7 +16,8 @@
 #   -T SECONDS   duration (default 30, or $DURATION)
 #   -j THREADS   pgbench threads (default 2)
 #   -M MODE      query protocol (default prepared: pgx, under Bento, caches
-#                prepared statements too)
+#                prepared statements too; place_order.sql's pipelines need
+#                extended or prepared)
 #   --compare    then run `bento bench --workers CLIENTS --duration SECONDS`
 #                on the same database and print commits/s ÷ pgbench tps
 #   --no-migrate skip `go run ./cmd/bento migrate`
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
     -M) mode=$2; shift 2 ;;
     --compare) compare=1; shift ;;
     --no-migrate) migrate=0; shift ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "pgbench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
