@@ -3,10 +3,12 @@ package shop_test
 import (
 	"context"
 	"flag"
+	"net"
 	"os"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,9 +54,10 @@ const uuidv7 = `(encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) pla
 // the first statement that writes and SELECT of the transaction id in one
 // pipeline; each later statement on its own; the statement deferred to
 // COMMIT (Tx.DeferExec, the outbox insert) and COMMIT in one pipeline.
-// The test checks the parts of that it can see from a middleware: the
-// statements in order, the outbox insert deferred to COMMIT, and the
-// transaction id known before it (read with BEGIN).
+// The test checks it from outside the driver: three writes to the server
+// per order once the statements are prepared, the statements in order
+// (a middleware records them), the outbox insert deferred to COMMIT, and
+// the transaction id known before it (read with BEGIN).
 func TestPgbenchScripts(t *testing.T) {
 	cfg := testdb.Config(t, testdb.Postgres)
 	type sent struct {
@@ -76,7 +79,15 @@ func TestPgbenchScripts(t *testing.T) {
 			return next(ctx, st)
 		}
 	}}
-	db, err := bento.Open(cfg, bento.WithMiddleware(rec))
+	var writes atomic.Int64 // the client's writes to the server: one per round trip
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{Conn: c, writes: &writes}, nil
+	}
+	db, err := bento.Open(cfg, bento.WithMiddleware(rec), bento.WithDialer(dial))
 	if err != nil {
 		t.Fatalf("bento.Open: %v", err)
 	}
@@ -88,12 +99,21 @@ func TestPgbenchScripts(t *testing.T) {
 	}
 	client := ent.NewClient(ent.Driver(db.Driver()))
 	svc := shop.NewService(ent.NewUnitOfWork(client, unitofwork.Tables(db.Names())), client)
+	place := func(customer string) {
+		t.Helper()
+		if _, err := svc.Place(ctx, shop.PlaceOrder{Customer: customer,
+			Lines: []shop.Line{{SKU: "SKU-1", Quantity: 2, UnitPriceCents: 1250}}}, ""); err != nil {
+			t.Fatalf("Place: %v", err)
+		}
+	}
+	place("warm@example.com") // prepares the statements (pgx's statement cache), as a warm-up does
 	mu.Lock()
 	got = nil
 	mu.Unlock()
-	if _, err := svc.Place(ctx, shop.PlaceOrder{Customer: "pgbench@example.com",
-		Lines: []shop.Line{{SKU: "SKU-1", Quantity: 2, UnitPriceCents: 1250}}}, ""); err != nil {
-		t.Fatalf("Place: %v", err)
+	writes.Store(0)
+	place("pgbench@example.com")
+	if n := writes.Load(); n != 3 {
+		t.Errorf("placing an order took %d writes to the server, want 3 round trips: place_order.sql's pipelines must follow", n)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -135,6 +155,17 @@ func TestPgbenchScripts(t *testing.T) {
 				"  go test ./shop -run PgbenchScripts -update-pgbench\nwant:\n%s", f.path, f.want)
 		}
 	}
+}
+
+// countingConn counts the writes on a connection.
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
 }
 
 // pgbenchScripts returns the two pgbench scripts built from the unit of
