@@ -6,7 +6,11 @@
 # and generates the tables (between the bench-report markers of
 # BENCHMARKS.md) and the plots (docs/benchmarks/*.png) from them with
 # benchmarks/report (bench-report render). Nothing in the tables is typed
-# by hand.
+# by hand. A full run's raw file is also kept as
+# docs/benchmarks/runs/report-<date>.jsonl. To redraw from the raw files
+# (after scripts/relay-shapes.sh, say, for its plot):
+#   go -C benchmarks/report run . render -raw ../../docs/benchmarks/report.jsonl \
+#     -shapes ../../docs/benchmarks/relay-shapes.txt -into ../../BENCHMARKS.md -plots ../../docs/benchmarks
 #
 #   scripts/benchmarks.sh            # the full run: about 20 minutes on 2 cores
 #   QUICK=1 scripts/benchmarks.sh    # a smoke run of the tooling: ~3 minutes,
@@ -205,4 +209,8 @@ done
 
 say "bench-report render"
 "$work/bench-report" render -raw "$RAW" -shapes docs/benchmarks/relay-shapes.txt -into BENCHMARKS.md -plots docs/benchmarks
+if [ "$QUICK" != 1 ]; then # a full run's raw file is kept for the record
+  mkdir -p docs/benchmarks/runs
+  cp "$RAW" "docs/benchmarks/runs/report-$(date -u +%Y%m%dT%H%MZ).jsonl"
+fi
 echo "benchmarks: tables written into BENCHMARKS.md, plots into docs/benchmarks/, raw results in $RAW"
