@@ -140,7 +140,7 @@ write_arm() {
   case $arm in
     uow)
       say "$suite/$arm round $round: bento bench --workers $c --duration ${secs}s"
-      measure -suite "$suite" -arm uow -round "$round" -workers "$c" -parse bento \
+      measure -suite "$suite" -arm uow -round "$round" -workers "$c" -parse bento -until '^bento bench: load finished' \
         -label "DB_POOL_SIZE=$c DB_MAX_OVERFLOW=0 bento bench --workers $c --duration ${secs}s --warmup $(( 2 * c ))" -- \
         env DB_URL="$dburl" OUTBOX_PUBLISHER=none DB_POOL_SIZE="$c" DB_MAX_OVERFLOW=0 \
         "$work/bento" bench --workers "$c" --duration "${secs}s" --warmup $(( 2 * c )) --migrate=false --json ;;

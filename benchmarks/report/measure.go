@@ -39,9 +39,10 @@ type record struct {
 	// included: what the CPU figures are divided by.
 	Transactions int64 `json:"transactions"`
 	// ClientCPUS is the user and system CPU of the measured command and
-	// its descendants (/proc/self/stat cutime+cstime around it);
-	// ServerCPUS the PostgreSQL server's (its postmaster's and every
-	// child's, live or exited, from /proc).
+	// its descendants (/proc/self/stat cutime+cstime around it, or the
+	// command's /proc/<pid>/stat at the -until line); ServerCPUS the
+	// PostgreSQL server's (its postmaster's and every child's, live or
+	// exited, from /proc) from the start to the exit or the -until line.
 	ClientCPUS float64 `json:"client_cpu_s"`
 	ServerCPUS float64 `json:"server_cpu_s"`
 	P50MS      float64 `json:"p50_ms,omitempty"`
@@ -68,12 +69,20 @@ func measure(args []string, stderr io.Writer) error {
 	fs.StringVar(&r.Arm, "arm", "", "arm name")
 	fs.IntVar(&r.Round, "round", 1, "round number")
 	fs.IntVar(&r.Workers, "workers", 0, "concurrent clients")
+	untilRE := fs.String("until", "", "a regular expression: the first line of the command's stderr it matches ends the measured CPU (default: the command's exit)")
 	label := fs.String("label", "", "the command as the tables show it (default: the command run)")
 	series := fs.String("series", "", "per-event latency file the command writes (relaybench -series): its quantiles go into the record")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	argv := fs.Args()
+	var until *regexp.Regexp
+	if *untilRE != "" {
+		var err error
+		if until, err = regexp.Compile(*untilRE); err != nil {
+			return fmt.Errorf("measure: -until: %w", err)
+		}
+	}
 	if *out == "" || r.Suite == "" || r.Arm == "" || len(argv) == 0 {
 		return errors.New("measure: want -out, -suite, -arm and a command after --")
 	}
@@ -100,24 +109,74 @@ func measure(args []string, stderr io.Writer) error {
 	var stdout bytes.Buffer
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = io.MultiWriter(&stdout, stderr)
-	cmd.Stderr = stderr
-	t0 := time.Now()
-	runErr := cmd.Run()
-	r.WallS = round3(time.Since(t0).Seconds())
-	// The server's backends exit after the client; the postmaster adds an
-	// exited backend's CPU to its own children's once it has reaped it.
-	time.Sleep(300 * time.Millisecond)
-	self1, err := childrenCPU("/proc/self/stat")
+	pr, pw, err := os.Pipe()
 	if err != nil {
 		return err
 	}
-	r.ClientCPUS = round3(self1 - self0)
-	if *serverPID > 0 {
-		srv1, err := postgresCPU("/proc", *serverPID)
+	cmd.Stderr = pw
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return err
+	}
+	pw.Close()
+	// The command's stderr goes on to ours; the first line matching -until
+	// ends the measured stretch: the client's CPU is then read from its
+	// /proc/<pid>/stat, the server's from its processes.
+	type snap struct {
+		client, server float64
+		err            error
+	}
+	marked := make(chan *snap, 1)
+	go func() {
+		var got *snap
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			fmt.Fprintln(stderr, sc.Text())
+			if got == nil && until != nil && until.MatchString(sc.Text()) {
+				got = &snap{}
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+				if err == nil {
+					own, children, _, cerr := cpuOf(string(b))
+					got.client, err = own+children, cerr
+				}
+				if err == nil && *serverPID > 0 {
+					got.server, err = postgresCPU("/proc", *serverPID)
+				}
+				got.err = err
+			}
+		}
+		io.Copy(io.Discard, pr)
+		pr.Close()
+		marked <- got
+	}()
+	runErr := cmd.Wait()
+	r.WallS = round3(time.Since(t0).Seconds())
+	mark := <-marked
+	if mark != nil {
+		if mark.err != nil {
+			return mark.err
+		}
+		r.ClientCPUS = round3(mark.client)
+		r.ServerCPUS = round3(mark.server - srv0)
+	} else {
+		// The server's backends exit after the client; the postmaster adds
+		// an exited backend's CPU to its own children's once it has reaped
+		// it.
+		time.Sleep(300 * time.Millisecond)
+		self1, err := childrenCPU("/proc/self/stat")
 		if err != nil {
 			return err
 		}
-		r.ServerCPUS = round3(srv1 - srv0)
+		r.ClientCPUS = round3(self1 - self0)
+		if *serverPID > 0 {
+			srv1, err := postgresCPU("/proc", *serverPID)
+			if err != nil {
+				return err
+			}
+			r.ServerCPUS = round3(srv1 - srv0)
+		}
 	}
 	if perr := parseOutput(*parse, stdout.Bytes(), &r); perr != nil && runErr == nil {
 		runErr = perr

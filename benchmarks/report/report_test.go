@@ -154,3 +154,29 @@ PASS
 		}
 	}
 }
+
+// TestMeasureUntil: a command's stderr line matching -until ends the
+// measured stretch, and the record gets the command's result.
+func TestMeasureUntil(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "raw.jsonl")
+	var log strings.Builder
+	script := `echo '{"events_per_s": 5, "events": 10}'; echo 'load finished' >&2; sleep 0.1`
+	if err := measure([]string{"-out", out, "-suite", "burndown", "-arm", "bento", "-parse", "relaybench", "-until", "^load finished",
+		"--", "sh", "-c", script}, &log); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Error != "" || r.Throughput != 5 || r.Transactions != 10 || r.ClientCPUS < 0 || r.Command != "sh -c "+script {
+		t.Fatalf("record %+v", r)
+	}
+	if !strings.Contains(log.String(), "load finished") {
+		t.Fatalf("the command's stderr was not passed on:\n%s", log.String())
+	}
+}
