@@ -21,7 +21,7 @@ var sqliteCapabilities = Capabilities{JSONType: "json", Returning: true, SingleW
 // SQLiteMaxOpen is the connection limit of a SQLite database. Writers take
 // the file's write lock one at a time and the driver queues them in Go
 // (Capabilities.SingleWriter), so one connection writes while the other
-// serves readers. Measured with 16 concurrent writers (BENCHMARKS.md,
+// serves readers. Measured with 16 concurrent writers (docs/benchmarks/history.md,
 // BenchmarkSQLiteWriters): 2 gives the best write throughput with zero
 // SQLITE_BUSY, and keeps reads flowing beside the writer.
 const SQLiteMaxOpen = 2

@@ -23,7 +23,7 @@ import (
 // connection limits, with writers queued in Go (serialize=true) or left to
 // SQLite's busy handler. It reports transactions and reads per second and
 // how many SQLITE_BUSY errors reached the callers; the chosen
-// SQLiteMaxOpen is recorded in BENCHMARKS.md.
+// SQLiteMaxOpen is recorded in docs/benchmarks/history.md.
 //
 //	go test ./dialects -run '^$' -bench SQLiteWriters -benchtime 3000x
 func BenchmarkSQLiteWriters(b *testing.B) {

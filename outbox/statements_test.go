@@ -2,10 +2,7 @@ package outbox_test
 
 import (
 	"context"
-	"os"
-	"regexp"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,51 +119,3 @@ func TestWriteStatements(t *testing.T) {
 		}
 	})
 }
-
-// pgbenchArgs are the values scripts/pgbench/place_order.sql puts in
-// place of the PostgreSQL outbox statement's parameters.
-var pgbenchArgs = []string{
-	1: `'Order'`,
-	2: `(:order_id)::bigint::text`,
-	3: `gen_random_uuid()`,
-	4: `'OrderPlaced'`,
-	5: `jsonb_build_object('order_id', (:order_id)::bigint, 'customer', 'pgbench-' || (:client_id)::text || '@example.com', 'total_cents', 2500, 'lines', jsonb_build_array(jsonb_build_object('sku', 'SKU-1', 'quantity', 2, 'unit_price_cents', 1250)))`,
-	6: `NULL`,
-	7: `now()`,
-	8: `(extract(epoch FROM clock_timestamp()) * 1000000)::bigint`,
-}
-
-// TestPgbenchScriptMatchesWriter: the outbox statement of the pgbench
-// script is the writer's (WriteStatements), its parameters replaced by
-// pgbenchArgs; it fails when either changes without the other.
-func TestPgbenchScriptMatchesWriter(t *testing.T) {
-	const path = "../scripts/pgbench/place_order.sql"
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(l), "--") {
-			lines = append(lines, l)
-		}
-	}
-	script := strings.Join(lines, "\n")
-	start := strings.Index(script, "WITH s AS (")
-	if start < 0 {
-		t.Fatalf("%s has no outbox statement (WITH s AS (…))", path)
-	}
-	end := strings.Index(script[start:], ";")
-	if end < 0 {
-		t.Fatalf("%s: the outbox statement has no ending ';'", path)
-	}
-	got := oneLine(script[start : start+end])
-	want := regexp.MustCompile(`\$\d+`).ReplaceAllStringFunc(outbox.WriteStatements(testdb.Postgres, outbox.NamesFor("")).Insert,
-		func(p string) string { return pgbenchArgs[p[1]-'0'] })
-	if got != want {
-		t.Fatalf("%s's outbox statement is not the writer's:\n got %s\nwant %s", path, got, oneLine(want))
-	}
-}
-
-// oneLine collapses runs of blanks into one space.
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -44,7 +44,7 @@
 # 1000), N1 (10000 events, batch 1), RATE (1000), DURATION (30s), WARMUP (5s:
 # each latency run starts on a new database with a cold pool, and PostgreSQL
 # starting its backends under the full rate keeps commits behind for the
-# first 2-3 s; see BENCHMARKS.md).
+# first 2-3 s; see docs/benchmarks/history.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

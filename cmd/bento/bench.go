@@ -148,7 +148,8 @@ latency is kept). With --json the last line of stdout is one JSON object (commit
 failed_by_category, throughput, p50_ms, p95_ms, p99_ms, max_ms, published, pub_p50_ms,
 pub_p99_ms, baseline_*_throughput, ratio_ent, ratio_sql, mismatch, …).
 
-A progress line is redrawn on stderr when stderr is a terminal. SIGINT stops the load early;
+A progress line is redrawn on stderr when stderr is a terminal; a line on stderr says when the
+load has finished, before the rows are counted. SIGINT stops the load early;
 the results so far are reported and checked.`,
 		flags: func(fs *flag.FlagSet) {
 			fs.IntVar(&o.orders, "orders", 0, "place this many orders per arm, then stop (instead of --duration)")
@@ -633,6 +634,9 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 		relayStopped = true
 	}
 	stopProgress()
+	// The load is over; what follows is the check. (scripts/benchmarks.sh
+	// reads the CPU of the client and the server at this line.)
+	fmt.Fprintf(inv.stderr, "bento bench: load finished after %.1fs; counting the run's rows in the database\n", wall.Seconds())
 
 	res := benchResult{RunID: rs.runID, Dialect: db.Dialect(), Workers: o.workers, DurationS: round3(wall.Seconds()),
 		OrdersTarget: o.orders, ReadMix: o.readMix, Relay: o.relay, Baseline: o.baseline, FailedByCategory: map[string]int64{}}

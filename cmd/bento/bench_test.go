@@ -61,12 +61,12 @@ func TestBenchOrdersJSON(t *testing.T) {
 			if strings.Count(r.stdout, "\n") != 1 {
 				t.Errorf("--json prints one line\n%s", r)
 			}
-			// No progress line (not a terminal): only where it wrote and
-			// what it left pending.
+			// No progress line (not a terminal): only where it wrote, when
+			// the load finished and what it left pending.
 			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
-			if len(lines) != 2 || !strings.Contains(lines[0], "writing to") ||
-				!strings.Contains(lines[1], "wrote 200 OrderPlaced events") {
-				t.Errorf("stderr should be the two notes\n%s", r)
+			if len(lines) != 3 || !strings.Contains(lines[0], "writing to") || !strings.Contains(lines[1], "load finished after") ||
+				!strings.Contains(lines[2], "wrote 200 OrderPlaced events") {
+				t.Errorf("stderr should be the three notes\n%s", r)
 			}
 		})
 	}
