@@ -12,6 +12,16 @@
 #   BIG=0 scripts/relay-shapes.sh          # without the 1,000,000 run
 #   APPEND=1 DIALECTS=sqlite3 BIG=0 scripts/relay-shapes.sh
 #                                          # add a dialect's rows to the last run's
+#   SCALE=0 LATENCY=0 scripts/relay-shapes.sh
+#                                          # without the scale-out and latency parts
+#
+# SCALE=1 (default) adds relay scale-out on PostgreSQL: 1, 2 and 4 relays
+# on the uniform, 20-aggregate and Zipf backlogs. LATENCY=1 (default) adds
+# commit→published at 1,000 events/s (relaybench in benchmarks/watermill,
+# in-process wake-up, the machine's PostgreSQL and NATS) with each event on
+# one of 20 hot aggregates against the uniform shape (one of 1,000,000),
+# rounds alternating. Stop other load first, a streaming replica too: its
+# WAL sender and receiver take CPU from every commit.
 #
 # Rounds alternate (each round runs every shape once), so a slow stretch
 # of the machine falls on every shape alike; the table gives the median
@@ -21,6 +31,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DIALECTS=${DIALECTS:-sqlite3,postgres,mysql}
 BIG=${BIG:-1}
+SCALE=${SCALE:-1}
+LATENCY=${LATENCY:-1}
 raw=docs/benchmarks/relay-shapes.txt
 mkdir -p docs/benchmarks
 scripts/services.sh >/dev/null
@@ -40,7 +52,26 @@ go test -c -o /tmp/outbox.test ./outbox/
       done
     done
   fi
+  if [ "$SCALE" = 1 ]; then
+    for round in $(seq 1 "$ROUNDS"); do
+      echo "# scale-out, round $round"
+      (cd outbox && BENTO_TEST_DIALECTS=postgres BENTO_BENCH_RELAYS=1,2,4 /tmp/outbox.test -test.run '^$' \
+        -test.bench 'RelayShapes/postgres/(uniform|aggregates=20|zipf=1.1)/' -test.benchtime 1x -test.timeout 60m | sed "s/^Benchmark/scale Benchmark/")
+    done
+  fi
+  if [ "$LATENCY" = 1 ]; then
+    (cd benchmarks/watermill && go build -o /tmp/relaybench .)
+    for round in $(seq 1 "$ROUNDS"); do
+      for n in 20 1000000; do
+        echo "# latency, $n aggregates, round $round"
+        echo "latency aggregates=$n $(/tmp/relaybench -system bento -mode latency -rate 1000 -duration 30s -warmup 5s -aggregates $n | tail -1)"
+      done
+    done
+  fi
 } 2>&1 | if [ "${APPEND:-0}" = 1 ]; then tee -a "$raw"; else tee "$raw"; fi
 
 go run ./internal/benchtable -shapes "$raw" -into BENCHMARKS.md
 echo "relay-shapes: tables written into BENCHMARKS.md; raw output in $raw"
+# The burn-down plot of BENCHMARKS.md reads the same raw file.
+go -C benchmarks/report run . render -raw ../../docs/benchmarks/report.jsonl -shapes "../../$raw" \
+  -into ../../BENCHMARKS.md -plots ../../docs/benchmarks

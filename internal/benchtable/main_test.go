@@ -44,3 +44,43 @@ func TestRender(t *testing.T) {
 		t.Fatal("splice without markers succeeded")
 	}
 }
+
+// TestScaleAndLatency: the scale-out lines stay out of the shapes table
+// and make their own, with a miss where more relays were slower; latency
+// lines give medians and the verdict on the 20-aggregate p99; a latency
+// run without a result is an error.
+func TestScaleAndLatency(t *testing.T) {
+	raw := sample + `scale BenchmarkRelayShapes/postgres/aggregates=20/relays=1-2 	1	1 ns/op	 30 cpu-µs/event	 10000 events/s
+scale BenchmarkRelayShapes/postgres/aggregates=20/relays=2-2 	1	1 ns/op	 31 cpu-µs/event	 12000 events/s
+scale BenchmarkRelayShapes/postgres/aggregates=20/relays=4-2 	1	1 ns/op	 32 cpu-µs/event	  9000 events/s
+latency aggregates=20 {"p50_ms":5,"p99_ms":20,"max_ms":40,"stored_p99_ms":18,"cpu_busy":0.5,"committed":30000,"missing":0}
+latency aggregates=20 {"p50_ms":7,"p99_ms":30,"max_ms":50,"stored_p99_ms":28,"cpu_busy":0.7,"committed":30000,"missing":0}
+latency aggregates=20 {"p50_ms":6,"p99_ms":26,"max_ms":45,"stored_p99_ms":24,"cpu_busy":0.6,"committed":30000,"missing":1}
+latency aggregates=1000000 {"p50_ms":6,"p99_ms":22,"max_ms":45,"stored_p99_ms":20,"cpu_busy":0.6,"committed":30000,"missing":0}
+`
+	rs, header, err := parse(strings.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := parseLatency(strings.NewReader(raw))
+	if err != nil || len(ls) != 4 {
+		t.Fatalf("parsed %d latency runs: %v", len(ls), err)
+	}
+	out := render(rs, header) + renderLatency(ls)
+	for _, want := range []string{
+		"| 1 per aggregate (100,000 aggregates) | **19,000** (18,000–20,000) |",
+		"| 20 aggregates | 10,000 | 12,000 | 9,000 | 1.20× | 0.90× | 30.0 / 31.0 / 32.0 | **missed** |",
+		"| 20 hot aggregates | **6.0** (5.0–7.0) | **26.0** (20.0–30.0) | **45.0** (40.0–50.0) | **24.0** (18.0–28.0) | 60% | 1 | **missed** |",
+		"| uniform (1,000,000 aggregates) | 6.0 | 22.0 | 45.0 | 20.0 | 60% | 0 | reported |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "| 20 aggregates |") != 1 {
+		t.Error("scale-out lines leaked into the shapes table")
+	}
+	if _, err := parseLatency(strings.NewReader("latency aggregates=20 \n")); err == nil {
+		t.Error("a latency run without a result was accepted")
+	}
+}
