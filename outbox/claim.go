@@ -290,8 +290,9 @@ type claimed struct {
 // relay or waiting for a retry) moves the cursor past it and doubles the
 // next window, so a relay gets past a backlog it cannot take in a number
 // of statements logarithmic in its size; at the end the sweep starts
-// again from the front once.
-func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, error) {
+// again from the front once. held reports that nothing was claimable
+// because other relays hold the window's due aggregates.
+func (r *Relay) claim(ctx context.Context, tx *driver.Tx) (msgs []Message, attempts []int, held bool, err error) {
 	r.mu.Lock()
 	a := claimArgs{now: time.Now().UnixMicro(), cursor: r.cursor, window: r.window(),
 		run: r.cfg.BatchSize, batch: r.cfg.BatchSize}
@@ -305,7 +306,7 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 	for {
 		rows, err := r.claimRows(ctx, tx, a)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 		if msgs, attempts := runs(rows); len(msgs) > 0 {
 			next := claimCursor{}
@@ -313,7 +314,7 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 				next = claimCursor{set: true, at: rows[0].wend}
 			}
 			setCursor(next)
-			return msgs, attempts, nil
+			return msgs, attempts, false, nil
 		}
 		// Nothing claimable in this window. If some of its aggregates are
 		// held by other relays, they are at work: wait for the next
@@ -322,22 +323,22 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) ([]Message, []int, err
 		// backlog), or start again from the front once past the end.
 		end, n, held, err := r.windowSize(ctx, tx, a)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 		switch {
 		case held > 0:
-			return nil, nil, nil
+			return nil, nil, true, nil
 		case n > 0:
 			a.cursor = claimCursor{set: true, at: end}
 			a.window = min(2*a.window, maxWindowFactor*r.cfg.BatchSize)
 		case wrapped:
 			setCursor(claimCursor{})
-			return nil, nil, nil
+			return nil, nil, false, nil
 		default:
 			a.cursor, a.window, wrapped = claimCursor{}, r.window(), true
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 	}
 }

@@ -119,6 +119,10 @@ type BatchResult struct {
 	Skipped int
 
 	dead []deadLetter // logged once the batch committed
+	// held: nothing was claimable because other relays held every due
+	// aggregate of the window; they release them when their batches
+	// commit, a few milliseconds on.
+	held bool
 }
 
 type deadLetter struct {
@@ -271,8 +275,10 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 		}
 		// Drain: batch after batch while they publish; wait only once a
 		// batch found nothing to claim (or the broker is down).
+		held := false
 		for {
 			res, err := r.Batch(context.WithoutCancel(ctx))
+			held = err == nil && res.held
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -299,9 +305,21 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 			default:
 			}
 		}
-		timer.Reset(r.cfg.PollInterval)
+		// Other relays hold what is due: they let go when their batches
+		// commit, so look again soon rather than after a poll (in a
+		// burn-down nothing else wakes this relay, and two relays that
+		// each found the other holding everything both slept a poll).
+		wait := r.cfg.PollInterval
+		if held {
+			wait = min(wait, heldRetry)
+		}
+		timer.Reset(wait)
 	}
 }
+
+// heldRetry is how soon a relay that found every due aggregate held by
+// other relays claims again: about one batch of theirs.
+const heldRetry = 10 * time.Millisecond
 
 // progressed reports whether the batch changed the outbox so that the
 // next one may find other work: it claimed something, and the broker was
@@ -391,7 +409,8 @@ func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 			}
 		}
 	}
-	msgs, attempts, err := r.claim(ctx, dtx)
+	msgs, attempts, held, err := r.claim(ctx, dtx)
+	res.held = held
 	if err != nil || len(msgs) == 0 {
 		if err == nil {
 			err = dtx.Rollback()
@@ -415,7 +434,8 @@ func (r *Relay) batchLocked(ctx context.Context) (res BatchResult, err error) {
 // marks in a short write transaction, never holding the write lock while
 // publishing.
 func (r *Relay) batchSingle(ctx context.Context) (res BatchResult, err error) {
-	msgs, attempts, err := r.claim(ctx, nil)
+	msgs, attempts, held, err := r.claim(ctx, nil)
+	res.held = held
 	if err != nil || len(msgs) == 0 {
 		return res, err
 	}
