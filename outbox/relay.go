@@ -254,6 +254,7 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	lastCleanup := time.Time{}
+	heldWait := heldRetry
 	for {
 		select {
 		case <-ctx.Done():
@@ -309,17 +310,27 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 		// commit, so look again soon rather than after a poll (in a
 		// burn-down nothing else wakes this relay, and two relays that
 		// each found the other holding everything both slept a poll).
+		// Each time again it doubles, up to maxHeldRetry: relays that
+		// wait on one hot aggregate held by another would otherwise take
+		// CPU from it with claims that find nothing.
 		wait := r.cfg.PollInterval
 		if held {
-			wait = min(wait, heldRetry)
+			wait = min(wait, heldWait)
+			heldWait = min(2*heldWait, maxHeldRetry)
+		} else {
+			heldWait = heldRetry
 		}
 		timer.Reset(wait)
 	}
 }
 
 // heldRetry is how soon a relay that found every due aggregate held by
-// other relays claims again: about one batch of theirs.
-const heldRetry = 10 * time.Millisecond
+// other relays claims again: about one batch of theirs. maxHeldRetry
+// bounds its doubling while that goes on.
+const (
+	heldRetry    = 10 * time.Millisecond
+	maxHeldRetry = 80 * time.Millisecond
+)
 
 // progressed reports whether the batch changed the outbox so that the
 // next one may find other work: it claimed something, and the broker was
