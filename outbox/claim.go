@@ -122,11 +122,10 @@ func newClaimQueries(d string, n Names) claimQueries {
 		return " AND e." + seq + " > least(" + g + ".wmin - 1, coalesce((SELECT x." + seq + " FROM " + quote(n.Relayed) +
 			" x WHERE x.aggregatetype = " + g + ".aggregatetype AND x.aggregateid = " + g + ".aggregateid), 0))"
 	}
-	headOf := func(g, col string) string {
-		return "(SELECT e." + col + " FROM " + t + " e WHERE e.aggregatetype = " + g + ".aggregatetype AND e.aggregateid = " + g + ".aggregateid" +
-			" AND e.status = " + pending + probeFrom(g) + fmt.Sprintf(bySeq, "e") + " LIMIT 1)"
+	head := func(col string) string {
+		return "(SELECT e." + col + " FROM " + t + " e WHERE e.aggregatetype = a.aggregatetype AND e.aggregateid = a.aggregateid" +
+			" AND e.status = " + pending + probeFrom("a") + fmt.Sprintf(bySeq, "e") + " LIMIT 1)"
 	}
-	head := func(col string) string { return headOf("a", col) }
 	// The window's last due time and size, on every row: a full window
 	// moves the cursor to its end (a burn-down sweeps), one that is not
 	// lets the next claim start from the front again, so that under a

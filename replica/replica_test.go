@@ -187,7 +187,6 @@ func TestReplicaStopsMidLoad(t *testing.T) {
 	waitReplayed(t, client, seed.ID)
 
 	var reads, failures, onReplica atomic.Int64
-	var firstErr atomic.Pointer[string]
 	var errMu sync.Mutex
 	var errs []error
 	stop := make(chan struct{})
@@ -205,8 +204,6 @@ func TestReplicaStopsMidLoad(t *testing.T) {
 				}
 				fail := func(err error) {
 					failures.Add(1)
-					s := err.Error()
-					firstErr.CompareAndSwap(nil, &s)
 					errMu.Lock()
 					errs = append(errs, err)
 					errMu.Unlock()
@@ -232,7 +229,7 @@ func TestReplicaStopsMidLoad(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if n := failures.Load(); n > readers {
-		t.Fatalf("%d of %d reads failed while the replica stopped (at most %d, one in flight per reader, may); first: %s", n, reads.Load(), readers, *firstErr.Load())
+		t.Fatalf("%d of %d reads failed while the replica stopped (at most %d, one in flight per reader, may); first: %s", n, reads.Load(), readers, errs[0])
 	}
 	for _, err := range errs {
 		if c := resilience.Classify(err); c != resilience.Connection || !resilience.IsRetryable(err) {

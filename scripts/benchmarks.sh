@@ -78,13 +78,9 @@ W=16 # the workers of the targets
 
 say() { printf '+ %s\n' "$*" >&2; }
 work=$(mktemp -d /tmp/bento-benchmarks-XXXXXX)
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-pgdir=""
+. scripts/lib/private-pg.sh
 cleanup() {
-  if [ -n "$pgdir" ]; then
-    runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" stop -m fast >/dev/null 2>&1 || true
-    rm -rf "$pgdir"
-  fi
+  private_pg_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -101,21 +97,8 @@ esac
 
 # A private PostgreSQL cluster: its postmaster's process tree is the server
 # whose CPU is measured.
-pgdir=$(mktemp -d /tmp/bento-benchmarks-pg-XXXXXX)
-port=$(( 56000 + RANDOM % 900 ))
-chown postgres:postgres "$pgdir"
-say "initdb a private cluster in $pgdir on port $port"
-runuser -u postgres -- "$pgbin/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 >/dev/null
-cat >>"$pgdir/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$pgdir'
-shared_buffers = 128MB
-max_connections = 200
-EOF
-runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" start -w -t 60 >/dev/null
-pgpid=$(head -1 "$pgdir/data/postmaster.pid")
-admin="postgres://postgres@127.0.0.1:$port/postgres"
+private_pg_start bento-benchmarks-pg 200
+admin=$pgadmin
 export RELAYBENCH_PG_ADMIN=$admin
 psql "$admin" -Xqc 'CREATE DATABASE bench'
 dburl="postgres://postgres@127.0.0.1:$port/bench?sslmode=disable"

@@ -70,17 +70,14 @@ export RELAYBENCH_NATS=${RELAYBENCH_NATS:-nats://127.0.0.1:4222}
 export RELAYBENCH_PG_ADMIN=${RELAYBENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 
 work=$(mktemp -d /tmp/relay-bench-XXXXXX)
-pgdir=""
+. scripts/lib/private-pg.sh
 natspid=""
 cleanup() {
   if [ -n "$natspid" ]; then
     kill "$natspid" 2>/dev/null || true
     wait "$natspid" 2>/dev/null || true
   fi
-  if [ -n "$pgdir" ]; then
-    runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" stop -m fast >/dev/null 2>&1 || true
-    rm -rf "$pgdir"
-  fi
+  private_pg_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -91,21 +88,8 @@ say "(cd benchmarks/watermill && go build -o $work/relaybench .)"
 (cd benchmarks/watermill && go build -o "$work/relaybench" .)
 
 if [ "$private" = 1 ]; then
-  pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-  pgdir=$(mktemp -d /tmp/relay-bench-pg-XXXXXX)
-  port=$(( 55000 + RANDOM % 900 ))
-  chown postgres:postgres "$pgdir"
-  say "initdb a private cluster in $pgdir on port $port"
-  runuser -u postgres -- "$pgbin/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 >/dev/null
-  cat >>"$pgdir/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$pgdir'
-shared_buffers = 128MB
-max_connections = 100
-EOF
-  runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" start -w -t 60 >/dev/null
-  export RELAYBENCH_PG_ADMIN="postgres://postgres@127.0.0.1:$port/postgres"
+  private_pg_start relay-bench-pg 100
+  export RELAYBENCH_PG_ADMIN=$pgadmin
 fi
 
 if [ -n "$natsbin" ]; then

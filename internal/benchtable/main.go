@@ -191,13 +191,9 @@ func render(rs []result, header string) string {
 		}
 	}
 	cell := func(d, shape string, relays, backlog int) (stat, stat) {
-		var eps, cpu []float64
-		for _, r := range rs {
-			if !r.scale && r.dialect == d && r.shape == shape && r.relays == relays && r.backlog == backlog {
-				eps, cpu = append(eps, r.eventsPerSecond), append(cpu, r.cpuPerEvent)
-			}
-		}
-		return summarize(eps), summarize(cpu)
+		return collect(rs, func(r result) bool {
+			return !r.scale && r.dialect == d && r.shape == shape && r.relays == relays && r.backlog == backlog
+		})
 	}
 	for _, d := range dialects {
 		fmt.Fprintf(&b, "\n**%s**\n\n", d)
@@ -268,6 +264,18 @@ func render(rs []result, header string) string {
 	return b.String()
 }
 
+// collect summarises the events/s and the CPU per event of the results
+// keep selects.
+func collect(rs []result, keep func(result) bool) (eps, cpu stat) {
+	var e, c []float64
+	for _, r := range rs {
+		if keep(r) {
+			e, c = append(e, r.eventsPerSecond), append(c, r.cpuPerEvent)
+		}
+	}
+	return summarize(e), summarize(c)
+}
+
 // renderScale is the scale-out table: PostgreSQL, 1, 2 and 4 relays.
 func renderScale(rs []result) string {
 	counts := []int{}
@@ -281,13 +289,9 @@ func renderScale(rs []result) string {
 	}
 	slices.Sort(counts)
 	cell := func(shape string, relays int) (stat, stat) {
-		var eps, cpu []float64
-		for _, r := range rs {
-			if r.scale && r.dialect == "postgres" && r.shape == shape && r.relays == relays {
-				eps, cpu = append(eps, r.eventsPerSecond), append(cpu, r.cpuPerEvent)
-			}
-		}
-		return summarize(eps), summarize(cpu)
+		return collect(rs, func(r result) bool {
+			return r.scale && r.dialect == "postgres" && r.shape == shape && r.relays == relays
+		})
 	}
 	var b strings.Builder
 	b.WriteString("\n**Relays scaling out (PostgreSQL):** the same 100,000 pending events drained by 1, 2 and 4 relays,\neach on its own connection, rounds alternating; every run read the stream back: each event\nonce, each aggregate in sequence order. CPU µs/event is the benchmark process's.\n\n| backlog shape |")
