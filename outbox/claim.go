@@ -178,12 +178,14 @@ func newClaimQueries(d string, n Names) claimQueries {
 			" JOIN " + t + " r ON r.aggregatetype = h.aggregatetype AND r.aggregateid = h.aggregateid AND r.status = " + pending +
 			" AND r." + seq + " >= h.head AND r." + seq + " < h.head + :run AND r.next_attempt_at <= :now LIMIT :batch"
 	}
-	// The window's end and size, and how many of its aggregates have a
-	// due head: those are held by other relays, which make progress.
+	// The window's first and last due times and size, and how many of its
+	// aggregates have a due head: those are held by other relays, which
+	// make progress.
 	size := func(after bool) string {
-		return "SELECT max(a.wend), CAST(sum(a.n) AS " + integer + "), CAST(sum(CASE WHEN " + head("next_attempt_at") +
-			" <= :now THEN 1 ELSE 0 END) AS " + integer + ") FROM (SELECT a.aggregatetype, a.aggregateid, max(a.next_attempt_at) AS wend," +
-			" count(*) AS n, min(a." + seq + ") AS wmin FROM (" + window(after) + ") a GROUP BY a.aggregatetype, a.aggregateid) a"
+		return "SELECT min(a.wstart), max(a.wend), CAST(sum(a.n) AS " + integer + "), CAST(sum(CASE WHEN " + head("next_attempt_at") +
+			" <= :now THEN 1 ELSE 0 END) AS " + integer + ") FROM (SELECT a.aggregatetype, a.aggregateid, min(a.next_attempt_at) AS wstart," +
+			" max(a.next_attempt_at) AS wend, count(*) AS n, min(a." + seq + ") AS wmin FROM (" + window(after) +
+			") a GROUP BY a.aggregatetype, a.aggregateid) a"
 	}
 	// FORCE INDEX: without it MariaDB reads the IN list's rows through the
 	// due index (status alone), every pending row, locking as it goes.
@@ -320,12 +322,17 @@ func (r *Relay) claim(ctx context.Context, tx *driver.Tx) (msgs []Message, attem
 		// wake-up. If all wait for a retry of their head, look past the
 		// window (a poison head must not hide the aggregates after its
 		// backlog), or start again from the front once past the end.
-		end, n, held, err := r.windowSize(ctx, tx, a)
+		start, end, n, held, err := r.windowSize(ctx, tx, a)
 		if err != nil {
 			return nil, nil, false, err
 		}
 		switch {
 		case held > 0:
+			// The next claim starts at this window: the front of the
+			// due index before it is what the holders drained, whose
+			// deleted entries (PostgreSQL, until VACUUM) every retry
+			// from the front would walk again.
+			setCursor(claimCursor{set: true, at: start - 1})
 			return nil, nil, true, nil
 		case n > 0:
 			a.cursor = claimCursor{set: true, at: end}
@@ -606,25 +613,25 @@ func (r *Relay) scanClaimed(rows *entsql.Rows, byKey map[[2]string]windowGroup) 
 	return out, rows.Err()
 }
 
-// windowSize returns the due time of the window's last row, how many rows
-// it has, and how many of its aggregates have a due head.
-func (r *Relay) windowSize(ctx context.Context, tx *driver.Tx, a claimArgs) (end int64, n, held int, err error) {
+// windowSize returns the due times of the window's first and last rows,
+// how many rows it has, and how many of its aggregates have a due head.
+func (r *Relay) windowSize(ctx context.Context, tx *driver.Tx, a claimArgs) (start, end int64, n, held int, err error) {
 	st := r.cq.window
 	if a.cursor.set {
 		st = r.cq.windowAfter
 	}
 	var rows entsql.Rows
 	if err := r.query(ctx, tx, st, a, &rows); err != nil {
-		return 0, 0, 0, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
+		return 0, 0, 0, 0, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
 	}
 	defer rows.Close()
-	var e, cnt, h sql.NullInt64
+	var s, e, cnt, h sql.NullInt64
 	if rows.Next() {
-		if err := rows.Scan(&e, &cnt, &h); err != nil {
-			return 0, 0, 0, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
+		if err := rows.Scan(&s, &e, &cnt, &h); err != nil {
+			return 0, 0, 0, 0, fmt.Errorf("outbox: relay: reading the claim window: %w", err)
 		}
 	}
-	return e.Int64, int(cnt.Int64), int(h.Int64), rows.Err()
+	return s.Int64, e.Int64, int(cnt.Int64), int(h.Int64), rows.Err()
 }
 
 // runs keeps, of the claimed rows, each aggregate's run: the rows from
