@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -184,16 +185,14 @@ func serve(ctx context.Context, inv *invocation, migrateSchema bool, listen func
 	wg.Add(1)
 	go func() { defer wg.Done(); db.RunNotify(workers) }()
 
-	var notReady bool
-	var mu sync.Mutex
+	// notReady is set when the drain begins: readiness fails from then on,
+	// and every reply carries Connection: close.
+	var notReady atomic.Bool
 	handler := shop.NewHandler(svc, shop.HTTPOptions{
 		Logger:  inv.logger,
 		Metrics: promhttp.HandlerFor(st.reg, promhttp.HandlerOpts{}),
 		Ready: func(ctx context.Context) error {
-			mu.Lock()
-			nr := notReady
-			mu.Unlock()
-			if nr || st.drainer.Draining() {
+			if notReady.Load() || st.drainer.Draining() {
 				return drain.ErrDraining
 			}
 			return db.Health(ctx, 2*time.Second)
@@ -207,8 +206,18 @@ func serve(ctx context.Context, inv *invocation, migrateSchema bool, listen func
 		return inv.fail("", fmt.Errorf("listening: %w", err))
 	}
 	// Each request is a read-your-writes session: after it commits,
-	// its reads see the commit even with replicas behind.
+	// its reads see the commit even with replicas behind. Once the drain
+	// has begun, each reply carries Connection: close, so that a client
+	// does not reuse a connection the server is about to drop, and the
+	// server closes it after the reply. (Server.SetKeepAlivesEnabled(false)
+	// would also close every idle connection at once, which races with a
+	// request arriving on one: net/http can close a connection it still
+	// counts idle after it has read the request, whose reply is then lost
+	// although the handler ran.)
 	sessions := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if notReady.Load() {
+			w.Header().Set("Connection", "close")
+		}
 		handler.ServeHTTP(w, r.WithContext(replica.WithSession(r.Context())))
 	})
 	srv := &http.Server{Handler: sessions, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
@@ -219,14 +228,7 @@ func serve(ctx context.Context, inv *invocation, migrateSchema bool, listen func
 	fmt.Fprintf(inv.stdout, "listening on http://%s\n", ln.Addr())
 
 	shutdown := &drain.Shutdown{
-		NotReady: func() {
-			mu.Lock()
-			notReady = true
-			mu.Unlock()
-			// Replies from now on carry Connection: close, so clients
-			// do not reuse connections the server is about to drop.
-			srv.SetKeepAlivesEnabled(false)
-		},
+		NotReady:     func() { notReady.Store(true) },
 		PreStopDelay: inv.cfg.Drain.PreStopDelay,
 		StopIntake:   srv.Shutdown,
 		StopWorkers: func(ctx context.Context) error {
