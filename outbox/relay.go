@@ -312,7 +312,12 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 		// each found the other holding everything both slept a poll).
 		// Each time again it doubles, up to maxHeldRetry: relays that
 		// wait on one hot aggregate held by another would otherwise take
-		// CPU from it with claims that find nothing.
+		// CPU from it with claims that find nothing (three relays on one
+		// aggregate drained at about 0.92x one relay with a cap of 80 ms,
+		// 0.98x with 1 s, in three paired runs). Waiting that long costs
+		// little: a commit still wakes the relay at once, the holders
+		// drain what they hold without pause, and a holder whose process
+		// ends lets go of its locks, which the next claim finds.
 		wait := r.cfg.PollInterval
 		if held {
 			wait = min(wait, heldWait)
@@ -326,10 +331,10 @@ func (r *Relay) Run(ctx context.Context, extra ...<-chan struct{}) error {
 
 // heldRetry is how soon a relay that found every due aggregate held by
 // other relays claims again: about one batch of theirs. maxHeldRetry
-// bounds its doubling while that goes on.
+// bounds its doubling while that goes on (and PollInterval, if shorter).
 const (
 	heldRetry    = 10 * time.Millisecond
-	maxHeldRetry = 80 * time.Millisecond
+	maxHeldRetry = time.Second
 )
 
 // progressed reports whether the batch changed the outbox so that the
