@@ -180,7 +180,7 @@ func BenchmarkRelayShapes(b *testing.B) {
 						published := 0
 						for b.Loop() {
 							b.StopTimer()
-							purgeStream(b, pub.JetStream(), testStream)
+							resetStream(b, pub.JetStream(), testStream)
 							preloadShape(b, db, s, backlog, seqs)
 							b.StartTimer()
 							start, cpu0 := time.Now(), cpuTime(b)
@@ -213,12 +213,12 @@ func BenchmarkRelayShapes(b *testing.B) {
 	}
 }
 
-// purgeStream empties the stream, so that a run reads back only its own
+// resetStream empties the stream, so that a run reads back only its own
 // messages, and forgets the message ids it deduplicates against: it is
 // deleted and created again with the same configuration. A purge keeps
 // the ids of the duplicate window, so each run would store against the
 // ids of every run of the last two minutes, a later run against more.
-func purgeStream(tb testing.TB, js jetstream.JetStream, stream string) {
+func resetStream(tb testing.TB, js jetstream.JetStream, stream string) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
