@@ -111,7 +111,11 @@ func (c *Cluster) Node(name string) *Node {
 }
 
 // WaitJetStream waits until the cluster answers JetStream requests (its
-// meta leader is elected) or fails the test after timeout.
+// meta leader is elected) and can place a stream on every node, or fails
+// the test after timeout. A meta leader answers before it counts every
+// peer online: a stream with one replica per node created then was
+// refused with "no suitable peers for placement". So it creates such a
+// stream (in memory) and deletes it again.
 func (c *Cluster) WaitJetStream(timeout time.Duration) {
 	c.t.Helper()
 	nc, err := nats.Connect(c.URLs(), nats.Timeout(5*time.Second))
@@ -126,7 +130,11 @@ func (c *Cluster) WaitJetStream(timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := js.AccountInfo(ctx)
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TESTNATS_READY", Subjects: []string{"testnats.ready"},
+			Storage: jetstream.MemoryStorage, Replicas: len(c.Nodes)})
+		if err == nil {
+			err = js.DeleteStream(ctx, "TESTNATS_READY")
+		}
 		cancel()
 		if err == nil {
 			return
