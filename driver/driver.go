@@ -244,7 +244,7 @@ func (d *Driver) baseBegin(ctx context.Context, opts *sql.TxOptions) (*Tx, error
 	}
 	var raw dialect.Tx
 	if p.deferBegin {
-		raw, err = beginPG(ctx, p.db, opts, p.txID)
+		raw, err = beginPG(ctx, p.db, opts, p.txID, ctx.Value(deferWritesKey{}) != nil)
 	} else {
 		raw, err = p.base.BeginTx(ctx, opts)
 	}
@@ -414,6 +414,13 @@ func (tx *Tx) BeginTxID() string {
 	return ""
 }
 
+// CommitReadsTxID reports whether the transaction has sent nothing yet and
+// its COMMIT pipeline will read its id (BeginTxID) before COMMIT's answer.
+func (tx *Tx) CommitReadsTxID() bool {
+	pt, ok := tx.raw.(*pgTx)
+	return ok && pt.wantXID && !pt.begun
+}
+
 // execCommit runs a deferred statement and commits.
 func (tx *Tx) execCommit(ctx context.Context, st Statement) error {
 	if pt, ok := tx.raw.(*pgTx); ok {
@@ -429,6 +436,31 @@ func (tx *Tx) execCommit(ctx context.Context, st Statement) error {
 // Rollback rolls the transaction back. Calling it after Commit or
 // Rollback returns sql.ErrTxDone.
 func (tx *Tx) Rollback() error { return tx.drv.end(tx.ctx, tx, false) }
+
+type deferWritesKey struct{}
+
+// WithDeferredWrites returns a context whose transactions (BeginTx) defer
+// their writes whose result nobody reads: an Exec with a nil destination,
+// which is how ent inserts a row whose id the caller set (Create with
+// SetID, or an id field with a default). Such a statement is not sent when
+// it is run: it waits, and goes to the server in one pipeline with the
+// transaction's next statement that needs an answer (a query, an update
+// whose row count ent checks) or with COMMIT. A unit of work whose writes
+// all have client-made ids is then one round trip, BEGIN to COMMIT.
+//
+// The contract changes in one way: a deferred statement's error (a unique
+// or foreign key violation, say) is not returned by the call that ran it
+// but by the statement that sends it, or by Commit; the transaction is
+// then rolled back, and nothing of it is committed. Use it where the code
+// does not branch on a write's error before the end of the transaction.
+// Statements still run in the order they were issued, and a read in the
+// transaction sees every write before it.
+//
+// It applies on PostgreSQL with PoolConfig.PipelineBegin (bento.Open sets
+// it); elsewhere every statement is sent when it is run.
+func WithDeferredWrites(ctx context.Context) context.Context {
+	return context.WithValue(ctx, deferWritesKey{}, true)
+}
 
 // TxSlot receives the *Tx that BeginTx starts with a context made by
 // WithTxSlot. The unit of work uses it to reach the Driver's Tx behind

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
@@ -24,6 +25,9 @@ import (
 // trips instead of n+2. A first statement that only reads is preceded by
 // the BEGIN on its own instead: its rows are read as they come, not
 // buffered. A transaction that runs no statement sends nothing at all.
+// With deferWrites (WithDeferredWrites), the writes whose result nobody
+// reads wait for the next statement that needs an answer, or for COMMIT,
+// and go in its pipeline.
 //
 // It works through database/sql's *sql.Conn, so database/sql's pool still
 // owns the connection; statements after the first go through the Conn
@@ -39,6 +43,17 @@ type pgTx struct {
 	broken   bool   // a pipelined step failed in a way that leaves the connection unusable
 	wantXID  bool   // the BEGIN pipeline reads PostgresTxIDExpr
 	xid      string // what it read
+	// deferWrites: statements whose result nobody reads (an Exec with a
+	// nil destination) wait in deferred and go to the server in one
+	// pipeline with the next statement that needs an answer, or COMMIT.
+	deferWrites bool
+	deferred    []queued
+}
+
+// queued is a deferred statement.
+type queued struct {
+	query string
+	args  []any
 }
 
 // PostgresTxIDExpr is the SQL expression of a PostgreSQL transaction's
@@ -52,7 +67,7 @@ type pgTx struct {
 const PostgresTxIDExpr = "pg_current_xact_id()::text || '@' || extract(epoch from pg_postmaster_start_time())::text"
 
 // beginPG takes a connection for a transaction whose BEGIN is deferred.
-func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions, wantXID bool) (*pgTx, error) {
+func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions, wantXID, deferWrites bool) (*pgTx, error) {
 	begin, err := pgBeginSQL(opts)
 	if err != nil {
 		return nil, err
@@ -61,7 +76,7 @@ func beginPG(ctx context.Context, db *sql.DB, opts *sql.TxOptions, wantXID bool)
 	if err != nil {
 		return nil, err
 	}
-	t := &pgTx{ctx: ctx, db: db, beginSQL: begin, wantXID: wantXID}
+	t := &pgTx{ctx: ctx, db: db, beginSQL: begin, wantXID: wantXID, deferWrites: deferWrites}
 	t.use(conn)
 	return t, nil
 }
@@ -165,34 +180,6 @@ func (t *pgTx) begin(ctx context.Context) error {
 // pipelined reports whether query goes to the server with the BEGIN.
 func (t *pgTx) pipelined(query string) bool { return !t.begun && !IsReadOnly(query) }
 
-// first sends BEGIN and query in one pipeline. For an Exec, v is nil or a
-// *sql.Result; for a Query, v is an *entsql.Rows that gets the rows read
-// into memory (a statement that writes returns few).
-func (t *pgTx) first(ctx context.Context, query string, args, v any, kind Kind) error {
-	argv, err := pgArgs(args)
-	if err != nil {
-		return err
-	}
-	if err := checkDest(v, kind); err != nil {
-		return err
-	}
-	t.begun = true
-	return t.start(ctx, func(c *pgx.Conn) error {
-		b := &pgx.Batch{}
-		b.Queue(t.beginSQL)
-		b.Queue(query, argv...)
-		if t.wantXID {
-			b.Queue("SELECT " + PostgresTxIDExpr)
-		}
-		br := c.SendBatch(ctx, b)
-		err := t.readFirst(c.TypeMap(), br, v, kind)
-		if err == nil && t.wantXID {
-			err = br.QueryRow().Scan(&t.xid)
-		}
-		return closeBatch(br, err)
-	})
-}
-
 // checkDest checks that v can receive the result of a statement of kind:
 // nil or a *sql.Result for an Exec, an *entsql.Rows for a Query.
 func checkDest(v any, kind Kind) error {
@@ -227,24 +214,6 @@ func closeBatch(br pgx.BatchResults, err error) error {
 		return cerr
 	}
 	return err
-}
-
-func (t *pgTx) readFirst(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) error {
-	if _, err := br.Exec(); err != nil {
-		return err
-	}
-	if kind == Exec {
-		tag, err := br.Exec()
-		if err == nil && v != nil {
-			*v.(*sql.Result) = pgResult(tag.RowsAffected())
-		}
-		return err
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return err
-	}
-	return bufferRows(m, rows, v)
 }
 
 // bufferRows reads rows into memory and closes them; v, an *entsql.Rows,
@@ -288,8 +257,16 @@ func (t *pgTx) Query(ctx context.Context, query string, args, v any) error {
 }
 
 func (t *pgTx) stmt(ctx context.Context, query string, args, v any, kind Kind) error {
-	if t.pipelined(query) {
-		return t.first(ctx, query, args, v, kind)
+	if t.deferWrites && kind == Exec && v == nil && !IsReadOnly(query) {
+		argv, err := pgArgs(args)
+		if err != nil {
+			return err
+		}
+		t.deferred = append(t.deferred, queued{query: query, args: argv})
+		return nil
+	}
+	if len(t.deferred) > 0 || t.pipelined(query) {
+		return t.flush(ctx, query, args, v, kind)
 	}
 	if err := t.begin(ctx); err != nil {
 		return err
@@ -301,6 +278,116 @@ func (t *pgTx) stmt(ctx context.Context, query string, args, v any, kind Kind) e
 		return t.ent.Exec(ctx, query, args, v)
 	}
 	return t.ent.Query(ctx, query, args, v)
+}
+
+// flush sends the deferred statements and query in one pipeline, after
+// BEGIN and the transaction id's SELECT (PostgresTxIDExpr, if wanted) if
+// nothing was sent yet, and reads query's result into v: for an Exec, v
+// is nil or a *sql.Result; for a Query, an *entsql.Rows that gets the rows
+// read into memory (a statement that writes returns few). An empty query
+// sends only the rest.
+func (t *pgTx) flush(ctx context.Context, query string, args, v any, kind Kind) error {
+	argv, err := pgArgs(args)
+	if err != nil {
+		return err
+	}
+	if query != "" {
+		if err := checkDest(v, kind); err != nil {
+			return err
+		}
+	}
+	deferred := t.deferred
+	t.deferred = nil
+	began := !t.begun
+	t.begun = true
+	step := func(c *pgx.Conn) error {
+		b := &pgx.Batch{}
+		if began {
+			b.Queue(t.beginSQL)
+			if t.wantXID {
+				b.Queue("SELECT " + PostgresTxIDExpr)
+			}
+		}
+		for _, q := range deferred {
+			b.Queue(q.query, q.args...)
+		}
+		if query != "" {
+			b.Queue(query, argv...)
+		}
+		br := c.SendBatch(ctx, b)
+		err := t.readHead(br, began)
+		if err == nil {
+			err = readDeferred(br, deferred)
+		}
+		if err == nil && query != "" {
+			err = t.readOne(c.TypeMap(), br, v, kind)
+		}
+		return closeBatch(br, err)
+	}
+	if began {
+		return t.start(ctx, step)
+	}
+	return t.raw(step)
+}
+
+// readHead reads the results of BEGIN and the transaction id's SELECT,
+// if the pipeline sent them.
+func (t *pgTx) readHead(br pgx.BatchResults, began bool) error {
+	if !began {
+		return nil
+	}
+	if _, err := br.Exec(); err != nil {
+		return err
+	}
+	if t.wantXID {
+		return br.QueryRow().Scan(&t.xid)
+	}
+	return nil
+}
+
+// readDeferred reads the results of the deferred statements. The first
+// that failed is named in the error; the server skipped the rest of the
+// pipeline after it.
+func readDeferred(br pgx.BatchResults, deferred []queued) error {
+	for _, q := range deferred {
+		if _, err := br.Exec(); err != nil {
+			return &DeferredError{Query: q.query, Err: err}
+		}
+	}
+	return nil
+}
+
+// DeferredError is the failure of a statement that was deferred
+// (WithDeferredWrites), returned by the statement or Commit that sent it.
+type DeferredError struct {
+	Query string // the deferred statement, without its arguments
+	Err   error
+}
+
+func (e *DeferredError) Error() string {
+	q := e.Query
+	if len(q) > 120 {
+		q = strings.ToValidUTF8(q[:120], "") + "…"
+	}
+	return fmt.Sprintf("bento: deferred statement %q: %v", q, e.Err)
+}
+
+func (e *DeferredError) Unwrap() error { return e.Err }
+
+// readOne reads one statement's result into v.
+func (t *pgTx) readOne(m *pgtype.Map, br pgx.BatchResults, v any, kind Kind) error {
+	if kind == Exec {
+		tag, err := br.Exec()
+		if err == nil && v != nil {
+			*v.(*sql.Result) = pgResult(tag.RowsAffected())
+		}
+		return err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	return bufferRows(m, rows, v)
 }
 
 // write runs a statement that may write on the pgx connection itself,
@@ -337,6 +424,11 @@ func (t *pgTx) write(ctx context.Context, query string, args, v any, kind Kind) 
 // QueryContext runs a query and returns database/sql rows (never
 // pipelined: the rows stream from the connection).
 func (t *pgTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if len(t.deferred) > 0 {
+		if err := t.flush(ctx, "", nil, nil, Exec); err != nil {
+			return nil, err
+		}
+	}
 	if err := t.begin(ctx); err != nil {
 		return nil, err
 	}
@@ -354,6 +446,8 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 		return errors.Join(err, t.end(false))
 	}
 	defer t.conn.Close()
+	deferred := t.deferred
+	t.deferred = nil
 	began := !t.begun
 	t.begun = true
 	var stmtErr error
@@ -361,15 +455,25 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 		b := &pgx.Batch{}
 		if began {
 			b.Queue(t.beginSQL)
+			if t.wantXID {
+				b.Queue("SELECT " + PostgresTxIDExpr)
+			}
 		}
-		b.Queue(query, argv...)
+		for _, q := range deferred {
+			b.Queue(q.query, q.args...)
+		}
+		if query != "" {
+			b.Queue(query, argv...)
+		}
 		b.Queue("commit")
 		br := c.SendBatch(ctx, b)
-		var err error
-		if began {
-			_, err = br.Exec()
-		}
+		err := t.readHead(br, began)
 		if err == nil {
+			if err = readDeferred(br, deferred); err != nil {
+				stmtErr = err
+			}
+		}
+		if err == nil && query != "" {
 			if _, err = br.Exec(); err != nil {
 				stmtErr = err
 			}
@@ -404,6 +508,10 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 // A COMMIT that PostgreSQL turned into a ROLLBACK (the transaction had
 // failed) returns pgx.ErrTxCommitRollback, as pgx's own transactions do.
 func (t *pgTx) end(commit bool) error {
+	if commit && len(t.deferred) > 0 {
+		return t.execCommit(t.ctx, "", nil)
+	}
+	t.deferred = nil
 	defer t.conn.Close()
 	if !t.begun {
 		return nil

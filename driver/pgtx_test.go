@@ -343,3 +343,198 @@ func TestDeferExec(t *testing.T) {
 		t.Fatalf("%d rows at the end, want %d", got, base+5)
 	}
 }
+
+// TestDeferredWrites: in a transaction begun on a context made by
+// WithDeferredWrites, an Exec whose result nobody reads is sent with the
+// next statement that needs an answer, or with COMMIT: a transaction of
+// such writes is one round trip, and reads in it see them. Its failure is
+// returned by the statement or the Commit that sent it, and nothing of
+// the transaction stays. Invariant: a row exists if and only if its
+// transaction's Commit returned nil. Counted by rows and by the client's
+// writes to the server.
+func TestDeferredWrites(t *testing.T) {
+	ctx := context.Background()
+	dctx := driver.WithDeferredWrites(ctx)
+	drv, writes := pgDriverWith(t, driver.PoolConfig{PipelineBegin: true, BeginTxID: true})
+	begin := func(ctx context.Context) *driver.Tx {
+		t.Helper()
+		tx, err := drv.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tx.(*driver.Tx)
+	}
+	insert := "INSERT INTO t (v) VALUES ($1)"
+	exec := func(tx *driver.Tx, v int) {
+		t.Helper()
+		if err := tx.Exec(ctx, insert, []any{v}, nil); err != nil {
+			t.Fatalf("deferred Exec returned %v", err)
+		}
+	}
+	countIn := func(tx *driver.Tx) int {
+		t.Helper()
+		var rows entsql.Rows
+		if err := tx.Query(ctx, "SELECT count(*) FROM t", []any{}, &rows); err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var n int
+		if !rows.Next() {
+			t.Fatal("count(*) returned no row")
+		}
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// Warm the statement cache of both connections, for both ways a
+	// transaction ends (pgx prepares a statement, COMMIT too, the first
+	// time a connection sends it in a pipeline).
+	for i := 1; i <= 4; i++ {
+		x, y := begin(dctx), begin(dctx)
+		exec(x, -2*i)
+		exec(y, -2*i-1)
+		if i%2 == 0 {
+			countIn(x)
+			countIn(y)
+		}
+		if err := errors.Join(x.Commit(), y.Commit()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := count(t, drv)
+
+	t.Run("one round trip", func(t *testing.T) {
+		x := begin(dctx)
+		before := writes.Load()
+		for v := 1; v <= 3; v++ {
+			exec(x, v)
+		}
+		if got := writes.Load() - before; got != 0 {
+			t.Fatalf("three deferred inserts made %d round trips before Commit, want 0", got)
+		}
+		if err := x.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := writes.Load() - before; got != 1 {
+			t.Errorf("a transaction of three deferred inserts made %d round trips, want 1", got)
+		}
+		if id := x.BeginTxID(); !strings.Contains(id, "@") {
+			t.Errorf("BeginTxID() = %q after the commit, want xid@start (read in the same pipeline)", id)
+		}
+		if got := count(t, drv); got != base+3 {
+			t.Fatalf("%d rows after the commit, want %d", got, base+3)
+		}
+		base += 3
+	})
+
+	t.Run("reads see the writes before them", func(t *testing.T) {
+		x := begin(dctx)
+		exec(x, 10)
+		before := writes.Load()
+		if got := countIn(x); got != base+1 {
+			t.Errorf("a query after a deferred insert counted %d rows, want %d", got, base+1)
+		}
+		if got := writes.Load() - before; got != 1 {
+			t.Errorf("the query and the insert before it made %d round trips, want 1", got)
+		}
+		exec(x, 11)
+		var n int
+		if err := queryRow(ctx, x, "SELECT count(*) FROM t", &n); err != nil || n != base+2 {
+			t.Errorf("QueryContext after a deferred insert counted %d rows (%v), want %d", n, err, base+2)
+		}
+		if err := x.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := count(t, drv); got != base+2 {
+			t.Fatalf("%d rows after the commit, want %d", got, base+2)
+		}
+		base += 2
+	})
+
+	t.Run("rollback sends nothing", func(t *testing.T) {
+		x := begin(dctx)
+		before := writes.Load()
+		exec(x, 20)
+		if err := x.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		if got := writes.Load() - before; got != 0 {
+			t.Errorf("a rolled back transaction of deferred inserts made %d round trips, want 0", got)
+		}
+		if got := count(t, drv); got != base {
+			t.Fatalf("%d rows after the rollback, want %d", got, base)
+		}
+	})
+
+	t.Run("a failure comes back with the statement that sent it", func(t *testing.T) {
+		x := begin(dctx)
+		exec(x, 30)
+		exec(x, 1) // v=1 exists: unique violation
+		var rows entsql.Rows
+		err := x.Query(ctx, "SELECT count(*) FROM t", []any{}, &rows)
+		var de *driver.DeferredError
+		if !errors.As(err, &de) || de.Query != insert || !strings.Contains(err.Error(), "23505") {
+			t.Fatalf("the query after a failing deferred insert returned %v, want a DeferredError naming the insert, with 23505", err)
+		}
+		if err := x.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		if got := count(t, drv); got != base {
+			t.Fatalf("%d rows after the failed transaction, want %d (v=30 rolled back)", got, base)
+		}
+	})
+
+	t.Run("a failure comes back from Commit", func(t *testing.T) {
+		x := begin(dctx)
+		exec(x, 40)
+		exec(x, 2) // exists
+		exec(x, 41)
+		err := x.Commit()
+		var de *driver.DeferredError
+		if !errors.As(err, &de) || !strings.Contains(err.Error(), "23505") {
+			t.Fatalf("Commit with a failing deferred insert returned %v, want a DeferredError with 23505", err)
+		}
+		if got := count(t, drv); got != base {
+			t.Fatalf("%d rows after the failed commit, want %d", got, base)
+		}
+		// The connections still work.
+		for range 2 {
+			y := begin(dctx)
+			exec(y, 100+count(t, drv))
+			if err := y.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := count(t, drv); got != base+2 {
+			t.Fatalf("%d rows after two more commits, want %d", got, base+2)
+		}
+		base += 2
+	})
+
+	t.Run("only what needs no answer waits", func(t *testing.T) {
+		x := begin(dctx)
+		before := writes.Load()
+		if _, err := x.ExecContext(ctx, insert, 50); err != nil { // wants a sql.Result
+			t.Fatal(err)
+		}
+		if got := writes.Load() - before; got != 1 {
+			t.Errorf("an Exec with a result made %d round trips, want 1 (sent at once)", got)
+		}
+		if err := x.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		y := begin(ctx) // not deferring
+		before = writes.Load()
+		exec(y, 51)
+		if got := writes.Load() - before; got != 1 {
+			t.Errorf("an Exec without WithDeferredWrites made %d round trips, want 1 (sent at once)", got)
+		}
+		if err := y.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := count(t, drv); got != base+2 {
+			t.Fatalf("%d rows, want %d", got, base+2)
+		}
+	})
+}

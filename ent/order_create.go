@@ -95,6 +95,12 @@ func (_c *OrderCreate) SetNillableUpdatedAt(v *time.Time) *OrderCreate {
 	return _c
 }
 
+// SetID sets the "id" field.
+func (_c *OrderCreate) SetID(v int) *OrderCreate {
+	_c.mutation.SetID(v)
+	return _c
+}
+
 // AddLineIDs adds the "lines" edge to the OrderLine entity by IDs.
 func (_c *OrderCreate) AddLineIDs(ids ...int) *OrderCreate {
 	_c.mutation.AddLineIDs(ids...)
@@ -217,8 +223,10 @@ func (_c *OrderCreate) sqlSave(ctx context.Context) (*Order, error) {
 		}
 		return nil, err
 	}
-	id := _spec.ID.Value.(int64)
-	_node.ID = int(id)
+	if _spec.ID.Value != _node.ID {
+		id := _spec.ID.Value.(int64)
+		_node.ID = int(id)
+	}
 	_c.mutation.id = &_node.ID
 	_c.mutation.done = true
 	return _node, nil
@@ -229,6 +237,10 @@ func (_c *OrderCreate) createSpec() (*Order, *sqlgraph.CreateSpec) {
 		_node = &Order{config: _c.config}
 		_spec = sqlgraph.NewCreateSpec(order.Table, sqlgraph.NewFieldSpec(order.FieldID, field.TypeInt))
 	)
+	if id, ok := _c.mutation.ID(); ok {
+		_node.ID = id
+		_spec.ID.Value = id
+	}
 	if value, ok := _c.mutation.Version(); ok {
 		_spec.SetField(order.FieldVersion, field.TypeInt64, value)
 		_node.Version = value
@@ -321,7 +333,7 @@ func (_c *OrderCreateBulk) Save(ctx context.Context) ([]*Order, error) {
 					return nil, err
 				}
 				mutation.id = &nodes[i].ID
-				if specs[i].ID.Value != nil {
+				if specs[i].ID.Value != nil && nodes[i].ID == 0 {
 					id := specs[i].ID.Value.(int64)
 					nodes[i].ID = int(id)
 				}

@@ -38,6 +38,12 @@ func (_c *OrderLineCreate) SetUnitPriceCents(v int64) *OrderLineCreate {
 	return _c
 }
 
+// SetID sets the "id" field.
+func (_c *OrderLineCreate) SetID(v int) *OrderLineCreate {
+	_c.mutation.SetID(v)
+	return _c
+}
+
 // SetOrderID sets the "order" edge to the Order entity by ID.
 func (_c *OrderLineCreate) SetOrderID(id int) *OrderLineCreate {
 	_c.mutation.SetOrderID(id)
@@ -124,8 +130,10 @@ func (_c *OrderLineCreate) sqlSave(ctx context.Context) (*OrderLine, error) {
 		}
 		return nil, err
 	}
-	id := _spec.ID.Value.(int64)
-	_node.ID = int(id)
+	if _spec.ID.Value != _node.ID {
+		id := _spec.ID.Value.(int64)
+		_node.ID = int(id)
+	}
 	_c.mutation.id = &_node.ID
 	_c.mutation.done = true
 	return _node, nil
@@ -136,6 +144,10 @@ func (_c *OrderLineCreate) createSpec() (*OrderLine, *sqlgraph.CreateSpec) {
 		_node = &OrderLine{config: _c.config}
 		_spec = sqlgraph.NewCreateSpec(orderline.Table, sqlgraph.NewFieldSpec(orderline.FieldID, field.TypeInt))
 	)
+	if id, ok := _c.mutation.ID(); ok {
+		_node.ID = id
+		_spec.ID.Value = id
+	}
 	if value, ok := _c.mutation.Sku(); ok {
 		_spec.SetField(orderline.FieldSku, field.TypeString, value)
 		_node.Sku = value
@@ -212,7 +224,7 @@ func (_c *OrderLineCreateBulk) Save(ctx context.Context) ([]*OrderLine, error) {
 					return nil, err
 				}
 				mutation.id = &nodes[i].ID
-				if specs[i].ID.Value != nil {
+				if specs[i].ID.Value != nil && nodes[i].ID == 0 {
 					id := specs[i].ID.Value.(int64)
 					nodes[i].ID = int(id)
 				}

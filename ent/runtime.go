@@ -70,7 +70,7 @@ func init() {
 	// order.VersionValidator is a validator for the "version" field. It is called by the builders before save.
 	order.VersionValidator = orderDescVersion.Validators[0].(func(int64) error)
 	// orderDescCustomer is the schema descriptor for customer field.
-	orderDescCustomer := orderFields[0].Descriptor()
+	orderDescCustomer := orderFields[1].Descriptor()
 	// order.CustomerValidator is a validator for the "customer" field. It is called by the builders before save.
 	order.CustomerValidator = func() func(string) error {
 		validators := orderDescCustomer.Validators
@@ -88,15 +88,15 @@ func init() {
 		}
 	}()
 	// orderDescTotalCents is the schema descriptor for total_cents field.
-	orderDescTotalCents := orderFields[2].Descriptor()
+	orderDescTotalCents := orderFields[3].Descriptor()
 	// order.TotalCentsValidator is a validator for the "total_cents" field. It is called by the builders before save.
 	order.TotalCentsValidator = orderDescTotalCents.Validators[0].(func(int64) error)
 	// orderDescCreatedAt is the schema descriptor for created_at field.
-	orderDescCreatedAt := orderFields[4].Descriptor()
+	orderDescCreatedAt := orderFields[5].Descriptor()
 	// order.DefaultCreatedAt holds the default value on creation for the created_at field.
 	order.DefaultCreatedAt = orderDescCreatedAt.Default.(func() time.Time)
 	// orderDescUpdatedAt is the schema descriptor for updated_at field.
-	orderDescUpdatedAt := orderFields[5].Descriptor()
+	orderDescUpdatedAt := orderFields[6].Descriptor()
 	// order.DefaultUpdatedAt holds the default value on creation for the updated_at field.
 	order.DefaultUpdatedAt = orderDescUpdatedAt.Default.(func() time.Time)
 	// order.UpdateDefaultUpdatedAt holds the default value on update for the updated_at field.
@@ -104,7 +104,7 @@ func init() {
 	orderlineFields := schema.OrderLine{}.Fields()
 	_ = orderlineFields
 	// orderlineDescSku is the schema descriptor for sku field.
-	orderlineDescSku := orderlineFields[0].Descriptor()
+	orderlineDescSku := orderlineFields[1].Descriptor()
 	// orderline.SkuValidator is a validator for the "sku" field. It is called by the builders before save.
 	orderline.SkuValidator = func() func(string) error {
 		validators := orderlineDescSku.Validators
@@ -122,11 +122,11 @@ func init() {
 		}
 	}()
 	// orderlineDescQuantity is the schema descriptor for quantity field.
-	orderlineDescQuantity := orderlineFields[1].Descriptor()
+	orderlineDescQuantity := orderlineFields[2].Descriptor()
 	// orderline.QuantityValidator is a validator for the "quantity" field. It is called by the builders before save.
 	orderline.QuantityValidator = orderlineDescQuantity.Validators[0].(func(int) error)
 	// orderlineDescUnitPriceCents is the schema descriptor for unit_price_cents field.
-	orderlineDescUnitPriceCents := orderlineFields[2].Descriptor()
+	orderlineDescUnitPriceCents := orderlineFields[3].Descriptor()
 	// orderline.UnitPriceCentsValidator is a validator for the "unit_price_cents" field. It is called by the builders before save.
 	orderline.UnitPriceCentsValidator = orderlineDescUnitPriceCents.Validators[0].(func(int64) error)
 	summaryorderFields := schema.SummaryOrder{}.Fields()

@@ -177,7 +177,7 @@ func (w *writer) writePostgres(ctx context.Context, tx *driver.Tx, groups []*gro
 	// insert need not return it and goes to the server with COMMIT: one
 	// round trip less. (A transaction that already deferred a statement
 	// of its own inserts now.)
-	if resilience.TxID(tx) != "" && tx.DeferExec(strings.TrimSuffix(query, returningTxID), args...) == nil {
+	if (resilience.TxID(tx) != "" || tx.CommitReadsTxID()) && tx.DeferExec(strings.TrimSuffix(query, returningTxID), args...) == nil {
 		return nil
 	}
 	rows, err := tx.QueryContext(ctx, query, args...)

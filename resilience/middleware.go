@@ -206,10 +206,12 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 			return &Error{Category: Timeout, Op: "commit", Err: fmt.Errorf("context ended before COMMIT; rolled back: %w", err)}
 		}
 		var xid string
+		readsXID := false // the COMMIT pipeline reads the id
 		noResolve, _ := ctx.Value(noResolveKey{}).(bool)
 		if m.opts.ResolveTimeout > 0 && !noResolve && tx.Pool().Dialect() == "postgres" && tx.Wrote() {
 			xid = TxID(tx)
-			if xid == "" && !m.opts.TxIDOnlyFromOutbox {
+			readsXID = xid == "" && tx.CommitReadsTxID()
+			if xid == "" && !m.opts.TxIDOnlyFromOutbox && !readsXID {
 				var err error
 				if xid, err = CurrentTxID(ctx, tx); err != nil {
 					return errors.Join(Wrap(err, "commit"), next(ctx, tx, false))
@@ -219,6 +221,9 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 		err := next(ctx, tx, true)
 		if err == nil {
 			return nil
+		}
+		if readsXID {
+			xid = TxID(tx)
 		}
 		// A statement sent with the COMMIT (Tx.DeferExec) comes back
 		// already classified by the statement hook (WrapCommit): this is

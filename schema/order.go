@@ -29,6 +29,11 @@ func (Order) Mixin() []ent.Mixin {
 // Fields of the Order.
 func (Order) Fields() []ent.Field {
 	return []ent.Field{
+		// The id as ent makes it by default (an integer the database
+		// assigns), declared so that the code can set it too (SetID, from
+		// package ids): an order whose id is set is inserted without
+		// RETURNING, with the rest of its unit of work.
+		field.Int("id"),
 		field.String("customer").NotEmpty().MaxLen(320).
 			Comment("the customer's e-mail address"),
 		field.Enum("status").Values("pending", "paid", "cancelled").Default("pending"),
@@ -62,6 +67,7 @@ type OrderLine struct {
 // Fields of the OrderLine.
 func (OrderLine) Fields() []ent.Field {
 	return []ent.Field{
+		field.Int("id"), // as Order's
 		field.String("sku").NotEmpty().MaxLen(64),
 		field.Int("quantity").Positive(),
 		field.Int64("unit_price_cents").NonNegative(),

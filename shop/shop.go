@@ -23,6 +23,8 @@ import (
 
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/order"
+	"github.com/bento-go/bento/ent/orderline"
+	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/unitofwork"
 )
@@ -129,12 +131,27 @@ func (e *TransitionError) Error() string {
 type Service struct {
 	uow    unitofwork.Port[*ent.Client]
 	client *ent.Client
+	ids    *ids.Blocks
 }
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithIDs makes Place take the ids of the order and its lines from b
+// before its unit of work runs, so that the unit sends its inserts, its
+// event and COMMIT in one round trip (unitofwork.DeferWrites). Without it
+// (or with a nil b: MySQL/MariaDB, SQLite) the database assigns them, one
+// round trip for the order and one for its lines.
+func WithIDs(b *ids.Blocks) Option { return func(s *Service) { s.ids = b } }
 
 // NewService returns the service over a unit of work and the client used
 // for reads outside transactions.
-func NewService(uow unitofwork.Port[*ent.Client], client *ent.Client) *Service {
-	return &Service{uow: uow, client: client}
+func NewService(uow unitofwork.Port[*ent.Client], client *ent.Client, opts ...Option) *Service {
+	s := &Service{uow: uow, client: client}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Validate checks a PlaceOrder command and returns its total.
@@ -222,16 +239,30 @@ func (s *Service) place(ctx context.Context, cmd PlaceOrder, idempotencyKey stri
 		sum := sha256.Sum256(b)
 		opts = append(opts, unitofwork.IdempotencyKey("order:"+idempotencyKey), unitofwork.IdempotencyFingerprint(hex.EncodeToString(sum[:])))
 	}
+	// The ids first, outside the transaction (one statement per block of
+	// them): the unit of work then needs no answer from the database
+	// before its COMMIT.
+	orderID, err := s.ids.Take(ctx, order.Table, 1)
+	if err != nil {
+		return Order{}, false, err
+	}
+	lineIDs, err := s.ids.Take(ctx, orderline.Table, len(cmd.Lines))
+	if err != nil {
+		return Order{}, false, err
+	}
+	if orderID != nil {
+		opts = append(opts, unitofwork.DeferWrites())
+	}
 	p, err := unitofwork.DoValue(ctx, s.uow, func(ctx context.Context, tx *ent.Client) (placed, error) {
-		o, err := tx.Order.Create().SetCustomer(strings.TrimSpace(cmd.Customer)).SetTotalCents(total).Save(ctx)
+		create := tx.Order.Create().SetCustomer(strings.TrimSpace(cmd.Customer)).SetTotalCents(total)
+		if orderID != nil {
+			create.SetID(orderID[0])
+		}
+		o, err := create.Save(ctx)
 		if err != nil {
 			return placed{}, err
 		}
-		builders := make([]*ent.OrderLineCreate, len(cmd.Lines))
-		for i, l := range cmd.Lines {
-			builders[i] = tx.OrderLine.Create().SetOrder(o).SetSku(l.SKU).SetQuantity(l.Quantity).SetUnitPriceCents(l.UnitPriceCents)
-		}
-		lines, err := tx.OrderLine.CreateBulk(builders...).Save(ctx)
+		lines, err := s.createLines(ctx, tx, o, cmd.Lines, lineIDs)
 		if err != nil {
 			return placed{}, err
 		}
@@ -242,6 +273,32 @@ func (s *Service) place(ctx context.Context, cmd PlaceOrder, idempotencyKey stri
 		return placed{Order: view(o), fresh: true}, nil
 	}, opts...)
 	return p.Order, err == nil && !p.fresh, err
+}
+
+// createLines inserts the order's lines: with their ids given, one insert
+// each, which a unit of work that defers writes sends with its COMMIT
+// (ent's bulk insert always asks for the ids back); without, one bulk
+// insert that returns them.
+func (s *Service) createLines(ctx context.Context, tx *ent.Client, o *ent.Order, lines []Line, ids []int) ([]*ent.OrderLine, error) {
+	build := func(l Line) *ent.OrderLineCreate {
+		return tx.OrderLine.Create().SetOrder(o).SetSku(l.SKU).SetQuantity(l.Quantity).SetUnitPriceCents(l.UnitPriceCents)
+	}
+	if ids == nil {
+		builders := make([]*ent.OrderLineCreate, len(lines))
+		for i, l := range lines {
+			builders[i] = build(l)
+		}
+		return tx.OrderLine.CreateBulk(builders...).Save(ctx)
+	}
+	out := make([]*ent.OrderLine, len(lines))
+	for i, l := range lines {
+		line, err := build(l).SetID(ids[i]).Save(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = line
+	}
+	return out, nil
 }
 
 // Pay marks a pending order paid and records OrderPaid.

@@ -15,6 +15,8 @@ import (
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
+	"github.com/bento-go/bento/ent/order"
+	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/resilience"
 	"github.com/bento-go/bento/unitofwork"
@@ -95,6 +97,47 @@ func Example() {
 		}
 		return outbox.Raise(ctx, o, OrderPlaced{OrderID: o.ID, Customer: o.Customer})
 	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	orders, events, typ := countRows(ctx, db)
+	fmt.Printf("orders: %d, events: %d, type: %s\n", orders, events, typ)
+	// Output: orders: 1, events: 1, type: OrderPlaced
+}
+
+// ExampleDeferWrites takes the id of the unit's new order before the unit
+// runs, so that on PostgreSQL the order's insert, its event and COMMIT go
+// to the server in one round trip. On SQLite (this example) and
+// MySQL/MariaDB ids.New returns nil, Take hands out no ids, and the
+// database assigns the id as usual.
+func ExampleDeferWrites() {
+	dir, cleanup := tempDir()
+	defer cleanup()
+	ctx := context.Background()
+	db, _, uow, err := openShop(ctx, dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	// One Blocks for the process: it reads a hundred ids at a time.
+	blocks := ids.New(db.Driver(), db.Dialect(), ids.DefaultBlock)
+
+	id, err := blocks.Take(ctx, order.Table, 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = uow.Do(ctx, func(ctx context.Context, tx *ent.Client) error {
+		create := tx.Order.Create().SetCustomer("a@example.com").SetTotalCents(2500)
+		if id != nil {
+			create.SetID(id[0]) // inserted without RETURNING: it can wait for COMMIT
+		}
+		o, err := create.Save(ctx)
+		if err != nil {
+			return err // a deferred insert's failure is the commit's instead
+		}
+		return outbox.Raise(ctx, o, OrderPlaced{OrderID: o.ID, Customer: o.Customer})
+	}, unitofwork.DeferWrites())
 	if err != nil {
 		log.Fatal(err)
 	}

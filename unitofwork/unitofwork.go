@@ -78,6 +78,7 @@ type settings struct {
 	names           outbox.Names
 	logger          *slog.Logger
 	observer        Observer
+	deferWrites     bool
 }
 
 // Option configures a UnitOfWork (New) or one Do.
@@ -112,6 +113,16 @@ func IdempotencyKey(key string) Option { return func(s *settings) { s.key = key 
 // again with another request. A key stored without a fingerprint, or a Do
 // without one, is not checked.
 func IdempotencyFingerprint(fp string) Option { return func(s *settings) { s.fingerprint = fp } }
+
+// DeferWrites sends the unit's writes whose result nobody reads (ent's
+// inserts of rows whose id the code set: ids.Blocks) with the next
+// statement that needs an answer, or with COMMIT, instead of one round
+// trip each (driver.WithDeferredWrites; PostgreSQL). A unit whose rows all
+// get their ids before it runs is then one round trip, events included.
+// The cost: such a write's error (a constraint it violates) is returned
+// by the statement that sent it or by the commit, not by its Save; the
+// unit then fails as a whole and nothing of it is committed.
+func DeferWrites() Option { return func(s *settings) { s.deferWrites = true } }
 
 // RollbackTimeout bounds a rollback, which runs on a context the caller's
 // cancellation does not reach (default 5 s).
@@ -293,6 +304,9 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 	ctx, _ = outbox.NewContext(ctx)
 	slot := &driver.TxSlot{}
 	ctx = driver.WithTxSlot(ctx, slot)
+	if s.deferWrites {
+		ctx = driver.WithDeferredWrites(ctx)
+	}
 	// The transaction lives on a context that the caller's cancellation
 	// does not reach, so that its rollback can still run; cancelTx ends it.
 	txCtx, cancelTx := context.WithCancel(context.WithoutCancel(ctx))

@@ -508,7 +508,7 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 		where += " (bench's own default, not serve's bento.db; DB_URL chooses another database)"
 	}
 	fmt.Fprintf(inv.stderr, "bento bench: writing to %s\n", where)
-	svc := shop.NewService(st.uow, st.client)
+	svc := shop.NewService(st.uow, st.client, shop.WithIDs(st.ids))
 	rs := &runState{runID: newRunID(), svc: svc, opts: o}
 
 	arms := []*arm{{name: armUoW, failedBy: map[string]int64{}, place: func(ctx context.Context, customer string) (int, error) {

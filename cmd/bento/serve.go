@@ -22,6 +22,7 @@ import (
 	"github.com/bento-go/bento/drain"
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
+	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/metrics"
 	"github.com/bento-go/bento/replica"
 	"github.com/bento-go/bento/resilience"
@@ -38,6 +39,7 @@ type stack struct {
 	drainer *drain.Drainer
 	metrics *metrics.Metrics
 	reg     *prometheus.Registry
+	ids     *ids.Blocks // the shop's ids (nil but on PostgreSQL)
 }
 
 // openStack opens the database with all layers and migrates it.
@@ -78,7 +80,8 @@ func (inv *invocation) openStack(ctx context.Context, migrateSchema bool) (*stac
 	unitPolicy.OnRetry = m.UnitRetry
 	uow := ent.NewUnitOfWork(client, unitofwork.Retry(unitPolicy), unitofwork.WithObserver(m), unitofwork.Logger(inv.logger),
 		unitofwork.Tables(db.Names()))
-	return &stack{db: db, client: client, uow: uow, drainer: d, metrics: m, reg: reg}, nil
+	return &stack{db: db, client: client, uow: uow, drainer: d, metrics: m, reg: reg,
+		ids: ids.New(db.Driver(), db.Dialect(), ids.DefaultBlock)}, nil
 }
 
 func serveCommand() command {
@@ -144,7 +147,7 @@ func serve(ctx context.Context, inv *invocation, migrateSchema bool, listen func
 		return inv.fail("", err)
 	}
 	db := st.db
-	svc := shop.NewService(st.uow, st.client)
+	svc := shop.NewService(st.uow, st.client, shop.WithIDs(st.ids))
 
 	workers, stopWorkers := context.WithCancel(base)
 	defer stopWorkers()

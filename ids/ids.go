@@ -1,0 +1,108 @@
+// Package ids hands out the ids of new rows before they are inserted,
+// from the database's own sequence for the table, a block at a time.
+//
+// ent asks the database for the id of every row it inserts (RETURNING),
+// so each insert is a round trip of its own and the next statement waits
+// for it. A row whose id the code sets (ent's SetID) is inserted without
+// RETURNING; with unitofwork.DeferWrites such inserts then go to the
+// server together, with the transaction's COMMIT. Blocks supplies those
+// ids: it reads a block of the table's sequence (nextval, the sequence the
+// column's default uses, so the ids never collide with ids the database
+// assigns) and hands them out one by one until the block is used up.
+//
+// Ids so taken are unique, and increase within one process; across
+// processes, and where a block is not used up (a process that ends), they
+// leave gaps, as sequences do after a rollback. Only PostgreSQL has such
+// sequences here: on MySQL/MariaDB and SQLite New returns nil, and a nil
+// *Blocks hands out no ids, so the database assigns them as before.
+package ids
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/bento-go/bento/driver"
+)
+
+// DefaultBlock is how many ids a Blocks reads at a time unless New is told
+// otherwise: one statement per hundred rows.
+const DefaultBlock = 100
+
+// Blocks hands out ids from blocks of the tables' sequences. It is safe
+// for concurrent use.
+type Blocks struct {
+	db   Querier
+	size int
+	mu   sync.Mutex
+	free map[string][]int
+}
+
+// Querier runs a query: a Bento driver (bento.DB.Driver(), whose
+// middleware then sees the statement; it goes to the primary) or a
+// *sql.DB.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// New returns a Blocks reading blocks of size ids (DefaultBlock if size <=
+// 0) through db; nil unless dialect is "postgres".
+func New(db Querier, dialect string, size int) *Blocks {
+	if dialect != "postgres" || db == nil {
+		return nil
+	}
+	if size <= 0 {
+		size = DefaultBlock
+	}
+	return &Blocks{db: db, size: size, free: map[string][]int{}}
+}
+
+// Take returns n ids for new rows of table, whose id column takes its
+// default from a sequence (ent's integer ids: an identity column). On a
+// nil Blocks it returns nil: the database is to assign the ids.
+func (b *Blocks) Take(ctx context.Context, table string, n int) ([]int, error) {
+	if b == nil || n <= 0 {
+		return nil, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	free := b.free[table]
+	for len(free) < n {
+		block, err := b.read(ctx, table, max(b.size, n-len(free)))
+		if err != nil {
+			return nil, err
+		}
+		free = append(free, block...)
+	}
+	b.free[table] = free[n:]
+	return free[:n:n], nil
+}
+
+// read reads n values of table's id sequence.
+func (b *Blocks) read(ctx context.Context, table string, n int) ([]int, error) {
+	rows, err := b.db.QueryContext(driver.UsePrimary(ctx), "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2::int)", table, n)
+	if err != nil {
+		return nil, fmt.Errorf("ids: reading %d ids of table %q: %w", n, table, err)
+	}
+	defer rows.Close()
+	block := make([]int, 0, n)
+	for rows.Next() {
+		var id sql.NullInt64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("ids: reading ids of table %q: %w", table, err)
+		}
+		if !id.Valid {
+			return nil, fmt.Errorf("ids: table %q has no sequence behind its id column (accepted: a table whose integer id the database assigns, such as ent's)", table)
+		}
+		block = append(block, int(id.Int64))
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("ids: reading ids of table %q: %w", table, err)
+	}
+	if len(block) != n {
+		return nil, errors.New("ids: the database returned fewer ids than asked for")
+	}
+	return block, nil
+}
