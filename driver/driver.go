@@ -421,6 +421,16 @@ func (tx *Tx) CommitReadsTxID() bool {
 	return ok && pt.wantXID && !pt.begun
 }
 
+// BackendPID is the process id of the PostgreSQL server process that ran
+// the transaction, once it sent a statement (0 before, and on other
+// dialects). A COMMIT with no answer has ended once that process has.
+func (tx *Tx) BackendPID() uint32 {
+	if pt, ok := tx.raw.(*pgTx); ok {
+		return pt.pid
+	}
+	return 0
+}
+
 // execCommit runs a deferred statement and commits.
 func (tx *Tx) execCommit(ctx context.Context, st Statement) error {
 	if pt, ok := tx.raw.(*pgTx); ok {

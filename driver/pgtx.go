@@ -48,6 +48,7 @@ type pgTx struct {
 	// pipeline with the next statement that needs an answer, or COMMIT.
 	deferWrites bool
 	deferred    []queued
+	pid         uint32 // the server process of the connection, once a statement was sent
 }
 
 // queued is a deferred statement.
@@ -150,6 +151,7 @@ func (t *pgTx) raw(f func(c *pgx.Conn) error) error {
 			return fmt.Errorf("bento: the PostgreSQL connection is a %T, not pgx's", dc)
 		}
 		c := sc.Conn()
+		t.pid = c.PgConn().PID()
 		ferr = f(c)
 		if t.broken || c.IsClosed() {
 			return sqldriver.ErrBadConn // database/sql discards it

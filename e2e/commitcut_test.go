@@ -81,12 +81,20 @@ func (m promMetrics) sum(name string, labels ...string) int64 {
 // server aborts). The service sees the same thing both times, an
 // ambiguous COMMIT, and resolves it with pg_xact_status: no acknowledged
 // order is lost, none is placed twice, and each resolution matches what
-// the server did. (A forwarded COMMIT can still abort: on the lost
+// the server did. Run twice: with idempotency keys (the key's lookup
+// starts the transaction, whose id is read before the COMMIT), and
+// without, where an order is one round trip (BEGIN, the inserts, the event
+// and COMMIT in one pipeline) and its transaction id is lost with the
+// COMMIT's answer: the order's row resolves it. (A forwarded COMMIT can still abort: on the lost
 // connection pgx sends a cancel request, which may reach the backend while
 // it runs the COMMIT — 57014. The proxy reads the server's reply to each
 // cut COMMIT, so the test knows.)
 func TestCommitCutAfterSent(t *testing.T) {
-	const fault = "commit-cut"
+	t.Run("keys", func(t *testing.T) { commitCut(t, "commit-cut", false) })
+	t.Run("one round trip", func(t *testing.T) { commitCut(t, "commit-cut-1rt", true) })
+}
+
+func commitCut(t *testing.T, fault string, noKeys bool) {
 	url := testdb.URL(t, testdb.Postgres)
 	db := testdb.OpenRaw(t, url)
 	proxy := StartPGProxy(t, hostPort(t, url))
@@ -106,7 +114,11 @@ func TestCommitCutAfterSent(t *testing.T) {
 
 	proxy.Arm(true)
 	ctx, cancel := context.WithTimeout(context.Background(), dur(10*time.Second, time.Minute))
-	res := Load{URL: svc.URL(), Workers: 8, Retries: 3, Prefix: "commitcut"}.Run(ctx)
+	load := Load{URL: svc.URL(), Workers: 8, Retries: 3, Prefix: "commitcut"}
+	if noKeys {
+		load.Retries, load.NoKeys = 0, true
+	}
+	res := load.Run(ctx)
 	cancel()
 	proxy.Arm(false)
 	summary(t, fault, res)

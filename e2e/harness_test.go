@@ -255,6 +255,9 @@ type Load struct {
 	Prefix string
 	// Body, if set, builds the request body for a customer.
 	Body func(customer string) string
+	// NoKeys sends no Idempotency-Key (with Retries 0, or a retry may
+	// place an order twice).
+	NoKeys bool
 }
 
 // Run places orders until ctx ends.
@@ -290,7 +293,9 @@ func (l Load) place(client *http.Client, customer string) Result {
 	for attempt := 0; attempt <= l.Retries; attempt++ {
 		r.Attempts++
 		req, _ := http.NewRequest("POST", l.URL+"/orders", strings.NewReader(body))
-		req.Header.Set("Idempotency-Key", r.Key)
+		if !l.NoKeys {
+			req.Header.Set("Idempotency-Key", r.Key)
+		}
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := client.Do(req)
 		if err != nil {

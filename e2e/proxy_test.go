@@ -205,9 +205,13 @@ func (p *PGProxy) serve(client net.Conn) {
 
 // recordReply notes how the server answered a COMMIT the client never
 // heard about: its CommandComplete tag ("COMMIT", or "ROLLBACK" for a
-// transaction that had failed) or its error.
+// transaction that had failed) or its error. The reply can hold the
+// answers to the statements pipelined before the COMMIT (a transaction
+// sent whole with it): the COMMIT's is the last CommandComplete, unless an
+// error came first (the server then skipped the rest, the COMMIT too).
 func (p *PGProxy) recordReply(b []byte) {
 	what := "no reply"
+scan:
 	for len(b) >= 5 {
 		n := int(binary.BigEndian.Uint32(b[1:5]))
 		if n < 4 || 1+n > len(b) {
@@ -224,9 +228,7 @@ func (p *PGProxy) recordReply(b []byte) {
 					what = "error " + f[1:]
 				}
 			}
-		}
-		if b[0] == 'C' || b[0] == 'E' {
-			break
+			break scan
 		}
 		b = b[1+n:]
 	}

@@ -25,6 +25,7 @@ import (
 	"sync"
 
 	"github.com/bento-go/bento/driver"
+	"github.com/bento-go/bento/resilience"
 )
 
 // DefaultBlock is how many ids a Blocks reads at a time unless New is told
@@ -34,10 +35,11 @@ const DefaultBlock = 100
 // Blocks hands out ids from blocks of the tables' sequences. It is safe
 // for concurrent use.
 type Blocks struct {
-	db   Querier
-	size int
-	mu   sync.Mutex
-	free map[string][]int
+	db     Querier
+	size   int
+	policy resilience.Policy
+	mu     sync.Mutex
+	free   map[string][]int
 }
 
 // Querier runs a query: a Bento driver (bento.DB.Driver(), whose
@@ -56,7 +58,18 @@ func New(db Querier, dialect string, size int) *Blocks {
 	if size <= 0 {
 		size = DefaultBlock
 	}
-	return &Blocks{db: db, size: size, free: map[string][]int{}}
+	return &Blocks{db: db, size: size, policy: resilience.DefaultPolicy(), free: map[string][]int{}}
+}
+
+// Retry sets the policy a block's read is retried with on a retryable
+// error (default resilience.DefaultPolicy: a read lost to a restarting
+// server is read again, wasting at most the values it had taken). It
+// returns b, and is a no-op on a nil Blocks.
+func (b *Blocks) Retry(p resilience.Policy) *Blocks {
+	if b != nil {
+		b.policy = p
+	}
+	return b
 }
 
 // Take returns n ids for new rows of table, whose id column takes its
@@ -80,18 +93,29 @@ func (b *Blocks) Take(ctx context.Context, table string, n int) ([]int, error) {
 	return free[:n:n], nil
 }
 
-// read reads n values of table's id sequence.
-func (b *Blocks) read(ctx context.Context, table string, n int) ([]int, error) {
+// read reads n values of table's id sequence, retrying with the policy.
+func (b *Blocks) read(ctx context.Context, table string, n int) (block []int, err error) {
+	err = b.policy.Do(ctx, func(ctx context.Context) error {
+		block, err = b.readOnce(ctx, table, n)
+		return err
+	})
+	return block, err
+}
+
+// readOnce reads n values of table's id sequence once. Its errors are
+// classified (resilience.Error), those of reading the rows too: a
+// connection lost after the statement was answered is retryable.
+func (b *Blocks) readOnce(ctx context.Context, table string, n int) ([]int, error) {
 	rows, err := b.db.QueryContext(driver.UsePrimary(ctx), "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2::int)", table, n)
 	if err != nil {
-		return nil, fmt.Errorf("ids: reading %d ids of table %q: %w", n, table, err)
+		return nil, fmt.Errorf("ids: reading %d ids of table %q: %w", n, table, resilience.Wrap(err, "query"))
 	}
 	defer rows.Close()
 	block := make([]int, 0, n)
 	for rows.Next() {
 		var id sql.NullInt64
 		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("ids: reading ids of table %q: %w", table, err)
+			return nil, fmt.Errorf("ids: reading ids of table %q: %w", table, resilience.Wrap(err, "query"))
 		}
 		if !id.Valid {
 			return nil, fmt.Errorf("ids: table %q has no sequence behind its id column (accepted: a table whose integer id the database assigns, such as ent's)", table)
@@ -99,7 +123,7 @@ func (b *Blocks) read(ctx context.Context, table string, n int) ([]int, error) {
 		block = append(block, int(id.Int64))
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("ids: reading ids of table %q: %w", table, err)
+		return nil, fmt.Errorf("ids: reading ids of table %q: %w", table, resilience.Wrap(err, "query"))
 	}
 	if len(block) != n {
 		return nil, errors.New("ids: the database returned fewer ids than asked for")

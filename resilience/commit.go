@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	bentodriver "github.com/bento-go/bento/driver"
 )
 
@@ -78,6 +80,73 @@ func CurrentTxID(ctx context.Context, tx *bentodriver.Tx) (string, error) {
 	}
 	SetTxID(tx, xid)
 	return xid, nil
+}
+
+// evidenceKey keys a transaction's CommitEvidence on a driver.Tx.
+type evidenceKey struct{}
+
+// CommitEvidence is a row that a transaction inserts and nothing else
+// could: a new row whose id the code chose beforehand (ids.Blocks, which
+// never hands an id out twice). It resolves an ambiguous COMMIT whose
+// transaction id is not known: once the server process that ran the
+// transaction has ended, the transaction has committed if and only if the
+// row exists. A unit of work sent whole with its COMMIT (one round trip:
+// unitofwork.DeferWrites) reads its transaction id in the same pipeline,
+// so a lost answer to the COMMIT loses the id too; the evidence is what is
+// left. The row must not be deleted in the moments after the commit.
+type CommitEvidence struct {
+	Table, Column string // the table and its unique column, as named in SQL
+	Value         any    // the value of the column in the row
+}
+
+// SetCommitEvidence records e on tx, for resolving an ambiguous COMMIT
+// (PostgreSQL) when tx's transaction id is unknown.
+func SetCommitEvidence(tx *bentodriver.Tx, e CommitEvidence) { tx.SetValue(evidenceKey{}, e) }
+
+// ResolveByEvidence finds out what became of a transaction from the row
+// it inserted (e), on a connection of db other than the one that was lost:
+// a row that exists is a commit; once the server process pid that ran the
+// transaction is gone, a row that does not is an abort. It waits for that
+// process (it ends when it notices its client is gone) until timeout.
+// The process is looked at before the row, each time: a transaction that
+// commits and ends between the two looks is then seen committed.
+func ResolveByEvidence(ctx context.Context, db *sql.DB, e CommitEvidence, pid uint32, timeout time.Duration) (Outcome, error) {
+	if pid == 0 {
+		return OutcomeUnknown, errors.New("resilience: no server process to wait for")
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	exists := "SELECT EXISTS (SELECT 1 FROM " + pgx.Identifier{e.Table}.Sanitize() + " WHERE " + pgx.Identifier{e.Column}.Sanitize() + " = $1)"
+	delay := 5 * time.Millisecond
+	for {
+		var running, found bool
+		err := db.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", int64(pid)).Scan(&running)
+		if err == nil {
+			err = db.QueryRowContext(ctx, exists, e.Value).Scan(&found)
+		}
+		switch {
+		case err == nil && found:
+			return Committed, nil
+		case err == nil && !running:
+			return Aborted, nil
+		case err != nil && !IsRetryable(err) && Classify(err) != Unknown:
+			return OutcomeUnknown, fmt.Errorf("resilience: resolving by %s.%s: %w", e.Table, e.Column, err)
+		}
+		// Still running, or a connection error: wait and look again.
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if err == nil {
+				err = fmt.Errorf("server process %d still running", pid)
+			}
+			return OutcomeUnknown, fmt.Errorf("resilience: resolving by %s.%s: %w: %w", e.Table, e.Column, ctx.Err(), err)
+		case <-t.C:
+		}
+		if delay < 200*time.Millisecond {
+			delay *= 2
+		}
+	}
 }
 
 // ResolveCommit asks PostgreSQL what became of transaction xid, on a

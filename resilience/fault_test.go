@@ -16,6 +16,7 @@ import (
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/ent/order"
+	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/internal/faultconn"
 	"github.com/bento-go/bento/internal/testdb"
 	"github.com/bento-go/bento/resilience"
@@ -277,6 +278,79 @@ func TestAmbiguousCommitResolved(t *testing.T) {
 		}
 		if n := strings.Count(err.Error(), "error in commit") + strings.Count(err.Error(), "] in commit"); n != 1 {
 			t.Fatalf("the error names the failed commit %d times, want once: %v", n, err)
+		}
+	})
+}
+
+// TestAmbiguousCommitOneRoundTrip: a transaction sent whole with its
+// COMMIT (writes deferred, the order's id taken beforehand) reads its
+// transaction id in the same pipeline, so a COMMIT cut after sending loses
+// the id with the COMMIT's answer; the row it inserted (CommitEvidence)
+// resolves it once its server process has ended. Invariant: Commit
+// returns nil exactly when the row is committed, counted in the table;
+// without evidence the outcome is reported unknown (ErrCommitUnknown),
+// never guessed.
+func TestAmbiguousCommitOneRoundTrip(t *testing.T) {
+	var dialer faultconn.Dialer
+	db, client, _, _ := openPG(t, bento.WithDialer(dialer.DialContext))
+	ctx := context.Background()
+	blocks := ids.New(db.Driver(), db.Dialect(), 10)
+	commit := func(customer string, mode faultconn.Mode, evidence bool) error {
+		t.Helper()
+		id, err := blocks.Take(ctx, order.Table, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slot := &driver.TxSlot{}
+		tx, err := client.BeginTx(driver.WithDeferredWrites(driver.WithTxSlot(ctx, slot)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx.Order.Create().SetID(id[0]).SetCustomer(customer).SetTotalCents(1).SaveX(ctx)
+		if evidence {
+			resilience.SetCommitEvidence(slot.Tx, resilience.CommitEvidence{Table: order.Table, Column: order.FieldID, Value: id[0]})
+		}
+		dialer.Arm(mode)
+		err = tx.Commit()
+		if dialer.Fired() != 1 {
+			t.Fatalf("the fault did not fire")
+		}
+		if xid := resilience.TxID(slot.Tx); xid != "" {
+			t.Fatalf("the transaction id %s reached the client: the COMMIT was not sent in the first round trip", xid)
+		}
+		return err
+	}
+	rowsOf := func(customer string) int {
+		return client.Order.Query().Where(order.Customer(customer)).CountX(ctx)
+	}
+
+	t.Run("committed", func(t *testing.T) {
+		if err := commit("one-rt-cut@example.com", faultconn.CutAfterCommit, true); err != nil {
+			t.Fatalf("COMMIT reached the server and committed, but Commit returned %v", err)
+		}
+		if n := rowsOf("one-rt-cut@example.com"); n != 1 {
+			t.Fatalf("rows = %d, want 1", n)
+		}
+	})
+	t.Run("aborted", func(t *testing.T) {
+		err := commit("one-rt-dropped@example.com", faultconn.DropCommit, true)
+		if err == nil {
+			t.Fatal("COMMIT never reached the server, but Commit returned nil")
+		}
+		if !resilience.IsRetryable(err) || errors.Is(err, resilience.ErrCommitUnknown) {
+			t.Fatalf("a resolved abort must be retryable and not unknown: %s: %v", resilience.Classify(err), err)
+		}
+		if n := rowsOf("one-rt-dropped@example.com"); n != 0 {
+			t.Fatalf("rows = %d, want 0", n)
+		}
+	})
+	t.Run("no evidence", func(t *testing.T) {
+		err := commit("one-rt-unknown@example.com", faultconn.CutAfterCommit, false)
+		if !errors.Is(err, resilience.ErrCommitUnknown) || resilience.IsRetryable(err) {
+			t.Fatalf("a cut COMMIT without its transaction id or evidence: %s, retryable=%t: %v", resilience.Classify(err), resilience.IsRetryable(err), err)
+		}
+		if n := rowsOf("one-rt-unknown@example.com"); n != 1 {
+			t.Fatalf("rows = %d, want 1 (the server committed)", n)
 		}
 	})
 }

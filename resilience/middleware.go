@@ -234,23 +234,39 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 		}
 		cat := ClassifyCommit(err)
 		_, code := classify(err)
-		if cat != Ambiguous || xid == "" {
+		// Without the transaction's id (a unit sent whole with its COMMIT:
+		// the id's answer was lost with the COMMIT's), a row only it
+		// inserted resolves it, once its server process has ended.
+		evidence, byRow := tx.Value(evidenceKey{}).(CommitEvidence)
+		byRow = byRow && xid == "" && m.opts.ResolveTimeout > 0 && !noResolve && tx.Pool().Dialect() == "postgres"
+		if cat != Ambiguous || (xid == "" && !byRow) {
 			if cat == Ambiguous && !noResolve && m.opts.OnAmbiguous != nil { // work that needs no resolution is not counted
 				m.opts.OnAmbiguous(OutcomeUnknown)
 			}
 			return &Error{Category: cat, Code: code, Op: "commit", Err: err}
 		}
-		outcome, rerr := ResolveCommit(ctx, tx.Pool().DB(), xid, m.opts.ResolveTimeout)
+		var (
+			outcome Outcome
+			rerr    error
+			what    string // what was resolved, for the log and the error
+		)
+		if xid != "" {
+			outcome, rerr = ResolveCommit(ctx, tx.Pool().DB(), xid, m.opts.ResolveTimeout)
+			what = "transaction " + xid
+		} else {
+			outcome, rerr = ResolveByEvidence(ctx, tx.Pool().DB(), evidence, tx.BackendPID(), m.opts.ResolveTimeout)
+			what = fmt.Sprintf("the transaction of %s.%s = %v", evidence.Table, evidence.Column, evidence.Value)
+		}
 		if m.opts.OnAmbiguous != nil {
 			m.opts.OnAmbiguous(outcome)
 		}
-		m.opts.Logger.Warn("bento: ambiguous commit resolved", "xid", xid, "outcome", outcome.String(), "error", err.Error())
+		m.opts.Logger.Warn("bento: ambiguous commit resolved", "xid", xid, "resolved_by", what, "outcome", outcome.String(), "error", err.Error())
 		switch outcome {
 		case Committed:
 			return nil
 		case Aborted:
 			return &Error{Category: Connection, Code: code, Op: "commit",
-				Err: fmt.Errorf("%w (resolved: transaction %s aborted, nothing was committed)", err, xid)}
+				Err: fmt.Errorf("%w (resolved: %s aborted, nothing was committed)", err, what)}
 		default:
 			return &Error{Category: Ambiguous, Code: code, Op: "commit", Err: errors.Join(err, rerr)}
 		}

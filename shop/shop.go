@@ -26,6 +26,7 @@ import (
 	"github.com/bento-go/bento/ent/orderline"
 	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/outbox"
+	"github.com/bento-go/bento/resilience"
 	"github.com/bento-go/bento/unitofwork"
 )
 
@@ -251,7 +252,10 @@ func (s *Service) place(ctx context.Context, cmd PlaceOrder, idempotencyKey stri
 		return Order{}, false, err
 	}
 	if orderID != nil {
-		opts = append(opts, unitofwork.DeferWrites())
+		// One round trip; a COMMIT with no answer is resolved by the
+		// order's row, the transaction id being lost with it.
+		opts = append(opts, unitofwork.DeferWrites(),
+			unitofwork.ResolveBy(resilience.CommitEvidence{Table: order.Table, Column: order.FieldID, Value: orderID[0]}))
 	}
 	p, err := unitofwork.DoValue(ctx, s.uow, func(ctx context.Context, tx *ent.Client) (placed, error) {
 		create := tx.Order.Create().SetCustomer(strings.TrimSpace(cmd.Customer)).SetTotalCents(total)

@@ -79,6 +79,7 @@ type settings struct {
 	logger          *slog.Logger
 	observer        Observer
 	deferWrites     bool
+	evidence        *resilience.CommitEvidence
 }
 
 // Option configures a UnitOfWork (New) or one Do.
@@ -123,6 +124,16 @@ func IdempotencyFingerprint(fp string) Option { return func(s *settings) { s.fin
 // by the statement that sent it or by the commit, not by its Save; the
 // unit then fails as a whole and nothing of it is committed.
 func DeferWrites() Option { return func(s *settings) { s.deferWrites = true } }
+
+// ResolveBy names a row the unit inserts and nothing else could (a new row
+// whose id was taken beforehand from ids.Blocks): a COMMIT with no answer
+// whose transaction id was lost with it (a unit sent whole with its
+// COMMIT, DeferWrites) is resolved by whether the row exists once the
+// server process that ran it has ended (resilience.ResolveByEvidence).
+// PostgreSQL; without it such a COMMIT stays unknown (ErrCommitUnknown).
+func ResolveBy(e resilience.CommitEvidence) Option {
+	return func(s *settings) { s.evidence = &e }
+}
 
 // RollbackTimeout bounds a rollback, which runs on a context the caller's
 // cancellation does not reach (default 5 s).
@@ -318,6 +329,9 @@ func (u *UnitOfWork[C, T]) attempt(ctx context.Context, s *settings, fn func(ctx
 	if slot.Tx == nil {
 		_ = u.rollback(tx, cancelTx, s)
 		return false, false, errors.New("unitofwork: the client's driver is not Bento's driver (driver.New): build the ent client on bento.DB.Driver()")
+	}
+	if s.evidence != nil {
+		resilience.SetCommitEvidence(slot.Tx, *s.evidence)
 	}
 	client := tx.Client()
 	ctx = context.WithValue(ctx, currentKey{u}, &current[C]{client: client})

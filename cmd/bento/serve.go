@@ -81,7 +81,7 @@ func (inv *invocation) openStack(ctx context.Context, migrateSchema bool) (*stac
 	uow := ent.NewUnitOfWork(client, unitofwork.Retry(unitPolicy), unitofwork.WithObserver(m), unitofwork.Logger(inv.logger),
 		unitofwork.Tables(db.Names()))
 	return &stack{db: db, client: client, uow: uow, drainer: d, metrics: m, reg: reg,
-		ids: ids.New(db.Driver(), db.Dialect(), ids.DefaultBlock)}, nil
+		ids: ids.New(db.Driver(), db.Dialect(), ids.DefaultBlock).Retry(policy)}, nil
 }
 
 func serveCommand() command {
