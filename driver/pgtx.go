@@ -298,25 +298,9 @@ func (t *pgTx) flush(ctx context.Context, query string, args, v any, kind Kind) 
 			return err
 		}
 	}
-	deferred := t.deferred
-	t.deferred = nil
-	began := !t.begun
-	t.begun = true
+	deferred, began := t.takeDeferred()
 	step := func(c *pgx.Conn) error {
-		b := &pgx.Batch{}
-		if began {
-			b.Queue(t.beginSQL)
-			if t.wantXID {
-				b.Queue("SELECT " + PostgresTxIDExpr)
-			}
-		}
-		for _, q := range deferred {
-			b.Queue(q.query, q.args...)
-		}
-		if query != "" {
-			b.Queue(query, argv...)
-		}
-		br := c.SendBatch(ctx, b)
+		br := c.SendBatch(ctx, t.pipeline(began, deferred, query, argv))
 		err := t.readHead(br, began)
 		if err == nil {
 			err = readDeferred(br, deferred)
@@ -330,6 +314,35 @@ func (t *pgTx) flush(ctx context.Context, query string, args, v any, kind Kind) 
 		return t.start(ctx, step)
 	}
 	return t.raw(step)
+}
+
+// takeDeferred takes the deferred statements out of t for a pipeline
+// about to send them, and reports whether that pipeline begins the
+// transaction; t counts as begun from now on.
+func (t *pgTx) takeDeferred() (deferred []queued, began bool) {
+	deferred, began = t.deferred, !t.begun
+	t.deferred, t.begun = nil, true
+	return deferred, began
+}
+
+// pipeline queues, in order: BEGIN and the transaction id's SELECT (if
+// wanted) when the pipeline begins the transaction, the deferred
+// statements, and query unless it is empty.
+func (t *pgTx) pipeline(began bool, deferred []queued, query string, argv []any) *pgx.Batch {
+	b := &pgx.Batch{}
+	if began {
+		b.Queue(t.beginSQL)
+		if t.wantXID {
+			b.Queue("SELECT " + PostgresTxIDExpr)
+		}
+	}
+	for _, q := range deferred {
+		b.Queue(q.query, q.args...)
+	}
+	if query != "" {
+		b.Queue(query, argv...)
+	}
+	return b
 }
 
 // readHead reads the results of BEGIN and the transaction id's SELECT,
@@ -448,25 +461,10 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 		return errors.Join(err, t.end(false))
 	}
 	defer t.conn.Close()
-	deferred := t.deferred
-	t.deferred = nil
-	began := !t.begun
-	t.begun = true
+	deferred, began := t.takeDeferred()
 	var stmtErr error
 	return t.raw(func(c *pgx.Conn) error {
-		b := &pgx.Batch{}
-		if began {
-			b.Queue(t.beginSQL)
-			if t.wantXID {
-				b.Queue("SELECT " + PostgresTxIDExpr)
-			}
-		}
-		for _, q := range deferred {
-			b.Queue(q.query, q.args...)
-		}
-		if query != "" {
-			b.Queue(query, argv...)
-		}
+		b := t.pipeline(began, deferred, query, argv)
 		b.Queue("commit")
 		br := c.SendBatch(ctx, b)
 		err := t.readHead(br, began)

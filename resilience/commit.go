@@ -114,33 +114,49 @@ func ResolveByEvidence(ctx context.Context, db *sql.DB, e CommitEvidence, pid ui
 	if pid == 0 {
 		return OutcomeUnknown, errors.New("resilience: no server process to wait for")
 	}
+	exists := "SELECT EXISTS (SELECT 1 FROM " + pgx.Identifier{e.Table}.Sanitize() + " WHERE " + pgx.Identifier{e.Column}.Sanitize() + " = $1)"
+	return poll(ctx, timeout, "by "+e.Table+"."+e.Column, fmt.Sprintf("server process %d still running", pid),
+		func(ctx context.Context) (Outcome, bool, error) {
+			var running, found bool
+			err := db.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", int64(pid)).Scan(&running)
+			if err == nil {
+				err = db.QueryRowContext(ctx, exists, e.Value).Scan(&found)
+			}
+			switch {
+			case err == nil && found:
+				return Committed, true, nil
+			case err == nil && !running:
+				return Aborted, true, nil
+			}
+			return OutcomeUnknown, false, err // still running, or a connection error
+		})
+}
+
+// poll asks look until it settles the outcome (done: its outcome and
+// error are returned), fails with an error that is not worth retrying, or
+// timeout passes, waiting 5 ms doubling to 200 ms between looks. what
+// names the subject in the errors; pending says why nothing was settled
+// when the time ran out without an error.
+func poll(ctx context.Context, timeout time.Duration, what, pending string, look func(ctx context.Context) (Outcome, bool, error)) (Outcome, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
-	exists := "SELECT EXISTS (SELECT 1 FROM " + pgx.Identifier{e.Table}.Sanitize() + " WHERE " + pgx.Identifier{e.Column}.Sanitize() + " = $1)"
 	delay := 5 * time.Millisecond
 	for {
-		var running, found bool
-		err := db.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", int64(pid)).Scan(&running)
-		if err == nil {
-			err = db.QueryRowContext(ctx, exists, e.Value).Scan(&found)
+		outcome, done, err := look(ctx)
+		if done {
+			return outcome, err
 		}
-		switch {
-		case err == nil && found:
-			return Committed, nil
-		case err == nil && !running:
-			return Aborted, nil
-		case err != nil && !IsRetryable(err) && Classify(err) != Unknown:
-			return OutcomeUnknown, fmt.Errorf("resilience: resolving by %s.%s: %w", e.Table, e.Column, err)
+		if err != nil && !IsRetryable(err) && Classify(err) != Unknown {
+			return OutcomeUnknown, fmt.Errorf("resilience: resolving %s: %w", what, err)
 		}
-		// Still running, or a connection error: wait and look again.
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			if err == nil {
-				err = fmt.Errorf("server process %d still running", pid)
+				err = errors.New(pending)
 			}
-			return OutcomeUnknown, fmt.Errorf("resilience: resolving by %s.%s: %w: %w", e.Table, e.Column, ctx.Err(), err)
+			return OutcomeUnknown, fmt.Errorf("resilience: resolving %s: %w: %w", what, ctx.Err(), err)
 		case <-t.C:
 		}
 		if delay < 200*time.Millisecond {
@@ -159,39 +175,22 @@ func ResolveCommit(ctx context.Context, db *sql.DB, xid string, timeout time.Dur
 		return OutcomeUnknown, errors.New("resilience: no transaction id to resolve")
 	}
 	xid, born, _ := strings.Cut(xid, "@")
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	defer cancel()
-	delay := 5 * time.Millisecond
-	for {
-		var status, started sql.NullString
-		err := db.QueryRowContext(ctx, "SELECT pg_xact_status($1::xid8), extract(epoch from pg_postmaster_start_time())::text", xid).Scan(&status, &started)
-		switch {
-		case err == nil && born != "" && started.String != born:
-			// The server restarted since the transaction ran: its id may
-			// belong to another transaction now.
-			return OutcomeUnknown, fmt.Errorf("resilience: the server restarted after transaction %s ran (started at %s, now %s): its id may have been reused, so its outcome cannot be read", xid, born, started.String)
-		case err == nil && status.String == "committed":
-			return Committed, nil
-		case err == nil && status.String == "aborted":
-			return Aborted, nil
-		case err == nil && !status.Valid:
-			return OutcomeUnknown, fmt.Errorf("resilience: transaction %s is too old for pg_xact_status", xid)
-		case err != nil && !IsRetryable(err) && Classify(err) != Unknown:
-			return OutcomeUnknown, fmt.Errorf("resilience: resolving transaction %s: %w", xid, err)
-		}
-		// "in progress", or a connection error: wait and ask again.
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			if err == nil {
-				err = fmt.Errorf("transaction %s still in progress", xid)
+	return poll(ctx, timeout, "transaction "+xid, fmt.Sprintf("transaction %s still in progress", xid),
+		func(ctx context.Context) (Outcome, bool, error) {
+			var status, started sql.NullString
+			err := db.QueryRowContext(ctx, "SELECT pg_xact_status($1::xid8), extract(epoch from pg_postmaster_start_time())::text", xid).Scan(&status, &started)
+			switch {
+			case err == nil && born != "" && started.String != born:
+				// The server restarted since the transaction ran: its id
+				// may belong to another transaction now.
+				return OutcomeUnknown, true, fmt.Errorf("resilience: the server restarted after transaction %s ran (started at %s, now %s): its id may have been reused, so its outcome cannot be read", xid, born, started.String)
+			case err == nil && status.String == "committed":
+				return Committed, true, nil
+			case err == nil && status.String == "aborted":
+				return Aborted, true, nil
+			case err == nil && !status.Valid:
+				return OutcomeUnknown, true, fmt.Errorf("resilience: transaction %s is too old for pg_xact_status", xid)
 			}
-			return OutcomeUnknown, fmt.Errorf("resilience: resolving transaction %s: %w: %w", xid, ctx.Err(), err)
-		case <-t.C:
-		}
-		if delay < 200*time.Millisecond {
-			delay *= 2
-		}
-	}
+			return OutcomeUnknown, false, err // "in progress", or a connection error
+		})
 }

@@ -206,12 +206,12 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 			return &Error{Category: Timeout, Op: "commit", Err: fmt.Errorf("context ended before COMMIT; rolled back: %w", err)}
 		}
 		var xid string
-		readsXID := false // the COMMIT pipeline reads the id
 		noResolve, _ := ctx.Value(noResolveKey{}).(bool)
-		if m.opts.ResolveTimeout > 0 && !noResolve && tx.Pool().Dialect() == "postgres" && tx.Wrote() {
+		resolvable := m.opts.ResolveTimeout > 0 && !noResolve && tx.Pool().Dialect() == "postgres" && tx.Wrote()
+		if resolvable {
 			xid = TxID(tx)
-			readsXID = xid == "" && tx.CommitReadsTxID()
-			if xid == "" && !m.opts.TxIDOnlyFromOutbox && !readsXID {
+			// A COMMIT pipeline that reads the id needs no SELECT first.
+			if xid == "" && !m.opts.TxIDOnlyFromOutbox && !tx.CommitReadsTxID() {
 				var err error
 				if xid, err = CurrentTxID(ctx, tx); err != nil {
 					return errors.Join(Wrap(err, "commit"), next(ctx, tx, false))
@@ -222,8 +222,8 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 		if err == nil {
 			return nil
 		}
-		if readsXID {
-			xid = TxID(tx)
+		if resolvable && xid == "" {
+			xid = TxID(tx) // read in the COMMIT's pipeline, if its answer came
 		}
 		// A statement sent with the COMMIT (Tx.DeferExec) comes back
 		// already classified by the statement hook (WrapCommit): this is
@@ -238,7 +238,7 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 		// the id's answer was lost with the COMMIT's), a row only it
 		// inserted resolves it, once its server process has ended.
 		evidence, byRow := tx.Value(evidenceKey{}).(CommitEvidence)
-		byRow = byRow && xid == "" && m.opts.ResolveTimeout > 0 && !noResolve && tx.Pool().Dialect() == "postgres"
+		byRow = byRow && resolvable && xid == ""
 		if cat != Ambiguous || (xid == "" && !byRow) {
 			if cat == Ambiguous && !noResolve && m.opts.OnAmbiguous != nil { // work that needs no resolution is not counted
 				m.opts.OnAmbiguous(OutcomeUnknown)
