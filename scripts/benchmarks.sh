@@ -20,15 +20,17 @@
 # (initdb in /tmp, fsync and synchronous_commit on, stopped at the end), so
 # the server's CPU is the benchmark's alone, and the machine's NATS:
 #
-#   ceiling   16 workers on 16 connections, ROUNDS rounds of three arms in
+#   ceiling   16 workers on 16 connections, ROUNDS rounds of four arms in
 #             rotating order, DURATION seconds each after a warm-up of 2
 #             transactions per worker: bento bench (shop.Service.Place in a
-#             unit of work, OUTBOX_PUBLISHER=none); pgbench running
+#             unit of work, OUTBOX_PUBLISHER=none); bento bench --floor (the
+#             same rows in the same round trip by hand on a bare pgx pool:
+#             the floor of a Go client); pgbench running
 #             scripts/pgbench/place_order.sql (the unit of work's statements
-#             in its three round trips); pgbench running place_order_1rt.sql
+#             in its one round trip); pgbench running place_order_1rt.sql
 #             (the same rows in one statement). Both scripts are generated
 #             from what a unit of work sends (shop's TestPgbenchScripts).
-#   workers   the same three arms at 1, 4, 16 and 64 workers (= connections),
+#   workers   the same four arms at 1, 4, 16 and 64 workers (= connections),
 #             one round of SWEEP_DURATION seconds each
 #   latency   relaybench (benchmarks/watermill): orders committed at RATE/s
 #             for LAT_DURATION after LAT_WARMUP, commit→published at a
@@ -127,6 +129,12 @@ write_arm() {
         -label "DB_POOL_SIZE=$c DB_MAX_OVERFLOW=0 bento bench --workers $c --duration ${secs}s --warmup $(( 2 * c ))" -- \
         env DB_URL="$dburl" OUTBOX_PUBLISHER=none DB_POOL_SIZE="$c" DB_MAX_OVERFLOW=0 \
         "$work/bento" bench --workers "$c" --duration "${secs}s" --warmup $(( 2 * c )) --migrate=false --json ;;
+    pgx)
+      say "$suite/$arm round $round: bento bench --floor --workers $c --duration ${secs}s"
+      measure -suite "$suite" -arm pgx -round "$round" -workers "$c" -parse bento -until '^bento bench: load finished' \
+        -label "DB_POOL_SIZE=$c DB_MAX_OVERFLOW=0 bento bench --floor --workers $c --duration ${secs}s --warmup $(( 2 * c ))" -- \
+        env DB_URL="$dburl" OUTBOX_PUBLISHER=none DB_POOL_SIZE="$c" DB_MAX_OVERFLOW=0 \
+        "$work/bento" bench --floor --workers "$c" --duration "${secs}s" --warmup $(( 2 * c )) --migrate=false --json ;;
     pgbench-same|pgbench-1rt)
       local f=scripts/pgbench/place_order.sql
       if [ "$arm" = pgbench-1rt ]; then f=scripts/pgbench/place_order_1rt.sql; fi
@@ -144,12 +152,12 @@ for suite in $SUITES; do
   case $suite in
     ceiling)
       for r in $(seq 1 "$ROUNDS"); do
-        for a in $(rotate $(( r - 1 )) uow pgbench-same pgbench-1rt); do write_arm ceiling "$a" "$r" $W "$DURATION"; done
+        for a in $(rotate $(( r - 1 )) uow pgx pgbench-same pgbench-1rt); do write_arm ceiling "$a" "$r" $W "$DURATION"; done
       done ;;
     workers)
       i=0
       for c in $WORKERS_LIST; do
-        for a in $(rotate $i uow pgbench-same pgbench-1rt); do write_arm workers "$a" 1 "$c" "$SWEEP_DURATION"; done
+        for a in $(rotate $i uow pgx pgbench-same pgbench-1rt); do write_arm workers "$a" 1 "$c" "$SWEEP_DURATION"; done
         i=$(( i + 1 ))
       done ;;
     latency)

@@ -2,8 +2,6 @@ package shop_test
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -12,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bento-go/bento"
@@ -23,6 +18,7 @@ import (
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/ids"
+	"github.com/bento-go/bento/internal/pgxfloor"
 	"github.com/bento-go/bento/internal/testdb"
 	"github.com/bento-go/bento/metrics"
 	"github.com/bento-go/bento/outbox"
@@ -64,76 +60,32 @@ func BenchmarkPlaceOrder(b *testing.B) {
 	}
 }
 
-// BenchmarkPlaceOrderPgx is the floor under BenchmarkPlaceOrder: the same
-// rows in the same round trip (BEGIN, the transaction id's SELECT, the
-// order, its line, the outbox statement and COMMIT in one pipeline), with
-// ids from the same ids.Blocks, written directly on a pgx pool of the same
+// BenchmarkPlaceOrderPgx is the floor under BenchmarkPlaceOrder
+// (internal/pgxfloor, which bento bench --floor runs too): the same rows
+// in the same round trip (BEGIN, the transaction id's SELECT, the order,
+// its line, the outbox statement and COMMIT in one pipeline), with ids
+// from the same ids.Blocks, written directly on a pgx pool of the same
 // size, without ent, database/sql or Bento. The difference in
 // cpu-µs/order is what the layers above pgx cost.
 //
 //	go test ./shop -run '^$' -bench 'PlaceOrder(Pgx)?/workers=16' -benchmem -benchtime 3000x
 func BenchmarkPlaceOrderPgx(b *testing.B) {
-	rawURL := testdb.URL(b, testdb.Postgres)
-	u, err := config.ParseURL(rawURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.DB.URL = u
+	cfg := testdb.Config(b, testdb.Postgres)
 	_, blocks, count := benchStack(b, cfg) // migrates
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, rawURL+"&pool_max_conns="+strconv.Itoa(cfg.DB.PoolSize+cfg.DB.MaxOverflow))
+	pool, err := pgxfloor.NewPool(ctx, cfg.DB)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer pool.Close()
-	insert := outbox.WriteStatements(testdb.Postgres, outbox.NamesFor("")).Insert
+	floor, err := pgxfloor.New(pool, blocks, outbox.NamesFor(""))
+	if err != nil {
+		b.Fatal(err)
+	}
+	line := shop.Line{SKU: "SKU-1", Quantity: 2, UnitPriceCents: 1250}
 	place := func(n int64) error {
-		c, err := pool.Acquire(ctx)
-		if err != nil {
-			return err
-		}
-		defer c.Release()
-		customer := "pgx-" + strconv.FormatInt(n, 10) + "@example.com"
-		id, err := blocks.Take(ctx, "orders", 1)
-		if err != nil {
-			return err
-		}
-		line, err := blocks.Take(ctx, "order_lines", 1)
-		if err != nil {
-			return err
-		}
-		payload, err := json.Marshal(shop.OrderPlaced{OrderID: id[0], Customer: customer, TotalCents: 2500,
-			Lines: []shop.Line{{SKU: "SKU-1", Quantity: 2, UnitPriceCents: 1250}}})
-		if err != nil {
-			return err
-		}
-		eid, err := uuid.NewV7()
-		if err != nil {
-			return err
-		}
-		now := time.Now()
-		batch := &pgx.Batch{}
-		batch.Queue("begin")
-		batch.Queue("SELECT " + resilience.PostgresTxIDExpr)
-		batch.Queue("INSERT INTO orders (id, version, customer, status, total_cents, created_at, updated_at) VALUES ($1, 1, $2, 'pending', $3, $4, $4)",
-			id[0], customer, int64(2500), now)
-		batch.Queue("INSERT INTO order_lines (id, sku, quantity, unit_price_cents, order_lines) VALUES ($1, $2, $3, $4, $5)",
-			line[0], "SKU-1", 2, int64(1250), id[0])
-		batch.Queue(insert, "Order", strconv.Itoa(id[0]), eid.String(), "OrderPlaced", json.RawMessage(payload), nil, now, now.UnixMicro())
-		batch.Queue("commit")
-		var xid string
-		br := c.SendBatch(ctx, batch)
-		_, err = br.Exec()
-		if err == nil {
-			err = br.QueryRow().Scan(&xid)
-		}
-		for range 4 {
-			if err == nil {
-				_, err = br.Exec()
-			}
-		}
-		return errors.Join(err, br.Close())
+		_, err := floor.Place(ctx, "pgx-"+strconv.FormatInt(n, 10)+"@example.com", line)
+		return err
 	}
 	b.Run("workers=16", func(b *testing.B) { measureOrders(b, 16, place) })
 	if orders, events := count(); orders != events {

@@ -182,7 +182,7 @@ func workersPlot(rn run, subtitle string) (*plot.Plot, error) {
 	p.Y.Min = 0
 	p.Legend.Top, p.Legend.Left = true, true
 	top := 0.0
-	for i, a := range []string{"uow", "pgbench-same", "pgbench-1rt"} {
+	for i, a := range []string{"uow", "pgx", "pgbench-same", "pgbench-1rt"} {
 		var xys plotter.XYs
 		for _, w := range ws {
 			if s := summarize(each(rn.of("workers", a, w), tput)); s.n > 0 {

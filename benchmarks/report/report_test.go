@@ -90,6 +90,8 @@ func TestRenderVerdicts(t *testing.T) {
 	add("ceiling", "pgbench-same", 2, 1000, 0.45, 0)
 	add("ceiling", "pgbench-1rt", 1, 2000, 0.3, 0)
 	add("ceiling", "pgbench-1rt", 2, 1000, 0.3, 0)
+	add("ceiling", "pgx", 1, 950, 0.45, 0)
+	add("ceiling", "pgx", 2, 950, 0.45, 0)
 	add("latency", "bento-inproc", 1, 1000, 0, 10)
 	add("latency", "watermill-1s", 1, 1000, 0, 1000)
 	add("latency", "watermill-10ms", 1, 1000, 0, 50)
@@ -101,6 +103,9 @@ func TestRenderVerdicts(t *testing.T) {
 		"| p99 commit→published ≤ 1/10 of Watermill's at its defaults (1 s poll) | `bento-inproc` | `watermill-1s` | 0.010 | met |",
 		"at its best setting measured (Watermill forwarder, 10 ms poll, batch 100) | `bento-inproc` | `watermill-10ms` | 0.200 | **missed** |",
 		"| Relay burn-down ≥ 3× Watermill's forwarder, batch 100 | — | — | not measured | not measured |",
+		"Go client on pgx comes | `pgx` | `pgbench-same` | **0.950** (0.950–0.950) | reported |",
+		"| Unit of work ÷ the Go floor, 16 workers: what ent, database/sql and Bento cost | `uow` | `pgx` | **0.895** (0.842–0.947) | reported |",
+		"| Go floor: bare pgx, the same rows in the same round trip (`bento bench --floor`) | **950** (950–950) |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)

@@ -30,6 +30,7 @@ import (
 	"github.com/bento-go/bento"
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/ent"
+	"github.com/bento-go/bento/internal/pgxfloor"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/resilience"
 	"github.com/bento-go/bento/shop"
@@ -42,10 +43,11 @@ const (
 	armUoW = "uow" // shop.Service.Place through the unit of work (the whole stack)
 	armEnt = "ent" // the same rows by hand with a plain ent client, no Bento layer
 	armSQL = "sql" // the same rows by hand with database/sql
+	armPgx = "pgx" // the same rows in the same round trip on a bare pgx pool (the floor)
 )
 
 // armTitle names an arm in the table.
-var armTitle = map[string]string{armUoW: "bento (unit of work)", armEnt: "plain ent", armSQL: "plain database/sql"}
+var armTitle = map[string]string{armUoW: "bento (unit of work)", armEnt: "plain ent", armSQL: "plain database/sql", armPgx: "bare pgx (the floor)"}
 
 // warmPrefix marks an arm's warm-up orders: wuow, went, wsql in the counts.
 const warmPrefix = "w"
@@ -55,7 +57,8 @@ var armNames = []struct{ name, meaning string }{
 	{armUoW, "Bento: shop.Service.Place in a unit of work, with every layer serve uses"},
 	{armEnt, "the same rows written by hand with a plain ent client, no Bento layer (--baseline)"},
 	{armSQL, "the same rows written by hand with database/sql (--baseline)"},
-	{"wuow, went, wsql", "the warm-up orders of uow, ent and sql (--warmup): checked in the database, not in the statistics"},
+	{armPgx, "the same rows in the unit of work's one round trip, by hand on a bare pgx pool (--floor, PostgreSQL)"},
+	{"wuow, went, wsql, wpgx", "the warm-up orders of uow, ent, sql and pgx (--warmup): checked in the database, not in the statistics"},
 }
 
 // armsHelp lists the arms, one a line, for the usage text.
@@ -108,6 +111,7 @@ type benchOptions struct {
 	relay        bool
 	migrate      bool
 	baseline     bool
+	floor        bool
 	rounds       int
 	warmup       int
 	drainTimeout time.Duration
@@ -137,6 +141,12 @@ how many.
   --baseline     also run the same transaction written by hand with a plain ent client and
                  with database/sql on the same *sql.DB, interleaved with Bento's arm in
                  --rounds rounds, and report bento/ent and bento/sql throughput ratios
+  --floor        instead of Bento's arm, run the floor under it (PostgreSQL only): the same
+                 rows in the unit of work's one round trip (BEGIN, the transaction id, the
+                 three inserts, COMMIT in one pipeline), ids from the same blocks, written by
+                 hand on a bare pgx pool of DB_POOL_SIZE + DB_MAX_OVERFLOW connections, no
+                 ent, database/sql or Bento layer: what the client's CPU per order cannot go
+                 below (run it as its own process to read its CPU)
 
 The arms (the names in the table, the JSON's counts and the customers' addresses):
 ` + armsHelp() + `
@@ -160,6 +170,7 @@ the results so far are reported and checked.`,
 			fs.BoolVar(&o.relay, "relay", false, "run the outbox relay in process and measure commit→published latency")
 			fs.BoolVar(&o.migrate, "migrate", true, "migrate the schema first")
 			fs.Var(baselineFlag{&o.baseline}, "baseline", "interleave the hand-written arms ent (plain ent) and sql (database/sql) with uow (Bento)")
+			fs.BoolVar(&o.floor, "floor", false, "run the bare-pgx floor (arm pgx) instead of Bento's arm; PostgreSQL only")
 			fs.IntVar(&o.rounds, "rounds", 5, "with --baseline: rounds; each arm runs duration/(rounds×3) or orders/rounds per round")
 			fs.IntVar(&o.warmup, "warmup", -1, "orders per arm placed before measuring, not counted in the statistics (-1: 2×workers with --baseline, else 0)")
 			durationVar(fs, &o.drainTimeout, "relay-drain-timeout", time.Minute, "with --relay: how long to wait after the load for the run's events to be published")
@@ -201,6 +212,10 @@ func (o *benchOptions) validate(inv *invocation) (int, bool) {
 		return bad("--baseline measures writes only; drop --read-mix")
 	case o.baseline && o.orders > 0 && o.orders < o.rounds:
 		return bad("--orders=%d with --baseline: want at least --rounds=%d orders", o.orders, o.rounds)
+	case o.floor && (o.baseline || o.relay || o.readMix > 0):
+		return bad("--floor runs the floor's arm alone, writes only: drop --baseline, --relay and --read-mix")
+	case o.floor && inv.cfg.DB.URL.Dialect() != config.Postgres:
+		return bad("--floor runs on PostgreSQL only (it writes with pgx); DB_URL is %s, want postgres://…", inv.cfg.DB.URL.Dialect())
 	case o.relay && inv.cfg.Outbox.Publisher == "none":
 		return bad("--relay needs a publisher: OUTBOX_PUBLISHER=none; accepted: log, nats or rabbitmq")
 	}
@@ -478,6 +493,7 @@ type benchResult struct {
 	PubP99           float64          `json:"pub_p99_ms"`
 	PubMax           float64          `json:"pub_max_ms"`
 	Baseline         bool             `json:"baseline"`
+	Floor            bool             `json:"floor,omitempty"`
 	Rounds           int              `json:"rounds,omitempty"`
 	EntThroughput    float64          `json:"baseline_ent_throughput,omitempty"`
 	EntP50           float64          `json:"baseline_ent_p50_ms,omitempty"`
@@ -515,6 +531,20 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 		ord, err := svc.Place(ctx, shop.PlaceOrder{Customer: customer, Lines: []shop.Line{benchLine}}, "")
 		return ord.ID, err
 	}}}
+	if o.floor {
+		pool, err := pgxfloor.NewPool(base, inv.cfg.DB)
+		if err != nil {
+			return inv.fail("--floor", err)
+		}
+		defer pool.Close()
+		floor, err := pgxfloor.New(pool, st.ids, db.Names())
+		if err != nil {
+			return inv.fail("--floor", err)
+		}
+		arms = []*arm{{name: armPgx, failedBy: map[string]int64{}, place: func(ctx context.Context, customer string) (int, error) {
+			return floor.Place(ctx, customer, benchLine)
+		}}}
+	}
 	if o.baseline {
 		raw := db.Driver().DB()
 		eb := newEntBaseline(db.Dialect(), raw, db.Names())
@@ -639,7 +669,7 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 	fmt.Fprintf(inv.stderr, "bento bench: load finished after %.1fs; counting the run's rows in the database\n", wall.Seconds())
 
 	res := benchResult{RunID: rs.runID, Dialect: db.Dialect(), Workers: o.workers, DurationS: round3(wall.Seconds()),
-		OrdersTarget: o.orders, ReadMix: o.readMix, Relay: o.relay, Baseline: o.baseline, FailedByCategory: map[string]int64{}}
+		OrdersTarget: o.orders, ReadMix: o.readMix, Relay: o.relay, Baseline: o.baseline, Floor: o.floor, FailedByCategory: map[string]int64{}}
 	if o.baseline {
 		res.Rounds = rounds
 	}

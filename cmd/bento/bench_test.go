@@ -243,6 +243,9 @@ func TestBenchFlagErrors(t *testing.T) {
 		{"--duration", "0"},
 		{"--duration", "ten"},
 		{"--baseline=wuow"},
+		{"--floor"},                      // SQLite: the floor is PostgreSQL's
+		{"--floor", "--relay"},           // the floor's arm runs alone
+		{"--floor", "--read-mix", "0.2"}, // writes only
 	} {
 		r := runCLI(t, []string{"DB_URL=" + url}, append([]string{"bench"}, args...)...)
 		if r.code != exitConfig {
@@ -253,6 +256,26 @@ func TestBenchFlagErrors(t *testing.T) {
 	r := runCLI(t, []string{"DB_URL=" + url, "OUTBOX_PUBLISHER=none"}, "bench", "--relay", "--orders", "1")
 	if r.code != exitConfig || !strings.Contains(r.stderr, "OUTBOX_PUBLISHER") {
 		t.Errorf("--relay without a publisher: want exit 2 naming OUTBOX_PUBLISHER\n%s", r)
+	}
+}
+
+// TestBenchFloor: --floor runs the bare-pgx arm alone on PostgreSQL, and
+// its rows are counted like Bento's: every acknowledged order is in the
+// database with its event.
+func TestBenchFloor(t *testing.T) {
+	t.Parallel()
+	url := dialectURL(t, testdb.Postgres)
+	r := runCLI(t, []string{"DB_URL=" + url, "OUTBOX_PUBLISHER=none"}, "bench", "--floor", "--orders", "120", "--workers", "4", "--warmup", "8", "--json")
+	if r.code != exitOK {
+		t.Fatalf("want exit 0\n%s", r)
+	}
+	res := benchJSON(t, r)
+	if !res.Floor || res.Committed != 120 || res.Failed != 0 || res.Mismatch {
+		t.Fatalf("want the floor, 120 committed, 0 failed, no mismatch; got %v, %d, %d, %v\n%s", res.Floor, res.Committed, res.Failed, res.Mismatch, r)
+	}
+	want := []armCount{{Arm: armPgx, Acked: 120, Orders: 120, Events: 120}, {Arm: warmPrefix + armPgx, Acked: 8, Orders: 8, Events: 8}}
+	if len(res.Counts) != 2 || res.Counts[0] != want[0] || res.Counts[1] != want[1] {
+		t.Fatalf("counts %+v, want %+v\n%s", res.Counts, want, r)
 	}
 }
 
@@ -316,7 +339,7 @@ func TestBenchArmsExplained(t *testing.T) {
 		t.Fatalf("want exit 2\n%s", r)
 	}
 	assertOneLine(t, "stderr", r.stderr)
-	for _, w := range []string{`"wuow"`, "uow = Bento", "ent = ", "sql = ", "wuow, went, wsql = the warm-up orders"} {
+	for _, w := range []string{`"wuow"`, "uow = Bento", "ent = ", "sql = ", "wuow, went, wsql, wpgx = the warm-up orders", "pgx = the same rows"} {
 		if !strings.Contains(r.stderr, w) {
 			t.Errorf("stderr should contain %q\n%s", w, r)
 		}
