@@ -64,11 +64,15 @@ func run(shapes, into string) error {
 type result struct {
 	backlog         int  // 0: the default run
 	scale           bool // a line of the scale-out part
+	round           int  // the round it ran in (0: the file names none)
 	dialect, shape  string
 	relays          int
 	eventsPerSecond float64
 	cpuPerEvent     float64
 }
+
+// roundLine is a comment line of the raw file that starts a round.
+var roundLine = regexp.MustCompile(`^# .*\bround (\d+)\b`)
 
 var line = regexp.MustCompile(`^(?:backlog=(\d+) |(scale) )?BenchmarkRelayShapes/([^/]+)/([^/]+)/relays=(\d+)(?:-\d+)?\s+\d+\s+\d+ ns/op\s+([\d.]+) cpu-µs/event\s+([\d.]+) events/s`)
 
@@ -77,9 +81,13 @@ var line = regexp.MustCompile(`^(?:backlog=(\d+) |(scale) )?BenchmarkRelayShapes
 func parse(r io.Reader) ([]result, string, error) {
 	var rs []result
 	header := ""
+	round := 0
 	s := bufio.NewScanner(r)
 	for s.Scan() {
 		t := s.Text()
+		if m := roundLine.FindStringSubmatch(t); m != nil {
+			round, _ = strconv.Atoi(m[1])
+		}
 		if strings.HasPrefix(t, "# scripts/") {
 			if header != "" {
 				header += "; then "
@@ -90,7 +98,7 @@ func parse(r io.Reader) ([]result, string, error) {
 		if m == nil {
 			continue
 		}
-		res := result{scale: m[2] != "", dialect: m[3], shape: m[4]}
+		res := result{scale: m[2] != "", dialect: m[3], shape: m[4], round: round}
 		res.backlog, _ = strconv.Atoi(m[1])
 		res.relays, _ = strconv.Atoi(m[5])
 		res.cpuPerEvent, _ = strconv.ParseFloat(m[6], 64)
@@ -219,7 +227,9 @@ func render(rs []result, header string) string {
 				fmt.Fprintf(&b, "| %s | %s | %.2f× | %.1f | not measured | — | not measured |\n", shapeName[sh], one, ratio, cpu.med)
 				continue
 			}
-			scale := three.med / one.med
+			scale, slower := pairedRatio(rs, func(r result) bool {
+				return !r.scale && r.dialect == d && r.shape == sh && r.backlog == 0
+			}, 1, 3)
 			verdict := "reported"
 			if d == "postgres" {
 				var miss []string
@@ -229,7 +239,7 @@ func render(rs []result, header string) string {
 				if ratio < 0.5 {
 					miss = append(miss, "< 0.5× uniform")
 				}
-				if scale < 1 {
+				if slower {
 					miss = append(miss, "3 relays slower than 1")
 				}
 				verdict = "met"
@@ -237,7 +247,7 @@ func render(rs []result, header string) string {
 					verdict = "**missed**: " + strings.Join(miss, ", ")
 				}
 			}
-			fmt.Fprintf(&b, "| %s | %s | %.2f× | %.1f | %s | %.2f× | %s |\n", shapeName[sh], one, ratio, cpu.med, three, scale, verdict)
+			fmt.Fprintf(&b, "| %s | %s | %.2f× | %.1f | %s | %s | %s |\n", shapeName[sh], one, ratio, cpu.med, three, scale, verdict)
 		}
 	}
 	var big bool
@@ -262,6 +272,56 @@ func render(rs []result, header string) string {
 	}
 	b.WriteString(renderScale(rs))
 	return b.String()
+}
+
+// pairedRatio compares the runs with relays b against those with relays
+// a, among the results keep selects, round by round: each round ran both,
+// one after the other, so the ratio of the two is taken within a round.
+// It returns the median and range of those ratios, and whether b was
+// slower than a in every round: "slower" is a difference no round
+// contradicts, not a median below 1× (runs of one arm spread by about
+// a tenth here, so two arms as fast as each other fall on either side of
+// 1× in some rounds). Results from a file with no round markers pair by
+// their order.
+func pairedRatio(rs []result, keep func(result) bool, a, b int) (string, bool) {
+	byRound := map[int][2][]float64{}
+	var rounds []int
+	for _, r := range rs {
+		if !keep(r) || (r.relays != a && r.relays != b) {
+			continue
+		}
+		v, ok := byRound[r.round]
+		if !ok {
+			rounds = append(rounds, r.round)
+		}
+		if r.relays == a {
+			v[0] = append(v[0], r.eventsPerSecond)
+		} else {
+			v[1] = append(v[1], r.eventsPerSecond)
+		}
+		byRound[r.round] = v
+	}
+	var ratios []float64
+	for _, rd := range rounds {
+		v := byRound[rd]
+		for i := range min(len(v[0]), len(v[1])) {
+			if v[0][i] > 0 {
+				ratios = append(ratios, v[1][i]/v[0][i])
+			}
+		}
+	}
+	if len(ratios) == 0 {
+		return "—", false
+	}
+	slower := true
+	for _, x := range ratios {
+		slower = slower && x < 1
+	}
+	st := summarize(ratios)
+	if st.lo == st.hi {
+		return fmt.Sprintf("%.2f×", st.med), slower
+	}
+	return fmt.Sprintf("**%.2f×** (%.2f×–%.2f×)", st.med, st.lo, st.hi), slower
 }
 
 // collect summarises the events/s and the CPU per event of the results
@@ -317,12 +377,11 @@ func renderScale(rs []result) string {
 			cpus = append(cpus, fmt.Sprintf("%.1f", cpu.med))
 		}
 		for _, n := range counts[1:] {
-			st, _ := cell(sh, n)
-			r := st.med / one.med
-			if r < 1 {
+			r, slower := pairedRatio(rs, func(r result) bool { return r.scale && r.dialect == "postgres" && r.shape == sh }, counts[0], n)
+			if slower {
 				verdict = "**missed**"
 			}
-			fmt.Fprintf(&b, " %.2f× |", r)
+			fmt.Fprintf(&b, " %s |", r)
 		}
 		fmt.Fprintf(&b, " %s | %s |\n", strings.Join(cpus, " / "), verdict)
 	}
