@@ -49,7 +49,7 @@ const (
 // armTitle names an arm in the table.
 var armTitle = map[string]string{armUoW: "bento (unit of work)", armEnt: "plain ent", armSQL: "plain database/sql", armPgx: "bare pgx (the floor)"}
 
-// warmPrefix marks an arm's warm-up orders: wuow, went, wsql in the counts.
+// warmPrefix marks an arm's warm-up orders: wuow, went, wsql, wpgx in the counts.
 const warmPrefix = "w"
 
 // armNames explains every arm name the bench prints.
