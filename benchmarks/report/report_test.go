@@ -100,6 +100,7 @@ func TestRenderVerdicts(t *testing.T) {
 		"| Unit of work ≥ 0.85× pgbench with the same statements and round trips, 16 workers | `uow` | `pgbench-same` | **0.850** (0.800–0.900) | met |",
 		"| Unit of work ≥ 0.60× the one-round-trip limit, 16 workers | `uow` | `pgbench-1rt` | **0.625** (0.450–0.800) | met |",
 		"| Server CPU per order ≤ 1.3× the one-round-trip limit's | `uow` | `pgbench-1rt` | **1.667** (1.667–1.667) | **missed** |",
+		"| Client CPU per order ≤ 130 µs, 16 workers (the benchmark process's, warm-up included) | `uow` | — (µs per order) | **100** (100–100) | met |",
 		"| p99 commit→published ≤ 1/10 of Watermill's at its defaults (1 s poll) | `bento-inproc` | `watermill-1s` | 0.010 | met |",
 		"at its best setting measured (Watermill forwarder, 10 ms poll, batch 100) | `bento-inproc` | `watermill-10ms` | 0.200 | **missed** |",
 		"| Relay burn-down ≥ 3× Watermill's forwarder, batch 100 | — | — | not measured | not measured |",
