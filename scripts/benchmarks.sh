@@ -123,18 +123,14 @@ measure() { "$work/bench-report" measure -out "$RAW" -server-pid "$pgpid" "$@"; 
 write_arm() {
   local suite=$1 arm=$2 round=$3 c=$4 secs=$5 j=$(( $4 < 2 ? 1 : 2 ))
   case $arm in
-    uow)
-      say "$suite/$arm round $round: bento bench --workers $c --duration ${secs}s"
-      measure -suite "$suite" -arm uow -round "$round" -workers "$c" -parse bento -until '^bento bench: load finished' \
-        -label "DB_POOL_SIZE=$c DB_MAX_OVERFLOW=0 bento bench --workers $c --duration ${secs}s --warmup $(( 2 * c ))" -- \
+    uow|pgx) # bento bench: the unit of work, or the Go floor under it (--floor)
+      local floor=""
+      if [ "$arm" = pgx ]; then floor="--floor "; fi
+      say "$suite/$arm round $round: bento bench ${floor}--workers $c --duration ${secs}s"
+      measure -suite "$suite" -arm "$arm" -round "$round" -workers "$c" -parse bento -until '^bento bench: load finished' \
+        -label "DB_POOL_SIZE=$c DB_MAX_OVERFLOW=0 bento bench ${floor}--workers $c --duration ${secs}s --warmup $(( 2 * c ))" -- \
         env DB_URL="$dburl" OUTBOX_PUBLISHER=none DB_POOL_SIZE="$c" DB_MAX_OVERFLOW=0 \
-        "$work/bento" bench --workers "$c" --duration "${secs}s" --warmup $(( 2 * c )) --migrate=false --json ;;
-    pgx)
-      say "$suite/$arm round $round: bento bench --floor --workers $c --duration ${secs}s"
-      measure -suite "$suite" -arm pgx -round "$round" -workers "$c" -parse bento -until '^bento bench: load finished' \
-        -label "DB_POOL_SIZE=$c DB_MAX_OVERFLOW=0 bento bench --floor --workers $c --duration ${secs}s --warmup $(( 2 * c ))" -- \
-        env DB_URL="$dburl" OUTBOX_PUBLISHER=none DB_POOL_SIZE="$c" DB_MAX_OVERFLOW=0 \
-        "$work/bento" bench --floor --workers "$c" --duration "${secs}s" --warmup $(( 2 * c )) --migrate=false --json ;;
+        "$work/bento" bench ${floor:+--floor} --workers "$c" --duration "${secs}s" --warmup $(( 2 * c )) --migrate=false --json ;;
     pgbench-same|pgbench-1rt)
       local f=scripts/pgbench/place_order.sql
       if [ "$arm" = pgbench-1rt ]; then f=scripts/pgbench/place_order_1rt.sql; fi

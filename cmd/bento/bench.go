@@ -531,7 +531,7 @@ func runBench(ctx context.Context, inv *invocation, o *benchOptions) int {
 		ord, err := svc.Place(ctx, shop.PlaceOrder{Customer: customer, Lines: []shop.Line{benchLine}}, "")
 		return ord.ID, err
 	}}}
-	if o.floor {
+	if o.floor { // the floor's arm instead of Bento's
 		pool, err := pgxfloor.NewPool(base, inv.cfg.DB)
 		if err != nil {
 			return inv.fail("--floor", err)

@@ -10,7 +10,8 @@
 // The ids come from the same ids.Blocks as the unit of work's, and the
 // outbox row from the writer's own statement (outbox.WriteStatements);
 // the order's and the line's inserts are written by hand, with the
-// columns ent sets.
+// columns ent sets (the order's version and status as literals, where ent
+// binds them as parameters: a little less for the floor to encode).
 package pgxfloor
 
 import (
@@ -20,6 +21,7 @@ import (
 	"strconv"
 	"time"
 
+	"entgo.io/ent/dialect"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -52,7 +54,7 @@ func New(pool *pgxpool.Pool, blocks *ids.Blocks, names outbox.Names) (*Placer, e
 	if blocks == nil {
 		return nil, errors.New("pgxfloor: no id blocks: the floor runs on PostgreSQL only")
 	}
-	return &Placer{pool: pool, ids: blocks, outbox: outbox.WriteStatements("postgres", names).Insert}, nil
+	return &Placer{pool: pool, ids: blocks, outbox: outbox.WriteStatements(dialect.Postgres, names).Insert}, nil
 }
 
 // Place writes an order of customer with line, its line and its
