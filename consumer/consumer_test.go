@@ -454,8 +454,8 @@ func TestBrokerRestart(t *testing.T) {
 		}))
 		e.run(slow, fastConfig("summary", obs))
 		waitFor(t, 30*time.Second, "a third of the events processed", func() bool { return obs.processed.Load() >= int64(events/3) })
+		before := obs.processed.Load() // when the broker goes down
 		e.nats.Restart()
-		before := obs.processed.Load()
 		waitFor(t, 60*time.Second, "every event in the inbox", func() bool { return e.inboxCount("summary") >= events })
 		e.settled("summary", 30*time.Second)
 		e.checkProjection("summary", events, w)

@@ -35,11 +35,21 @@ const DefaultBlock = 100
 // Blocks hands out ids from blocks of the tables' sequences. It is safe
 // for concurrent use.
 type Blocks struct {
-	db     Querier
-	size   int
-	policy resilience.Policy
-	mu     sync.Mutex
-	free   map[string][]int
+	db      Querier
+	size    int
+	policy  resilience.Policy
+	mu      sync.Mutex
+	free    map[string][]int
+	reading map[string]*blockRead // the block read in flight, per table
+}
+
+// blockRead is a block read in flight: the callers that need ids of the
+// same table meanwhile wait for it, not for a read of their own, so a
+// read that fails (a pool timeout, say) fails them all at once instead of
+// one after another.
+type blockRead struct {
+	done chan struct{}
+	err  error // set before done is closed
 }
 
 // Querier runs a query: a Bento driver (bento.DB.Driver(), whose
@@ -58,7 +68,7 @@ func New(db Querier, dialect string, size int) *Blocks {
 	if size <= 0 {
 		size = DefaultBlock
 	}
-	return &Blocks{db: db, size: size, policy: resilience.DefaultPolicy(), free: map[string][]int{}}
+	return &Blocks{db: db, size: size, policy: resilience.DefaultPolicy(), free: map[string][]int{}, reading: map[string]*blockRead{}}
 }
 
 // Retry sets the policy a block's read is retried with on a retryable
@@ -75,21 +85,50 @@ func (b *Blocks) Retry(p resilience.Policy) *Blocks {
 // Take returns n ids for new rows of table, whose id column takes its
 // default from a sequence (ent's integer ids: an identity column). On a
 // nil Blocks it returns nil: the database is to assign the ids.
+//
+// When the table's block is used up, one caller reads the next one, and
+// the callers that need ids of that table meanwhile wait for that read
+// (or for their ctx): a caller waits at most one block read, never a
+// queue of them. No lock is held while reading.
 func (b *Blocks) Take(ctx context.Context, table string, n int) ([]int, error) {
 	if b == nil || n <= 0 {
 		return nil, nil
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	free := b.free[table]
-	for len(free) < n {
-		block, err := b.read(ctx, table, max(b.size, n-len(free)))
+	for len(b.free[table]) < n {
+		if r := b.reading[table]; r != nil {
+			b.mu.Unlock()
+			select {
+			case <-r.done:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("ids: waiting for ids of table %q: %w", table, resilience.Wrap(context.Cause(ctx), "query"))
+			}
+			// Another caller's cancellation is not this caller's
+			// failure: it then reads the block itself.
+			if r.err != nil && !errors.Is(r.err, context.Canceled) && !errors.Is(r.err, context.DeadlineExceeded) {
+				return nil, r.err
+			}
+			b.mu.Lock()
+			continue
+		}
+		r := &blockRead{done: make(chan struct{})}
+		b.reading[table] = r
+		need := max(b.size, n-len(b.free[table]))
+		b.mu.Unlock()
+		block, err := b.read(ctx, table, need)
+		b.mu.Lock()
+		delete(b.reading, table)
+		r.err = err
+		close(r.done)
 		if err != nil {
+			b.mu.Unlock()
 			return nil, err
 		}
-		free = append(free, block...)
+		b.free[table] = append(b.free[table], block...)
 	}
+	free := b.free[table]
 	b.free[table] = free[n:]
+	b.mu.Unlock()
 	return free[:n:n], nil
 }
 

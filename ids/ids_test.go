@@ -2,16 +2,20 @@ package ids_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bento-go/bento"
+	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/ent/order"
 	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/internal/testdb"
+	"github.com/bento-go/bento/resilience"
 )
 
 // TestBlocks: ids taken from blocks never collide, with each other or with
@@ -92,5 +96,62 @@ func TestBlocks(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBlocksWaitOneRead: while the table's block is being read, other
+// callers wait for that read, not for reads of their own one after
+// another. The pool's two connections are held, so every read times out
+// after DB_POOL_TIMEOUT; eight concurrent Takes must all fail within
+// about one timeout, where reads queued behind one another would take
+// eight. Invariant: every Take fails with the pool timeout, and none
+// waits twice the timeout.
+func TestBlocksWaitOneRead(t *testing.T) {
+	ctx := context.Background()
+	cfg := testdb.Config(t, testdb.Postgres)
+	cfg.DB.PoolSize, cfg.DB.MaxOverflow, cfg.DB.PoolTimeout = 2, 0, 200*time.Millisecond
+	db, err := bento.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := db.Migrate(ctx, migrate.Tables...); err != nil {
+		t.Fatal(err)
+	}
+	blocks := ids.New(db.Driver(), db.Dialect(), 10).Retry(resilience.Policy{MaxAttempts: 1})
+	var releases []func()
+	for range 2 { // every slot
+		release, err := db.Pool().Acquire(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, release)
+	}
+	const takers = 8
+	var wg sync.WaitGroup
+	errs := make([]error, takers)
+	took := make([]time.Duration, takers)
+	for i := range takers {
+		wg.Go(func() {
+			start := time.Now()
+			_, errs[i] = blocks.Take(ctx, order.Table, 1)
+			took[i] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	for _, release := range releases {
+		release()
+	}
+	for i := range takers {
+		if !errors.Is(errs[i], driver.ErrPoolTimeout) {
+			t.Errorf("taker %d: %v, want the pool timeout", i, errs[i])
+		}
+		if took[i] >= 2*cfg.DB.PoolTimeout {
+			t.Errorf("taker %d waited %s for its error; the pool timeout is %s: it waited for more than one read", i, took[i], cfg.DB.PoolTimeout)
+		}
+	}
+	// The pool is free again: ids come.
+	if got, err := blocks.Take(ctx, order.Table, 3); err != nil || len(got) != 3 {
+		t.Fatalf("Take after the pool was freed = %v, %v", got, err)
 	}
 }
