@@ -151,8 +151,8 @@ func (b *Blocks) readOnce(ctx context.Context, table string, n int) ([]int, erro
 	}
 	defer rows.Close()
 	block := make([]int, 0, n)
+	var id sql.NullInt64
 	for rows.Next() {
-		var id sql.NullInt64
 		if err := rows.Scan(&id); err != nil {
 			return nil, fmt.Errorf("ids: reading ids of table %q: %w", table, resilience.Wrap(err, "query"))
 		}

@@ -62,6 +62,9 @@ type Metrics struct {
 
 	// pre-resolved hot-path observers
 	okExec, okQuery prometheus.Observer
+	txCommit        prometheus.Observer // transactions{outcome="commit"}
+	unitCommitted   prometheus.Counter  // units{outcome="committed"}
+	unitCommitTook  prometheus.Observer // unitDuration{outcome="committed"}
 }
 
 // New creates the collectors and registers them on reg.
@@ -115,6 +118,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.drainState, m.drainTook, m.drainReject)
 	m.okExec = m.statements.WithLabelValues("exec", "ok")
 	m.okQuery = m.statements.WithLabelValues("query", "ok")
+	m.txCommit = m.transactions.WithLabelValues("commit")
+	m.unitCommitted = m.units.WithLabelValues("committed")
+	m.unitCommitTook = m.unitDuration.WithLabelValues("committed")
 	for _, c := range resilience.Categories() {
 		m.retries.WithLabelValues("unit_of_work", c.String())
 	}
@@ -170,14 +176,15 @@ func (m *Metrics) Middleware() driver.Middleware {
 					return err
 				}
 				tx.SetValue(txStart{}, nil)
-				outcome := "commit"
+				took := time.Since(start).Seconds()
 				switch {
 				case err != nil:
-					outcome = resilience.Classify(err).String()
+					m.transactions.WithLabelValues(resilience.Classify(err).String()).Observe(took)
 				case !commit:
-					outcome = "rollback"
+					m.transactions.WithLabelValues("rollback").Observe(took)
+				default:
+					m.txCommit.Observe(took)
 				}
-				m.transactions.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
 				return err
 			}
 		},
@@ -196,8 +203,13 @@ func (m *Metrics) Ambiguous(o resilience.Outcome) {
 
 // UnitDone implements unitofwork.Observer.
 func (m *Metrics) UnitDone(outcome string, attempts int, took time.Duration, err error) {
-	m.units.WithLabelValues(outcome).Inc()
-	m.unitDuration.WithLabelValues(outcome).Observe(took.Seconds())
+	if outcome == "committed" {
+		m.unitCommitted.Inc()
+		m.unitCommitTook.Observe(took.Seconds())
+	} else {
+		m.units.WithLabelValues(outcome).Inc()
+		m.unitDuration.WithLabelValues(outcome).Observe(took.Seconds())
+	}
 	m.unitAttempts.Observe(float64(attempts))
 }
 

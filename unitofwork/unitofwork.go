@@ -435,35 +435,44 @@ type resultKey struct{}
 // IdempotencyKey, the value is stored as JSON with the key, and a replay
 // returns the stored value decoded.
 func DoValue[V any, C any](ctx context.Context, u Port[C], fn func(ctx context.Context, c C) (V, error), opts ...Option) (V, error) {
-	var out, zero V
-	sink := &resultSink{}
-	ctx = context.WithValue(ctx, resultKey{}, sink)
-	err := u.Do(ctx, func(ctx context.Context, c C) error {
-		v, err := fn(ctx, c)
-		if err != nil {
-			return err
-		}
-		out = v
-		if sink.want {
-			b, err := json.Marshal(v)
-			if err != nil {
-				return fmt.Errorf("unitofwork: encoding the result for the idempotency key: %w", err)
-			}
-			sink.value = b
-		}
-		return nil
-	}, opts...)
-	if err != nil {
+	r := &valueRun[V, C]{fn: fn}
+	ctx = context.WithValue(ctx, resultKey{}, &r.sink)
+	var zero V
+	if err := u.Do(ctx, r.run, opts...); err != nil {
 		return zero, err
 	}
-	if sink.replayed {
+	if r.sink.replayed {
 		var v V
-		if len(sink.replay) > 0 && string(sink.replay) != "null" {
-			if err := json.Unmarshal(sink.replay, &v); err != nil {
+		if len(r.sink.replay) > 0 && string(r.sink.replay) != "null" {
+			if err := json.Unmarshal(r.sink.replay, &v); err != nil {
 				return zero, fmt.Errorf("unitofwork: decoding the stored result of the idempotency key: %w", err)
 			}
 		}
 		return v, nil
 	}
-	return out, nil
+	return r.out, nil
+}
+
+// valueRun is one DoValue: its function, its result and the sink the
+// idempotency key's storage reads, in one allocation.
+type valueRun[V, C any] struct {
+	fn   func(ctx context.Context, c C) (V, error)
+	out  V
+	sink resultSink
+}
+
+func (r *valueRun[V, C]) run(ctx context.Context, c C) error {
+	v, err := r.fn(ctx, c)
+	if err != nil {
+		return err
+	}
+	r.out = v
+	if r.sink.want {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("unitofwork: encoding the result for the idempotency key: %w", err)
+		}
+		r.sink.value = b
+	}
+	return nil
 }
