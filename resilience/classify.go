@@ -225,10 +225,11 @@ func ClassifyCommit(err error) Category {
 // NotSent reports whether the driver proves that the failed request never
 // left the client: driver.ErrBadConn (go-sql-driver returns it only when
 // nothing was written; pgx's stdlib for errors pgconn.SafeToRetry), or
-// pgconn.SafeToRetry — except pgconn.ErrConnClosed: pgx (5.12) also
-// reports a connection it closed after a failed read of a simple-protocol
-// reply as "conn closed", which claims SafeToRetry although the request,
-// COMMIT included, was sent.
+// pgconn.SafeToRetry — except pgconn.ErrConnClosed: pgx before 5.13
+// reported a connection it closed after a failed read of a reply as "conn
+// closed" and claimed SafeToRetry although the request, COMMIT included,
+// was sent. pgx 5.13 no longer claims it; the check stays, so that a
+// "conn closed" is never taken for proof on any pgx version.
 func NotSent(err error) bool {
 	if errors.Is(err, pgconn.ErrConnClosed) {
 		return false
