@@ -10,6 +10,9 @@
 //
 //	// application
 //	uow := ent.NewUnitOfWork(client) // *unitofwork.UnitOfWork[*ent.Client, *ent.Tx]
+//
+// It also points each create builder's sqlSave at sqlcreate.Node instead
+// of sqlgraph.CreateNode (see Extension.EntCreates).
 package codegen
 
 import (
@@ -25,6 +28,21 @@ var bentoTemplate string
 // Extension is the ent extension. The zero value is ready to use.
 type Extension struct {
 	entc.DefaultExtension
+
+	// EntCreates keeps ent's own create path in the generated create
+	// builders (sqlgraph.CreateNode) instead of sqlcreate.Node, which
+	// writes the common INSERT without ent's SQL builder and hands every
+	// other create to sqlgraph.CreateNode.
+	EntCreates bool
+}
+
+// Hooks returns the generator hook that routes the create builders'
+// inserts through sqlcreate.Node, unless EntCreates is set.
+func (e Extension) Hooks() []gen.Hook {
+	if e.EntCreates {
+		return nil
+	}
+	return []gen.Hook{directCreates}
 }
 
 // Templates returns the template that generates bento.go in the ent

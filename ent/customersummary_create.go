@@ -11,6 +11,7 @@ import (
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
 	"github.com/bento-go/bento/ent/customersummary"
+	"github.com/bento-go/bento/sqlcreate"
 )
 
 // CustomerSummaryCreate is the builder for creating a CustomerSummary entity.
@@ -186,7 +187,7 @@ func (_c *CustomerSummaryCreate) sqlSave(ctx context.Context) (*CustomerSummary,
 		return nil, err
 	}
 	_node, _spec := _c.createSpec()
-	if err := sqlgraph.CreateNode(ctx, _c.driver, _spec); err != nil {
+	if err := sqlcreate.Node(ctx, _c.driver, _spec); err != nil {
 		if sqlgraph.IsConstraintError(err) {
 			err = &ConstraintError{msg: err.Error(), wrap: err}
 		}

@@ -12,6 +12,7 @@ import (
 	"entgo.io/ent/schema/field"
 	"github.com/bento-go/bento/ent/order"
 	"github.com/bento-go/bento/ent/orderline"
+	"github.com/bento-go/bento/sqlcreate"
 )
 
 // OrderCreate is the builder for creating a Order entity.
@@ -217,7 +218,7 @@ func (_c *OrderCreate) sqlSave(ctx context.Context) (*Order, error) {
 		return nil, err
 	}
 	_node, _spec := _c.createSpec()
-	if err := sqlgraph.CreateNode(ctx, _c.driver, _spec); err != nil {
+	if err := sqlcreate.Node(ctx, _c.driver, _spec); err != nil {
 		if sqlgraph.IsConstraintError(err) {
 			err = &ConstraintError{msg: err.Error(), wrap: err}
 		}

@@ -11,6 +11,7 @@ import (
 	"entgo.io/ent/schema/field"
 	"github.com/bento-go/bento/ent/order"
 	"github.com/bento-go/bento/ent/orderline"
+	"github.com/bento-go/bento/sqlcreate"
 )
 
 // OrderLineCreate is the builder for creating a OrderLine entity.
@@ -124,7 +125,7 @@ func (_c *OrderLineCreate) sqlSave(ctx context.Context) (*OrderLine, error) {
 		return nil, err
 	}
 	_node, _spec := _c.createSpec()
-	if err := sqlgraph.CreateNode(ctx, _c.driver, _spec); err != nil {
+	if err := sqlcreate.Node(ctx, _c.driver, _spec); err != nil {
 		if sqlgraph.IsConstraintError(err) {
 			err = &ConstraintError{msg: err.Error(), wrap: err}
 		}

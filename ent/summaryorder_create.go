@@ -10,6 +10,7 @@ import (
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
 	"github.com/bento-go/bento/ent/summaryorder"
+	"github.com/bento-go/bento/sqlcreate"
 )
 
 // SummaryOrderCreate is the builder for creating a SummaryOrder entity.
@@ -129,7 +130,7 @@ func (_c *SummaryOrderCreate) sqlSave(ctx context.Context) (*SummaryOrder, error
 		return nil, err
 	}
 	_node, _spec := _c.createSpec()
-	if err := sqlgraph.CreateNode(ctx, _c.driver, _spec); err != nil {
+	if err := sqlcreate.Node(ctx, _c.driver, _spec); err != nil {
 		if sqlgraph.IsConstraintError(err) {
 			err = &ConstraintError{msg: err.Error(), wrap: err}
 		}
