@@ -205,6 +205,7 @@ func (_c *CustomerSummaryCreate) createSpec() (*CustomerSummary, *sqlgraph.Creat
 		_node = &CustomerSummary{config: _c.config}
 		_spec = sqlgraph.NewCreateSpec(customersummary.Table, sqlgraph.NewFieldSpec(customersummary.FieldID, field.TypeInt))
 	)
+	_spec.Fields = make([]*sqlgraph.FieldSpec, 0, 6)
 	if value, ok := _c.mutation.Customer(); ok {
 		_spec.SetField(customersummary.FieldCustomer, field.TypeString, value)
 		_node.Customer = value

@@ -148,6 +148,7 @@ func (_c *SummaryOrderCreate) createSpec() (*SummaryOrder, *sqlgraph.CreateSpec)
 		_node = &SummaryOrder{config: _c.config}
 		_spec = sqlgraph.NewCreateSpec(summaryorder.Table, sqlgraph.NewFieldSpec(summaryorder.FieldID, field.TypeInt))
 	)
+	_spec.Fields = make([]*sqlgraph.FieldSpec, 0, 4)
 	if value, ok := _c.mutation.OrderID(); ok {
 		_spec.SetField(summaryorder.FieldOrderID, field.TypeInt, value)
 		_node.OrderID = value
