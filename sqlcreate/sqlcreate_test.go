@@ -17,13 +17,19 @@ import (
 )
 
 // recorder is a dialect.Driver (and Tx) that records what is sent to it.
+// Its Exec number failAt (from 1; 0 for none) fails.
 type recorder struct {
 	dialect string
 	log     []string
+	execs   int
+	failAt  int
 }
 
 func (r *recorder) Exec(_ context.Context, query string, args, v any) error {
 	r.log = append(r.log, fmt.Sprintf("exec %s %#v", query, args))
+	if r.execs++; r.execs == r.failAt {
+		return fmt.Errorf("recorder: exec %d failed", r.execs)
+	}
 	if res, ok := v.(*stdsql.Result); ok {
 		*res = driverResult(1)
 	}
@@ -58,8 +64,9 @@ var dialects = []string{dialect.Postgres, dialect.MySQL, dialect.SQLite}
 
 // TestNodeAsSqlgraph creates random specs with Node and with
 // sqlgraph.CreateNode and requires the same statements, arguments,
-// transactions and errors from both, on every dialect; the specs include
-// every case Node must leave to sqlgraph.
+// transactions and errors from both, on every dialect, with the driver
+// failing no statement, the first or the second; the specs include every
+// case Node must leave to sqlgraph.
 func TestNodeAsSqlgraph(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	direct := map[string]int{}
@@ -70,8 +77,9 @@ func TestNodeAsSqlgraph(t *testing.T) {
 			if ok {
 				direct[d]++
 			}
-			want, wantErr := run(d, spec, sqlgraph.CreateNode)
-			got, gotErr := run(d, spec, Node)
+			failAt := i % 3 // none, the first Exec or the second
+			want, wantErr := run(d, spec, failAt, sqlgraph.CreateNode)
+			got, gotErr := run(d, spec, failAt, Node)
 			if !reflect.DeepEqual(got, want) || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
 				t.Fatalf("%s, spec %d (direct: %v):\n Node:     %q, %v\n sqlgraph: %q, %v", d, i, ok, got, gotErr, want, wantErr)
 			}
@@ -88,9 +96,9 @@ func TestNodeAsSqlgraph(t *testing.T) {
 }
 
 // run creates spec (a fresh copy: sqlgraph may change it) with create on
-// a recorder of dialect d.
-func run(d string, spec *sqlgraph.CreateSpec, create func(context.Context, dialect.Driver, *sqlgraph.CreateSpec) error) ([]string, error) {
-	r := &recorder{dialect: d}
+// a recorder of dialect d whose Exec number failAt fails.
+func run(d string, spec *sqlgraph.CreateSpec, failAt int, create func(context.Context, dialect.Driver, *sqlgraph.CreateSpec) error) ([]string, error) {
+	r := &recorder{dialect: d, failAt: failAt}
 	err := create(context.Background(), r, clone(spec))
 	return r.log, err
 }
