@@ -45,10 +45,12 @@ scripts/services.sh >/dev/null
 # relays slow down as the run goes on: a run made beside one drained the
 # Zipf shape at 15,000 events/s against 25,000 without it. Refuse to run
 # beside one.
-slots=$(psql "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" -XAtc \
-  "SELECT string_agg(slot_name, ', ') FROM pg_replication_slots WHERE NOT active")
+# The server is the one BenchmarkRelayShapes uses (BENTO_TEST_POSTGRES_URL,
+# as the tests do).
+pg=${BENTO_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+slots=$(psql "$pg" -XAtc "SELECT string_agg(slot_name, ', ') FROM pg_replication_slots WHERE NOT active")
 if [ -n "$slots" ]; then
-  echo "relay-shapes: inactive replication slot(s) on 127.0.0.1:5432: $slots. They keep all the WAL this run writes and slow it down; drop them first (psql -c \"SELECT pg_drop_replication_slot('<name>')\"; scripts/replica.sh makes the standby's again when it is needed)." >&2
+  echo "relay-shapes: inactive replication slot(s) on ${pg%%\?*}: $slots. They keep all the WAL this run writes and slow it down; drop them first (psql -c \"SELECT pg_drop_replication_slot('<name>')\"; scripts/replica.sh makes the standby's again when it is needed)." >&2
   exit 1
 fi
 go test -c -o /tmp/outbox.test ./outbox/
