@@ -121,6 +121,25 @@ func (p *relayProcess) kill() {
 	}
 }
 
+// killMidWork kills the relay processes ps at a random point while they
+// still have work. It waits until they have marked a random number of rows,
+// from one to a quarter of those pending when it is called, then 0-10 ms
+// more, and kills them one after the other 0-10 ms apart. Waiting on
+// progress rather than on a clock keeps the kills mid-work however fast the
+// machine is (a fixed delay let two relays drain the whole backlog within
+// it); the jitter spreads the kills over the relays' claim, publish and
+// mark steps, which take a few milliseconds per batch.
+func killMidWork(t *testing.T, pending func() int, ps ...*relayProcess) {
+	t.Helper()
+	left := pending()
+	target := left - 1 - rand.IntN(max(1, left/4))
+	waitFor(t, 30*time.Second, "the relays to mark some rows", func() bool { return pending() <= target })
+	for _, p := range ps {
+		time.Sleep(time.Duration(rand.IntN(10_000)) * time.Microsecond)
+		p.kill()
+	}
+}
+
 // TestRelayKilled: invariant — kill -9 of relay processes, between
 // publish and mark and at random points, loses nothing and duplicates
 // nothing: afterwards every committed event id is in the stream exactly
@@ -183,16 +202,11 @@ func TestRelayKilled(t *testing.T) {
 	other.kill()
 	held.kill()
 
-	// Random points: pairs of relays, each killed after 20-300 ms. A
+	// Random points: pairs of relays, killed while they have work. A
 	// round that leaves rows pending killed relays that had work.
 	midWork := 0
 	for round := 0; round < 8 && pending() > 0; round++ {
-		a := startRelayProcess(t, bin, env)
-		b := startRelayProcess(t, bin, env)
-		time.Sleep(time.Duration(20+rand.IntN(280)) * time.Millisecond)
-		a.kill()
-		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
-		b.kill()
+		killMidWork(t, pending, startRelayProcess(t, bin, env), startRelayProcess(t, bin, env))
 		left := pending()
 		if left > 0 {
 			midWork++
@@ -277,11 +291,7 @@ func TestRelayKilledSkewed(t *testing.T) {
 			for range relays {
 				ps = append(ps, startRelayProcess(t, bin, env))
 			}
-			time.Sleep(time.Duration(20+rand.IntN(150)) * time.Millisecond)
-			for _, p := range ps {
-				p.kill()
-				time.Sleep(time.Duration(rand.IntN(50)) * time.Millisecond)
-			}
+			killMidWork(t, pending, ps...)
 			if left := pending(); left > 0 {
 				midWork++
 				t.Logf("round %d: %d rows pending, %d messages in the stream", round+1, left, streamCount(t, reader.JetStream(), testStream))
