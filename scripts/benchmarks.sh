@@ -109,7 +109,7 @@ say "bento migrate"
 DB_URL=$dburl "$work/bento" migrate >/dev/null
 
 mkdir -p "$(dirname "$RAW")"
-settings="ceiling ${DURATION} s per arm; workers sweep ${WORKERS_LIST// /, } at ${SWEEP_DURATION} s; latency ${RATE}/s for ${LAT_DURATION} after ${LAT_WARMUP}; burn-down ${BURN_N} events."
+settings="ceiling ${DURATION} s per arm; workers sweep ${WORKERS_LIST// /, } at ${SWEEP_DURATION} s; latency ${RATE}/s for ${LAT_DURATION} after ${LAT_WARMUP}; burn-down ${BURN_N} events; a CHECKPOINT before each arm, VACUUM ANALYZE before the relay suites."
 printf '{"suite":"meta","date":"%s","commit":"%s","machine":"%s cores (%s), %s GiB","go":"%s","server":"PostgreSQL %s (private cluster, fsync=%s, synchronous_commit=%s, shared_buffers=%s)","nats":"%s","quick":%s,"rounds":%s,"command":"%s","settings":"%s"}\n' \
   "$(date -u +%Y-%m-%dT%H:%MZ)" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs/benchmarks' ':!BENCHMARKS.md' || echo '+changes')" "$(nproc)" \
   "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" "$(awk '/MemTotal/ {printf "%d", $2/1048576}' /proc/meminfo)" \
@@ -117,7 +117,18 @@ printf '{"suite":"meta","date":"%s","commit":"%s","machine":"%s cores (%s), %s G
   "$(psql "$admin" -XAtqc 'SHOW synchronous_commit')" "$(psql "$admin" -XAtqc 'SHOW shared_buffers')" "$RELAYBENCH_NATS" \
   "$([ "$QUICK" = 1 ] && echo true || echo false)" "$ROUNDS" "$([ "$QUICK" = 1 ] && echo 'QUICK=1 ')scripts/benchmarks.sh" "$settings" >"$RAW"
 
-measure() { "$work/bench-report" measure -out "$RAW" -server-pid "$pgpid" "$@"; }
+# settle: before every measured arm, a CHECKPOINT, so that no arm pays for
+# the dirty pages and the WAL the arms before it left (a checkpoint the
+# server starts by itself in the middle of an arm writes them out then;
+# the write suites leave gigabytes of WAL, and the latency suite after
+# them saw COMMIT stalls of tens of milliseconds). Each arm still pays for
+# what it writes itself. Before the relay suites, a VACUUM ANALYZE of the
+# write suites' database too, so that autovacuum does not take it up
+# during them.
+settle() { psql "$admin" -Xqc CHECKPOINT; }
+vacuum() { psql "$pgurl" -Xqc 'VACUUM (ANALYZE)'; settle; }
+
+measure() { settle; "$work/bench-report" measure -out "$RAW" -server-pid "$pgpid" "$@"; }
 
 # arm SUITE ARM ROUND WORKERS SECONDS: one run of a write arm.
 write_arm() {
@@ -157,6 +168,7 @@ for suite in $SUITES; do
         i=$(( i + 1 ))
       done ;;
     latency)
+      vacuum
       lat="-mode latency -rate $RATE -duration $LAT_DURATION -warmup $LAT_WARMUP"
       for r in $(seq 1 "$ROUNDS"); do
         for a in $(rotate $(( r - 1 )) bento-inproc watermill-1s watermill-10ms watermill-10ms-1k); do
@@ -173,6 +185,7 @@ for suite in $SUITES; do
         done
       done ;;
     burndown)
+      vacuum
       for r in $(seq 1 "$ROUNDS"); do
         for s in $(rotate $(( r - 1 )) bento watermill); do
           say "burndown/$s round $r: relaybench -system $s -mode burndown -n $BURN_N -batch 100"
