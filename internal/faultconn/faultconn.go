@@ -10,6 +10,7 @@ package faultconn
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -25,7 +26,10 @@ const (
 	// the connection: the server never sees it and aborts.
 	DropCommit
 	// CutAfterCommit forwards the next COMMIT and closes the connection
-	// before the reply is read: the server commits, the client never hears.
+	// once the server has answered it, without letting the driver read the
+	// answer: the server commits, the client never hears. (Closing right
+	// after the write was a race: a server slow to read the write could
+	// find the connection reset first and abort.)
 	CutAfterCommit
 )
 
@@ -62,11 +66,25 @@ type Conn struct {
 	net.Conn
 	d  *Dialer
 	pg PGCommits // statements prepared on the connection (PostgreSQL)
+
+	// cut is set by CutAfterCommit before it writes the COMMIT: from then
+	// on Read swallows the server's answer (cutPG: up to its
+	// ReadyForQuery; MySQL: the first bytes) and closes the connection.
+	cut   atomic.Bool
+	cutPG bool
+	mu    sync.Mutex // serialises the reads that swallow the answer
+	reply []byte     // the answer so far (PostgreSQL)
 }
 
 // isCommit recognises a write that carries a COMMIT: PostgreSQL messages
 // of which one starts a COMMIT (PGCommits), or a MySQL COM_QUERY packet.
 func (c *Conn) isCommit(b []byte) bool {
+	_, commit := c.commitKind(b)
+	return commit
+}
+
+// commitKind is isCommit, and whether the write is PostgreSQL's.
+func (c *Conn) commitKind(b []byte) (pg, commit bool) {
 	if msgs, ok := SplitPG(b); ok {
 		commit := false
 		for _, m := range msgs {
@@ -74,16 +92,16 @@ func (c *Conn) isCommit(b []byte) bool {
 			commit = c.pg.IsCommit(m) || commit
 		}
 		if commit {
-			return true
+			return true, true
 		}
 	}
 	// MySQL: 3-byte length, 1-byte sequence, COM_QUERY (0x03), text.
-	return len(b) > 5 && b[4] == 0x03 && bytes.HasPrefix(bytes.TrimSpace(bytes.ToLower(b[5:])), []byte("commit"))
+	return false, len(b) > 5 && b[4] == 0x03 && bytes.HasPrefix(bytes.TrimSpace(bytes.ToLower(b[5:])), []byte("commit"))
 }
 
 func (c *Conn) Write(b []byte) (int, error) {
 	m := Mode(c.d.mode.Load())
-	commit := c.isCommit(b) // always: it records the statements prepared
+	pg, commit := c.commitKind(b) // always: it records the statements prepared
 	if m == Pass || !commit || !c.d.mode.CompareAndSwap(int32(m), int32(Pass)) {
 		return c.Conn.Write(b)
 	}
@@ -93,9 +111,64 @@ func (c *Conn) Write(b []byte) (int, error) {
 		c.Conn.Close()
 		return len(b), nil
 	case CutAfterCommit:
-		n, err := c.Conn.Write(b)
-		c.Conn.Close()
-		return n, err
+		// Nothing is unread before a COMMIT is sent, so whatever a read
+		// returns from now on is its answer (a read may already be
+		// waiting: pgx reads in the background while it writes).
+		c.cutPG = pg
+		c.cut.Store(true)
+		return c.Conn.Write(b)
 	}
 	return c.Conn.Write(b)
+}
+
+// Read reads from the connection; once a CutAfterCommit fired, it reads
+// the server's answer to the COMMIT, drops it, closes the connection and
+// returns the closed connection's error.
+func (c *Conn) Read(p []byte) (int, error) {
+	if !c.cut.Load() {
+		n, err := c.Conn.Read(p)
+		if n == 0 || !c.cut.Load() {
+			return n, err
+		}
+		// The answer arrived while the COMMIT was being written.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.swallow(p[:n]) {
+			c.Conn.Close()
+			return c.Conn.Read(p)
+		}
+	} else {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+	}
+	buf := make([]byte, 8192)
+	for {
+		n, err := c.Conn.Read(buf)
+		if n > 0 && c.swallow(buf[:n]) || err != nil {
+			c.Conn.Close()
+			return c.Conn.Read(p)
+		}
+	}
+}
+
+// swallow takes bytes of the answer and reports whether it is complete:
+// on PostgreSQL once a ReadyForQuery message has come (the pipeline's end,
+// after the COMMIT ran), on MySQL at its first bytes (the COMMIT's OK).
+// c.mu is held.
+func (c *Conn) swallow(b []byte) bool {
+	if !c.cutPG {
+		return true
+	}
+	c.reply = append(c.reply, b...)
+	for r := c.reply; len(r) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(r[1:5]))
+		if n < 5 || n > len(r) {
+			return false
+		}
+		if r[0] == 'Z' {
+			return true
+		}
+		r = r[n:]
+	}
+	return false
 }
