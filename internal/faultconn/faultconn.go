@@ -133,20 +133,28 @@ func (c *Conn) Read(p []byte) (int, error) {
 		// The answer arrived while the COMMIT was being written.
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if c.swallow(p[:n]) {
-			c.Conn.Close()
-			return c.Conn.Read(p)
+		if !c.swallow(p[:n]) {
+			c.swallowRest(p)
 		}
 	} else {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		c.swallowRest(p)
 	}
-	buf := make([]byte, 8192)
+	c.Conn.Close()
+	return c.Conn.Read(p)
+}
+
+// swallowRest reads, into p, the rest of the answer or up to an error.
+// c.mu is held.
+func (c *Conn) swallowRest(p []byte) {
+	if len(p) == 0 {
+		p = make([]byte, 512)
+	}
 	for {
-		n, err := c.Conn.Read(buf)
-		if n > 0 && c.swallow(buf[:n]) || err != nil {
-			c.Conn.Close()
-			return c.Conn.Read(p)
+		n, err := c.Conn.Read(p)
+		if n > 0 && c.swallow(p[:n]) || err != nil {
+			return
 		}
 	}
 }
@@ -154,7 +162,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 // swallow takes bytes of the answer and reports whether it is complete:
 // on PostgreSQL once a ReadyForQuery message has come (the pipeline's end,
 // after the COMMIT ran), on MySQL at its first bytes (the COMMIT's OK).
-// c.mu is held.
+// c.mu is held. (SplitPG reads frontend messages; backend ones such as
+// BindComplete, '2', have types it rejects.)
 func (c *Conn) swallow(b []byte) bool {
 	if !c.cutPG {
 		return true
