@@ -52,7 +52,10 @@
 # (1000), LAT_DURATION (20s), LAT_WARMUP (5s), BURN_N (50000), WM_BATCH
 # (1000), RELAYBENCH_NATS (nats://127.0.0.1:4222), RAW (the raw file,
 # docs/benchmarks/report.jsonl), SUITES ("ceiling workers latency burndown
-# micro"), MICRO_N (3000: iterations of the database micro-benchmarks).
+# micro"), MICRO_N (3000: iterations of the database micro-benchmarks),
+# SETTLE ("arm": a CHECKPOINT before every measured arm; "none": none
+# before the write arms, to compare the two; the relay suites always start
+# from a VACUUM ANALYZE and a CHECKPOINT).
 # Run it on a quiet machine: it measures CPU per transaction, and anything
 # else running shares the two cores.
 set -euo pipefail
@@ -75,6 +78,8 @@ WM_BATCH=${WM_BATCH:-1000}
 MICRO_N=${MICRO_N:-3000}
 SUITES=${SUITES:-"ceiling workers latency burndown micro"}
 RAW=${RAW:-docs/benchmarks/report.jsonl}
+SETTLE=${SETTLE:-arm}
+case $SETTLE in arm|none) ;; *) echo "benchmarks.sh: SETTLE=$SETTLE: want arm or none" >&2; exit 2 ;; esac
 export RELAYBENCH_NATS=${RELAYBENCH_NATS:-nats://127.0.0.1:4222}
 W=16 # the workers of the targets
 
@@ -109,7 +114,7 @@ say "bento migrate"
 DB_URL=$dburl "$work/bento" migrate >/dev/null
 
 mkdir -p "$(dirname "$RAW")"
-settings="ceiling ${DURATION} s per arm; workers sweep ${WORKERS_LIST// /, } at ${SWEEP_DURATION} s; latency ${RATE}/s for ${LAT_DURATION} after ${LAT_WARMUP}; burn-down ${BURN_N} events; a CHECKPOINT before each arm, VACUUM ANALYZE before the relay suites."
+settings="ceiling ${DURATION} s per arm; workers sweep ${WORKERS_LIST// /, } at ${SWEEP_DURATION} s; latency ${RATE}/s for ${LAT_DURATION} after ${LAT_WARMUP}; burn-down ${BURN_N} events; $([ "$SETTLE" = arm ] && echo 'a CHECKPOINT before each arm' || echo 'no CHECKPOINT before the write arms (SETTLE=none), one before each relay arm'), VACUUM ANALYZE before the relay suites."
 printf '{"suite":"meta","date":"%s","commit":"%s","machine":"%s cores (%s), %s GiB","go":"%s","server":"PostgreSQL %s (private cluster, fsync=%s, synchronous_commit=%s, shared_buffers=%s)","nats":"%s","quick":%s,"rounds":%s,"command":"%s","settings":"%s"}\n' \
   "$(date -u +%Y-%m-%dT%H:%MZ)" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs/benchmarks' ':!BENCHMARKS.md' || echo '+changes')" "$(nproc)" \
   "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" "$(awk '/MemTotal/ {printf "%d", $2/1048576}' /proc/meminfo)" \
@@ -122,11 +127,14 @@ printf '{"suite":"meta","date":"%s","commit":"%s","machine":"%s cores (%s), %s G
 # server starts by itself in the middle of an arm writes them out then;
 # the write suites leave gigabytes of WAL, and the latency suite after
 # them saw COMMIT stalls of tens of milliseconds). Each arm still pays for
-# what it writes itself. Before the relay suites, a VACUUM ANALYZE of the
-# write suites' database too, so that autovacuum does not take it up
-# during them.
-settle() { psql "$admin" -Xqc CHECKPOINT; }
-vacuum() { psql "$pgurl" -Xqc 'VACUUM (ANALYZE)'; settle; }
+# what it writes itself. SETTLE=none leaves it out before the write arms
+# (to measure what it changes there); the relay arms always have it.
+# Before the relay suites, a VACUUM ANALYZE of the write suites' database
+# too, so that autovacuum does not take it up during them.
+checkpoint() { psql "$admin" -Xqc CHECKPOINT; }
+vacuum() { psql "$pgurl" -Xqc 'VACUUM (ANALYZE)'; checkpoint; }
+relay_suite=0
+settle() { if [ "$SETTLE" = arm ] || [ "$relay_suite" = 1 ]; then checkpoint; fi; }
 
 measure() { settle; "$work/bench-report" measure -out "$RAW" -server-pid "$pgpid" "$@"; }
 
@@ -156,6 +164,8 @@ write_arm() {
 rotate() { local n=$1; shift; local a=("$@"); local k=$(( n % ${#a[@]} )); echo "${a[@]:k}" "${a[@]:0:k}"; }
 
 for suite in $SUITES; do
+  relay_suite=0
+  case $suite in latency|burndown) relay_suite=1 ;; esac
   case $suite in
     ceiling)
       for r in $(seq 1 "$ROUNDS"); do
