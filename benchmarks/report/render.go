@@ -125,6 +125,22 @@ func each(rs []record, f func(record) float64) []float64 {
 	return out
 }
 
+// detailOf returns the number key of every record's detail (the
+// command's own JSON report) that has it.
+func detailOf(rs []record, key string) []float64 {
+	var out []float64
+	for _, r := range rs {
+		var d map[string]any
+		if json.Unmarshal(r.Detail, &d) != nil {
+			continue
+		}
+		if v, ok := d[key].(float64); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 // paired divides a's figure by b's round by round (rounds both have).
 func paired(a, b []record, f func(record) float64) []float64 {
 	var out []float64
@@ -193,6 +209,9 @@ func msec(v float64) string {
 	return fmt.Sprintf("%.1f", v)
 }
 func micro(v float64) string { return fmt.Sprintf("%.0f", v) }
+
+// percent formats a share (0.82) as a percentage (82%).
+func percent(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }
 
 // target is one row of the targets table.
 type target struct {
@@ -368,13 +387,16 @@ func renderTables(rn run, plots []string) string {
 		}
 	}
 
-	b.WriteString("\n**Commit→published** (an order and its event committed at a fixed rate, latency to a JetStream consumer, ms):\n\n")
-	b.WriteString("| Arm | p50 | p99 | max | events committed/s |\n|---|---|---|---|---|\n")
+	b.WriteString("\n**Commit→published** (an order and its event committed at a fixed rate, latency to a JetStream consumer, ms; " +
+		"beside it the p99 of the producer's own COMMITs and the share of the machine's CPU in use while committing, " +
+		"which say how loaded the database and the machine were):\n\n")
+	b.WriteString("| Arm | p50 | p99 | max | events committed/s | producer COMMIT p99 | machine CPU busy |\n|---|---|---|---|---|---|---|\n")
 	for _, a := range append([]string{"bento-inproc", "watermill-1s"}, watermillTuned...) {
 		rs := lat[a]
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", armNames[a], show(summarize(each(rs, func(r record) float64 { return r.P50MS })), msec),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", armNames[a], show(summarize(each(rs, func(r record) float64 { return r.P50MS })), msec),
 			show(summarize(each(rs, p99)), msec), show(summarize(each(rs, func(r record) float64 { return r.MaxMS })), msec),
-			show(summarize(each(rs, tput)), group))
+			show(summarize(each(rs, tput)), group), show(summarize(detailOf(rs, "commit_p99_ms")), msec),
+			show(summarize(detailOf(rs, "cpu_busy")), percent))
 	}
 
 	b.WriteString("\n**Relay burn-down against Watermill** (events pending, then the relay runs until the stream holds them all):\n\n")
