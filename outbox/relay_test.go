@@ -375,13 +375,7 @@ func readStream(t testing.TB, js jetstream.JetStream, stream string) []delivery 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	msgs, redelivered, err := testnats.ReadStream(ctx, js, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if redelivered > 0 {
-		t.Logf("reading %s: the reader's consumer delivered %d messages a second time (dropped by stream sequence)", stream, redelivered)
-	}
+	msgs := testnats.ReadStream(ctx, t, js, stream)
 	out := make([]delivery, 0, len(msgs))
 	for _, m := range msgs {
 		out = append(out, decodeNATS(t, m.Subject, m.Header, m.Data))
