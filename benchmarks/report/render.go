@@ -389,14 +389,18 @@ func renderTables(rn run, plots []string) string {
 
 	b.WriteString("\n**Commit→published** (an order and its event committed at a fixed rate, latency to a JetStream consumer, ms; " +
 		"beside it the p99 of the producer's own COMMITs and the share of the machine's CPU in use while committing, " +
-		"which say how loaded the database and the machine were):\n\n")
-	b.WriteString("| Arm | p50 | p99 | max | events committed/s | producer COMMIT p99 | machine CPU busy |\n|---|---|---|---|---|---|---|\n")
+		"which say how loaded the database and the machine were; then, for Bento's relay, per batch: how long the broker took " +
+		"to acknowledge the batch's messages (p99 and max), and the p99 of the rest of the batch, its claim, mark and COMMIT. " +
+		"An event committed while a batch runs waits for that batch and its own):\n\n")
+	b.WriteString("| Arm | p50 | p99 | max | events committed/s | producer COMMIT p99 | machine CPU busy | batch: broker acks p99 | batch: broker acks max | batch: claim + mark p99 |\n" +
+		"|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, a := range append([]string{"bento-inproc", "watermill-1s"}, watermillTuned...) {
 		rs := lat[a]
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", armNames[a], show(summarize(each(rs, func(r record) float64 { return r.P50MS })), msec),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", armNames[a], show(summarize(each(rs, func(r record) float64 { return r.P50MS })), msec),
 			show(summarize(each(rs, p99)), msec), show(summarize(each(rs, func(r record) float64 { return r.MaxMS })), msec),
 			show(summarize(each(rs, tput)), group), show(summarize(detailOf(rs, "commit_p99_ms")), msec),
-			show(summarize(detailOf(rs, "cpu_busy")), percent))
+			show(summarize(detailOf(rs, "cpu_busy")), percent), show(summarize(detailOf(rs, "publish_p99_ms")), msec),
+			show(summarize(detailOf(rs, "publish_max_ms")), msec), show(summarize(detailOf(rs, "relay_db_p99_ms")), msec))
 	}
 
 	b.WriteString("\n**Relay burn-down against Watermill** (events pending, then the relay runs until the stream holds them all):\n\n")

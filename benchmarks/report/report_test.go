@@ -95,7 +95,7 @@ func TestRenderVerdicts(t *testing.T) {
 	add("latency", "bento-inproc", 1, 1000, 0, 10)
 	add("latency", "watermill-1s", 1, 1000, 0, 1000)
 	add("latency", "watermill-10ms", 1, 1000, 0, 50)
-	rn.records[len(rn.records)-3].Detail = json.RawMessage(`{"commit_p99_ms": 7.3, "cpu_busy": 0.816}`)
+	rn.records[len(rn.records)-3].Detail = json.RawMessage(`{"commit_p99_ms": 7.3, "cpu_busy": 0.816, "publish_p99_ms": 2.5, "publish_max_ms": 40.25, "relay_db_p99_ms": 3.1}`)
 	out := renderTables(rn, nil)
 	for _, want := range []string{
 		"| Unit of work ≥ 0.85× pgbench with the same statements and round trips, 16 workers | `uow` | `pgbench-same` | **0.850** (0.800–0.900) | met |",
@@ -108,10 +108,11 @@ func TestRenderVerdicts(t *testing.T) {
 		"Go client on pgx comes | `pgx` | `pgbench-same` | **0.950** (0.950–0.950) | reported |",
 		"| Unit of work ÷ the Go floor, 16 workers: what ent, database/sql and Bento cost | `uow` | `pgx` | **0.895** (0.842–0.947) | reported |",
 		"| Go floor: bare pgx, the same rows in the same round trip (`bento bench --floor`) | **950** (950–950) |",
-		// The producer's COMMIT p99 and the machine's CPU come from the
-		// command's detail; a record without them shows none.
-		"| 10.0 | 0.0 | 1,000 | 7.3 | 82% |",
-		"| 1,000 | 0.0 | 1,000 | not measured | not measured |",
+		// The producer's COMMIT p99, the machine's CPU and the relay's
+		// batch times come from the command's detail; a record without
+		// them shows none.
+		"| 10.0 | 0.0 | 1,000 | 7.3 | 82% | 2.5 | 40.2 | 3.1 |",
+		"| 1,000 | 0.0 | 1,000 | not measured | not measured | not measured | not measured | not measured |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)

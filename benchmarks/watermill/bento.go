@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -166,6 +167,8 @@ func bentoLatency(ctx context.Context, e *env, res *result) error {
 	if e.o.wake != "inproc" {
 		rc.Wake = make(chan struct{}) // never ready: no in-process wake-up
 	}
+	times := &batchTimes{}
+	rc.Observer = times
 	relay, err := db.NewRelay(pub, rc)
 	if err != nil {
 		return err
@@ -220,6 +223,7 @@ func bentoLatency(ctx context.Context, e *env, res *result) error {
 	err = e.finishLatency(c, arr, took, res)
 	stopRelay()
 	<-relayDone
+	times.fill(res, c.warmEnd)
 	if err != nil {
 		return err
 	}
@@ -241,3 +245,52 @@ type deposited struct {
 func (deposited) EventType() string { return "Deposited" }
 
 func math1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
+
+// batchTimes is the latency run's relay observer: for each batch, when it
+// began, how long the Publisher took (handing the messages to the broker
+// until every acknowledgement) and how long the rest of the batch took
+// (BEGIN and the claim, the mark and COMMIT).
+type batchTimes struct {
+	mu      sync.Mutex
+	publish time.Duration // the batch in progress's
+	batches []batchTime
+}
+
+type batchTime struct {
+	began             time.Time
+	publish, database time.Duration
+}
+
+// Publish is told each batch's publish, before Batch of the same batch
+// (outbox.PublishObserver); a relay runs its batches one at a time.
+func (t *batchTimes) Publish(_ int, took time.Duration) {
+	t.mu.Lock()
+	t.publish = took
+	t.mu.Unlock()
+}
+
+func (t *batchTimes) Batch(_, _, _, _ int, took time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.batches = append(t.batches, batchTime{began: time.Now().Add(-took), publish: t.publish, database: max(0, took-t.publish)})
+	t.publish = 0
+}
+
+func (t *batchTimes) Published(outbox.Message, time.Time) {}
+
+// fill sets res's relay batch figures from the batches begun at or after
+// from (the end of the warm-up).
+func (t *batchTimes) fill(res *result, from time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var publish, database []time.Duration
+	for _, b := range t.batches {
+		if !b.began.Before(from) {
+			publish, database = append(publish, b.publish), append(database, b.database)
+		}
+	}
+	res.Batches = len(publish)
+	p, d := pct(publish), pct(database)
+	res.PublishP99, res.PublishMax = ms(p.p99), ms(p.max)
+	res.RelayDBP99, res.RelayDBMax = ms(d.p99), ms(d.max)
+}

@@ -128,6 +128,18 @@ type result struct {
 	// CPUBusy is the share of the machine's CPU time in use while events
 	// were committed (Linux /proc/stat; absent elsewhere).
 	CPUBusy float64 `json:"cpu_busy,omitempty"`
+	// Bento's relay, per batch begun after the warm-up (its
+	// outbox.PublishObserver): Batches counted; PublishP99/Max, how long
+	// the Publisher took (the messages handed to the broker until every
+	// acknowledgement); RelayDBP99/Max, the rest of the batch (BEGIN and
+	// the claim, the mark and COMMIT: the relay's database part). An event
+	// committed while a batch runs waits for it and for its own, so these
+	// say which part a tail of the latency came from.
+	Batches    int     `json:"batches,omitempty"`
+	PublishP99 float64 `json:"publish_p99_ms,omitempty"`
+	PublishMax float64 `json:"publish_max_ms,omitempty"`
+	RelayDBP99 float64 `json:"relay_db_p99_ms,omitempty"`
+	RelayDBMax float64 `json:"relay_db_max_ms,omitempty"`
 
 	Error string `json:"error,omitempty"`
 }
