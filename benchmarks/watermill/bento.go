@@ -16,9 +16,11 @@ import (
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
+	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/outbox/natspub"
 	"github.com/bento-go/bento/shop"
+	"github.com/bento-go/bento/unitofwork"
 )
 
 func goVersion() string { return runtime.Version() }
@@ -154,7 +156,10 @@ func bentoLatency(ctx context.Context, e *env, res *result) error {
 	}
 	defer db.Close()
 	client := ent.NewClient(ent.Driver(db.Driver()))
-	svc := shop.NewService(ent.NewUnitOfWork(client), client)
+	// Wired as bento serve wires it: the unit of work knows the outbox's
+	// tables, and ids come from blocks, so an order is one round trip.
+	uow := ent.NewUnitOfWork(client, unitofwork.Tables(db.Names()))
+	svc := shop.NewService(uow, client, shop.WithIDs(ids.New(db.Driver(), db.Dialect(), ids.DefaultBlock)))
 
 	pub, err := connectPublisher(ctx, e)
 	if err != nil {
@@ -196,7 +201,6 @@ func bentoLatency(ctx context.Context, e *env, res *result) error {
 		return err
 	}
 	c := e.newCommits()
-	uow := ent.NewUnitOfWork(client)
 	res.Aggregates = e.o.aggregates
 	took := openLoop(ctx, e.o.rate, e.o.duration, e.o.maxInFlight, c, func(ctx context.Context, i int) {
 		started := time.Now()
