@@ -358,15 +358,7 @@ func streamCount(t testing.TB, js jetstream.JetStream, stream string) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatalf("stream %s: %v", stream, err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatalf("stream %s: %v", stream, err)
-	}
-	return int(info.State.Msgs)
+	return testnats.StreamCount(ctx, t, js, stream)
 }
 
 // readStream reads the whole stream, each message once, in stream order

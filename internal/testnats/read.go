@@ -19,6 +19,29 @@ type StreamMsg struct {
 	Data    []byte
 }
 
+// StreamCount returns how many messages stream holds, and fails t if it
+// cannot tell.
+func StreamCount(ctx context.Context, t testing.TB, js jetstream.JetStream, stream string) int {
+	t.Helper()
+	_, n := streamOf(ctx, t, js, stream)
+	return n
+}
+
+// streamOf returns stream and how many messages it holds, and fails t if
+// it cannot.
+func streamOf(ctx context.Context, t testing.TB, js jetstream.JetStream, stream string) (jetstream.Stream, int) {
+	t.Helper()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	return st, int(info.State.Msgs)
+}
+
 // ReadStream reads every message stream holds, in stream order, each
 // once, and fails t if it cannot. It is what a test checks "published
 // exactly once, in order" against, so it counts messages by their stream
@@ -31,15 +54,7 @@ type StreamMsg struct {
 // two sequences and is returned twice.
 func ReadStream(ctx context.Context, t testing.TB, js jetstream.JetStream, stream string) []StreamMsg {
 	t.Helper()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatalf("stream %s: %v", stream, err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatalf("stream %s: %v", stream, err)
-	}
-	n := int(info.State.Msgs)
+	st, n := streamOf(ctx, t, js, stream)
 	if n == 0 {
 		return nil
 	}
