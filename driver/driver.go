@@ -414,9 +414,14 @@ func (tx *Tx) BeginTxID() string {
 	return ""
 }
 
-// CommitReadsTxID reports whether the transaction has sent nothing yet and
-// its COMMIT pipeline will read its id (BeginTxID) before COMMIT's answer.
-func (tx *Tx) CommitReadsTxID() bool {
+// WholeWithCommit reports whether the transaction has sent nothing yet,
+// on a pool that reads transaction ids with BEGIN (PoolConfig.BeginTxID):
+// if nothing needs an answer before, its statements go to the server with
+// its COMMIT, in one round trip. Its id is then not read (BeginTxID stays
+// ""): it would come back with the COMMIT's answer or not at all, so it
+// could never resolve a lost COMMIT. A row that only the transaction
+// inserts can (resilience.CommitEvidence).
+func (tx *Tx) WholeWithCommit() bool {
 	pt, ok := tx.raw.(*pgTx)
 	return ok && pt.wantXID && !pt.begun
 }

@@ -41,7 +41,7 @@ type pgTx struct {
 	beginSQL string
 	begun    bool
 	broken   bool   // a pipelined step failed in a way that leaves the connection unusable
-	wantXID  bool   // the BEGIN pipeline reads PostgresTxIDExpr
+	wantXID  bool   // the BEGIN pipeline reads PostgresTxIDExpr, unless it is COMMIT's
 	xid      string // what it read
 	// deferWrites: statements whose result nobody reads (an Exec with a
 	// nil destination) wait in deferred and go to the server in one
@@ -300,8 +300,9 @@ func (t *pgTx) flush(ctx context.Context, query string, args, v any, kind Kind) 
 	}
 	deferred, began := t.takeDeferred()
 	step := func(c *pgx.Conn) error {
-		br := c.SendBatch(ctx, t.pipeline(began, deferred, query, argv))
-		err := t.readHead(br, began)
+		xid := began && t.wantXID
+		br := c.SendBatch(ctx, t.pipeline(began, xid, deferred, query, argv))
+		err := t.readHead(br, began, xid)
 		if err == nil {
 			err = readDeferred(br, deferred)
 		}
@@ -325,16 +326,16 @@ func (t *pgTx) takeDeferred() (deferred []queued, began bool) {
 	return deferred, began
 }
 
-// pipeline queues, in order: BEGIN and the transaction id's SELECT (if
-// wanted) when the pipeline begins the transaction, the deferred
+// pipeline queues, in order: BEGIN when the pipeline begins the
+// transaction, the transaction id's SELECT if xid, the deferred
 // statements, and query unless it is empty.
-func (t *pgTx) pipeline(began bool, deferred []queued, query string, argv []any) *pgx.Batch {
+func (t *pgTx) pipeline(began, xid bool, deferred []queued, query string, argv []any) *pgx.Batch {
 	b := &pgx.Batch{}
 	if began {
 		b.Queue(t.beginSQL)
-		if t.wantXID {
-			b.Queue("SELECT " + PostgresTxIDExpr)
-		}
+	}
+	if xid {
+		b.Queue("SELECT " + PostgresTxIDExpr)
 	}
 	for _, q := range deferred {
 		b.Queue(q.query, q.args...)
@@ -347,14 +348,13 @@ func (t *pgTx) pipeline(began bool, deferred []queued, query string, argv []any)
 
 // readHead reads the results of BEGIN and the transaction id's SELECT,
 // if the pipeline sent them.
-func (t *pgTx) readHead(br pgx.BatchResults, began bool) error {
-	if !began {
-		return nil
+func (t *pgTx) readHead(br pgx.BatchResults, began, xid bool) error {
+	if began {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 	}
-	if _, err := br.Exec(); err != nil {
-		return err
-	}
-	if t.wantXID {
+	if xid {
 		return br.QueryRow().Scan(&t.xid)
 	}
 	return nil
@@ -455,6 +455,14 @@ func (t *pgTx) QueryContext(ctx context.Context, query string, args ...any) (*sq
 // query fails, the server skips the COMMIT: the transaction is rolled back
 // and query's error returned. Any other failure is COMMIT's, with the
 // connection discarded as end does.
+//
+// A transaction sent whole with its COMMIT does not read its id, even
+// with wantXID. The server keeps a pipeline's answers until its end (the
+// Sync), unless they fill its output buffer, which a few writes' answers
+// do not; so the id would reach the client with the COMMIT's answer or not
+// at all, and the id is only ever needed when that answer is lost (to
+// resolve the COMMIT). Such a transaction is resolved by a row that only
+// it inserted (resilience.CommitEvidence), if it has one.
 func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 	argv, err := pgArgs(args)
 	if err != nil {
@@ -464,10 +472,10 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 	deferred, began := t.takeDeferred()
 	var stmtErr error
 	return t.raw(func(c *pgx.Conn) error {
-		b := t.pipeline(began, deferred, query, argv)
+		b := t.pipeline(began, false, deferred, query, argv)
 		b.Queue("commit")
 		br := c.SendBatch(ctx, b)
-		err := t.readHead(br, began)
+		err := t.readHead(br, began, false)
 		if err == nil {
 			if err = readDeferred(br, deferred); err != nil {
 				stmtErr = err

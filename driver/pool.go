@@ -104,6 +104,8 @@ type PoolConfig struct {
 	// transaction's id is known (Tx.BeginTxID) from its first round trip:
 	// resolving a lost COMMIT then needs no round trip before COMMIT to
 	// learn it, and a deferred statement (Tx.DeferExec) can go with COMMIT.
+	// A transaction sent whole with its COMMIT (Tx.WholeWithCommit) does
+	// not read it: its answer would be lost with the COMMIT's.
 	BeginTxID bool
 	// KeepIdle is DB's max idle (SetMaxIdleConns): the connections kept
 	// however long they sit idle. With OverflowIdle > 0 and KeepIdle <

@@ -173,11 +173,12 @@ func (w *writer) nextSequence(ctx context.Context, tx *driver.Tx, g *group) (int
 
 func (w *writer) writePostgres(ctx context.Context, tx *driver.Tx, groups []*group) error {
 	query, args := w.q.postgres(groups)
-	// With the transaction's id already known (read with BEGIN), the
-	// insert need not return it and goes to the server with COMMIT: one
-	// round trip less. (A transaction that already deferred a statement
-	// of its own inserts now.)
-	if (resilience.TxID(tx) != "" || tx.CommitReadsTxID()) && tx.DeferExec(strings.TrimSuffix(query, returningTxID), args...) == nil {
+	// With the transaction's id already known (read with BEGIN), or of no
+	// use (the whole transaction goes with its COMMIT, which would lose
+	// the id with its answer), the insert need not return it and goes to
+	// the server with COMMIT: one round trip less. (A transaction that
+	// already deferred a statement of its own inserts now.)
+	if (resilience.TxID(tx) != "" || tx.WholeWithCommit()) && tx.DeferExec(strings.TrimSuffix(query, returningTxID), args...) == nil {
 		return nil
 	}
 	rows, err := tx.QueryContext(ctx, query, args...)

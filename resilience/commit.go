@@ -91,9 +91,10 @@ type evidenceKey struct{}
 // transaction id is not known: once the server process that ran the
 // transaction has ended, the transaction has committed if and only if the
 // row exists. A unit of work sent whole with its COMMIT (one round trip:
-// unitofwork.DeferWrites) reads its transaction id in the same pipeline,
-// so a lost answer to the COMMIT loses the id too; the evidence is what is
-// left. The row must not be deleted in the moments after the commit.
+// unitofwork.DeferWrites) does not read its transaction id: read in the
+// same pipeline, the id would be lost with the COMMIT's answer
+// (driver.Tx.WholeWithCommit); the evidence is what resolves it. The row
+// must not be deleted in the moments after the commit.
 type CommitEvidence struct {
 	Table, Column string // the table and its unique column, as named in SQL
 	Value         any    // the value of the column in the row

@@ -283,9 +283,9 @@ func TestAmbiguousCommitResolved(t *testing.T) {
 }
 
 // TestAmbiguousCommitOneRoundTrip: a transaction sent whole with its
-// COMMIT (writes deferred, the order's id taken beforehand) reads its
-// transaction id in the same pipeline, so a COMMIT cut after sending loses
-// the id with the COMMIT's answer; the row it inserted (CommitEvidence)
+// COMMIT (writes deferred, the order's id taken beforehand) does not read
+// its transaction id, which a COMMIT cut after sending would lose with
+// its answer anyway; the row it inserted (CommitEvidence)
 // resolves it once its server process has ended. Invariant: Commit
 // returns nil exactly when the row is committed, counted in the table;
 // without evidence the outcome is reported unknown (ErrCommitUnknown),

@@ -210,8 +210,10 @@ func (m *middleware) end(next bentodriver.EndHandler) bentodriver.EndHandler {
 		resolvable := m.opts.ResolveTimeout > 0 && !noResolve && tx.Pool().Dialect() == "postgres" && tx.Wrote()
 		if resolvable {
 			xid = TxID(tx)
-			// A COMMIT pipeline that reads the id needs no SELECT first.
-			if xid == "" && !m.opts.TxIDOnlyFromOutbox && !tx.CommitReadsTxID() {
+			// A transaction sent whole with its COMMIT (one round trip)
+			// gets no SELECT of its id first: it would cost a round trip,
+			// and a row only it inserted (CommitEvidence) resolves it.
+			if xid == "" && !m.opts.TxIDOnlyFromOutbox && !tx.WholeWithCommit() {
 				var err error
 				if xid, err = CurrentTxID(ctx, tx); err != nil {
 					return errors.Join(Wrap(err, "commit"), next(ctx, tx, false))

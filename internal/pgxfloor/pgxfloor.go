@@ -1,8 +1,7 @@
 // Package pgxfloor places the benchmarks' order the cheapest way a Go
 // program can: the rows a unit of work writes for it (the order, its line,
 // its OrderPlaced outbox row) in the unit of work's one round trip (BEGIN,
-// the transaction id's SELECT, the three inserts and COMMIT in one
-// pipeline), written by hand on a bare pgx pool, with no ent,
+// the three inserts and COMMIT in one pipeline), written by hand on a bare pgx pool, with no ent,
 // database/sql or Bento layer. Its client CPU per order is the floor under
 // the unit of work's: what pgx and the Go runtime cost for the same work.
 // `bento bench --floor` and shop's BenchmarkPlaceOrderPgx run it.
@@ -28,7 +27,6 @@ import (
 
 	"github.com/bento-go/bento/config"
 	"github.com/bento-go/bento/dialects"
-	"github.com/bento-go/bento/driver"
 	"github.com/bento-go/bento/ids"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/shop"
@@ -83,7 +81,6 @@ func (p *Placer) Place(ctx context.Context, customer string, line shop.Line) (in
 	now := time.Now()
 	b := &pgx.Batch{}
 	b.Queue("begin")
-	b.Queue("SELECT " + driver.PostgresTxIDExpr)
 	b.Queue(insertOrder, id[0], customer, total, now)
 	b.Queue(insertLine, lineID[0], line.SKU, line.Quantity, line.UnitPriceCents, id[0])
 	b.Queue(p.outbox, "Order", strconv.Itoa(id[0]), eid.String(), shop.OrderPlaced{}.EventType(), json.RawMessage(payload), nil, now, now.UnixMicro())
@@ -94,12 +91,7 @@ func (p *Placer) Place(ctx context.Context, customer string, line shop.Line) (in
 	}
 	defer c.Release()
 	br := c.SendBatch(ctx, b)
-	var xid string
-	_, err = br.Exec()
-	if err == nil {
-		err = br.QueryRow().Scan(&xid)
-	}
-	for range 4 { // the three inserts and COMMIT
+	for range 5 { // BEGIN, the three inserts and COMMIT
 		if err == nil {
 			_, err = br.Exec()
 		}
