@@ -84,11 +84,12 @@ func (m promMetrics) sum(name string, labels ...string) int64 {
 // the server did. Run twice: with idempotency keys (the key's lookup
 // starts the transaction, whose id is read before the COMMIT), and
 // without, where an order is one round trip (BEGIN, the inserts, the event
-// and COMMIT in one pipeline) and its transaction id is lost with the
-// COMMIT's answer: the order's row resolves it. (A forwarded COMMIT can still abort: on the lost
-// connection pgx sends a cancel request, which may reach the backend while
-// it runs the COMMIT — 57014. The proxy reads the server's reply to each
-// cut COMMIT, so the test knows.)
+// and COMMIT in one pipeline) that does not read its transaction id (the
+// COMMIT's answer would take it along): the order's row resolves it. (A
+// forwarded COMMIT can still abort: on the lost connection pgx sends a
+// cancel request, which may reach the backend while it runs the COMMIT —
+// 57014. The proxy reads the server's reply to each cut COMMIT, so the
+// test knows.)
 func TestCommitCutAfterSent(t *testing.T) {
 	t.Run("keys", func(t *testing.T) { commitCut(t, "commit-cut", false) })
 	t.Run("one round trip", func(t *testing.T) { commitCut(t, "commit-cut-1rt", true) })

@@ -252,8 +252,9 @@ func (s *Service) place(ctx context.Context, cmd PlaceOrder, idempotencyKey stri
 		return Order{}, false, err
 	}
 	if orderID != nil {
-		// One round trip; a COMMIT with no answer is resolved by the
-		// order's row, the transaction id being lost with it.
+		// One round trip, without the transaction id (it would be lost
+		// with the COMMIT's answer): a COMMIT with no answer is resolved
+		// by the order's row.
 		opts = append(opts, unitofwork.DeferWrites(),
 			unitofwork.ResolveBy(resilience.CommitEvidence{Table: order.Table, Column: order.FieldID, Value: orderID[0]}))
 	}
