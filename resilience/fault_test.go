@@ -285,8 +285,8 @@ func TestAmbiguousCommitResolved(t *testing.T) {
 // TestAmbiguousCommitOneRoundTrip: a transaction sent whole with its
 // COMMIT (writes deferred, the order's id taken beforehand) does not read
 // its transaction id, which a COMMIT cut after sending would lose with
-// its answer anyway; the row it inserted (CommitEvidence)
-// resolves it once its server process has ended. Invariant: Commit
+// its answer anyway; the row it inserted (CommitEvidence) resolves it
+// once its server process has ended. Invariant: Commit
 // returns nil exactly when the row is committed, counted in the table;
 // without evidence the outcome is reported unknown (ErrCommitUnknown),
 // never guessed.

@@ -63,9 +63,9 @@ func BenchmarkPlaceOrder(b *testing.B) {
 // BenchmarkPlaceOrderPgx is the floor under BenchmarkPlaceOrder
 // (internal/pgxfloor, which bento bench --floor runs too): the same rows
 // in the same round trip (BEGIN, the order, its line, the outbox
-// statement and COMMIT in one pipeline), with ids
-// from the same ids.Blocks, written directly on a pgx pool of the same
-// size, without ent, database/sql or Bento. The difference in
+// statement and COMMIT in one pipeline), with ids from the same
+// ids.Blocks, written directly on a pgx pool of the same size, without
+// ent, database/sql or Bento. The difference in
 // cpu-µs/order is what the layers above pgx cost.
 //
 //	go test ./shop -run '^$' -bench 'PlaceOrder(Pgx)?/workers=16' -benchmem -benchtime 3000x

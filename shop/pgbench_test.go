@@ -58,11 +58,11 @@ const uuidv7 = `(encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) pla
 // (unitofwork.DeferWrites) and the driver sends them on PostgreSQL
 // (driver/pgtx.go) in one pipeline: BEGIN, the order, its line, the
 // outbox row (Tx.DeferExec) and COMMIT; the transaction id is not read
-// (its answer would be lost with the COMMIT's). The test
-// checks it from outside the driver: one write to the server per order
-// once the statements are prepared (and the id blocks read), the
-// statements in order (a middleware records them), the outbox insert
-// sent with COMMIT.
+// (its answer would be lost with the COMMIT's). The test checks it from
+// outside the driver: one write to the server per order once the
+// statements are prepared (and the id blocks read), the statements in
+// order (a middleware records them), the outbox insert sent with COMMIT,
+// no transaction id read.
 func TestPgbenchScripts(t *testing.T) {
 	cfg := testdb.Config(t, testdb.Postgres)
 	type sent struct {

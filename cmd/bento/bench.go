@@ -143,8 +143,8 @@ how many.
                  --rounds rounds, and report bento/ent and bento/sql throughput ratios
   --floor        instead of Bento's arm, run the floor under it (PostgreSQL only): the same
                  rows in the unit of work's one round trip (BEGIN, the three inserts and
-                 COMMIT in one pipeline), ids from the same blocks, written by
-                 hand on a bare pgx pool of DB_POOL_SIZE + DB_MAX_OVERFLOW connections, no
+                 COMMIT in one pipeline), ids from the same blocks, written by hand on a
+                 bare pgx pool of DB_POOL_SIZE + DB_MAX_OVERFLOW connections, no
                  ent, database/sql or Bento layer: what the client's CPU per order cannot go
                  below (run it as its own process to read its CPU)
 

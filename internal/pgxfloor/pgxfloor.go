@@ -1,10 +1,11 @@
 // Package pgxfloor places the benchmarks' order the cheapest way a Go
 // program can: the rows a unit of work writes for it (the order, its line,
 // its OrderPlaced outbox row) in the unit of work's one round trip (BEGIN,
-// the three inserts and COMMIT in one pipeline), written by hand on a bare pgx pool, with no ent,
-// database/sql or Bento layer. Its client CPU per order is the floor under
-// the unit of work's: what pgx and the Go runtime cost for the same work.
-// `bento bench --floor` and shop's BenchmarkPlaceOrderPgx run it.
+// the three inserts and COMMIT in one pipeline), written by hand on a bare
+// pgx pool, with no ent, database/sql or Bento layer. Its client CPU per
+// order is the floor under the unit of work's: what pgx and the Go runtime
+// cost for the same work. `bento bench --floor` and shop's
+// BenchmarkPlaceOrderPgx run it.
 //
 // The ids come from the same ids.Blocks as the unit of work's, and the
 // outbox row from the writer's own statement (outbox.WriteStatements);
