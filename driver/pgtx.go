@@ -456,6 +456,15 @@ func (t *pgTx) QueryContext(ctx context.Context, query string, args ...any) (*sq
 // and query's error returned. Any other failure is COMMIT's, with the
 // connection discarded as end does.
 //
+// A transaction sent whole, with default options, whose statements are
+// all INSERT, UPDATE, DELETE, MERGE or WITH (implicitOK), goes without
+// BEGIN and COMMIT: PostgreSQL runs the statements of a pipeline up to its
+// Sync as one implicit transaction, which commits at the Sync, or is
+// rolled back there if a statement failed (the server skipping the rest).
+// Two statements less for the server and the client, the same atomicity;
+// an error raised while committing (a deferred constraint) comes with the
+// Sync's answer, as it would have with COMMIT's.
+//
 // A transaction sent whole with its COMMIT does not read its id, even
 // with wantXID. The server keeps a pipeline's answers until its end (the
 // Sync), unless they fill its output buffer, which a few writes' answers
@@ -470,12 +479,16 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 	}
 	defer t.conn.Close()
 	deferred, began := t.takeDeferred()
+	implicit := began && t.implicitOK(deferred, query)
+	explicit := !implicit // BEGIN (if began) and COMMIT are sent
 	var stmtErr error
 	return t.raw(func(c *pgx.Conn) error {
-		b := t.pipeline(began, false, deferred, query, argv)
-		b.Queue("commit")
+		b := t.pipeline(began && explicit, false, deferred, query, argv)
+		if explicit {
+			b.Queue("commit")
+		}
 		br := c.SendBatch(ctx, b)
-		err := t.readHead(br, began, false)
+		err := t.readHead(br, began && explicit, false)
 		if err == nil {
 			if err = readDeferred(br, deferred); err != nil {
 				stmtErr = err
@@ -487,13 +500,17 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 			}
 		}
 		var tag pgconn.CommandTag
-		if err == nil {
+		if err == nil && explicit {
 			tag, err = br.Exec()
 		}
 		err = closeBatch(br, err)
 		if stmtErr != nil && !c.IsClosed() {
 			var pg *pgconn.PgError
 			if errors.As(stmtErr, &pg) && pg.Severity != "FATAL" && pg.Severity != "PANIC" {
+				if implicit {
+					// The Sync rolled the implicit transaction back.
+					return stmtErr
+				}
 				// The server skipped COMMIT and holds the failed
 				// transaction open: end it.
 				if _, rerr := c.Exec(ctx, "rollback"); rerr == nil {
@@ -510,6 +527,25 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 		}
 		return nil
 	})
+}
+
+// implicitOK reports whether a transaction of the deferred statements and
+// query (if not empty), sent whole, can be PostgreSQL's implicit
+// transaction instead of BEGIN … COMMIT: its BEGIN has default options
+// and each statement is data manipulation (isDML), which runs in an
+// implicit transaction as in an explicit one. Statements that need a
+// transaction block (SAVEPOINT, LOCK, SET LOCAL, DECLARE) or options
+// (isolation, read only) keep BEGIN and COMMIT.
+func (t *pgTx) implicitOK(deferred []queued, query string) bool {
+	if t.beginSQL != "begin" {
+		return false
+	}
+	for _, q := range deferred {
+		if !isDML(q.query) {
+			return false
+		}
+	}
+	return query == "" || isDML(query)
 }
 
 // end commits or rolls back, then gives the connection back to the pool.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -14,19 +15,41 @@ import (
 
 	"github.com/bento-go/bento/dialects"
 	"github.com/bento-go/bento/driver"
+	"github.com/bento-go/bento/internal/faultconn"
 	"github.com/bento-go/bento/internal/testdb"
 )
 
 // countingConn counts the writes a client makes to the server: one per
-// round trip (pgx flushes a message, or a pipeline, in one write).
+// round trip (pgx flushes a message, or a pipeline, in one write), and
+// logs the statements sent in them.
 type countingConn struct {
 	net.Conn
 	writes *atomic.Int64
+	log    *wireLog
+	bound  faultconn.PGBound // this connection's
 }
 
-func (c countingConn) Write(p []byte) (int, error) {
+func (c *countingConn) Write(p []byte) (int, error) {
 	c.writes.Add(1)
+	c.log.mu.Lock()
+	before := len(c.bound.Texts)
+	c.bound.Record(p)
+	c.log.sent = append(c.log.sent, c.bound.Texts[before:]...)
+	c.log.mu.Unlock()
 	return c.Conn.Write(p)
+}
+
+// wireLog is what the clients of a pool sent to run, by text.
+type wireLog struct {
+	mu   sync.Mutex
+	sent []string
+}
+
+// counts returns the BEGINs and COMMITs sent so far.
+func (l *wireLog) counts() (begins, commits int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return (&faultconn.PGBound{Texts: l.sent}).Count()
 }
 
 // pgDriver opens a Bento driver on a fresh PostgreSQL database with a
@@ -40,14 +63,22 @@ func pgDriver(t *testing.T, pipeline bool) (*driver.Driver, *atomic.Int64) {
 // Dialect and MaxOpen are set here).
 func pgDriverWith(t *testing.T, pc driver.PoolConfig) (*driver.Driver, *atomic.Int64) {
 	t.Helper()
+	drv, writes, _ := pgDriverLogged(t, pc)
+	return drv, writes
+}
+
+// pgDriverLogged is pgDriverWith that also logs the BEGINs and COMMITs
+// sent.
+func pgDriverLogged(t *testing.T, pc driver.PoolConfig) (*driver.Driver, *atomic.Int64, *wireLog) {
+	t.Helper()
 	cfg := testdb.Config(t, testdb.Postgres)
-	writes := &atomic.Int64{}
+	writes, log := &atomic.Int64{}, &wireLog{}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return countingConn{c, writes}, nil
+		return &countingConn{Conn: c, writes: writes, log: log}, nil
 	}
 	db, err := dialects.Open(cfg.DB, dialects.Options{DialContext: dial})
 	if err != nil {
@@ -60,7 +91,7 @@ func pgDriverWith(t *testing.T, pc driver.PoolConfig) (*driver.Driver, *atomic.I
 	if _, err := drv.ExecContext(context.Background(), "CREATE TABLE t (id serial PRIMARY KEY, v int UNIQUE)"); err != nil {
 		t.Fatal(err)
 	}
-	return drv, writes
+	return drv, writes, log
 }
 
 func count(t *testing.T, drv *driver.Driver) int {
@@ -355,7 +386,7 @@ func TestDeferExec(t *testing.T) {
 func TestDeferredWrites(t *testing.T) {
 	ctx := context.Background()
 	dctx := driver.WithDeferredWrites(ctx)
-	drv, writes := pgDriverWith(t, driver.PoolConfig{PipelineBegin: true, BeginTxID: true})
+	drv, writes, log := pgDriverLogged(t, driver.PoolConfig{PipelineBegin: true, BeginTxID: true})
 	begin := func(ctx context.Context) *driver.Tx {
 		t.Helper()
 		tx, err := drv.BeginTx(ctx, nil)
@@ -416,11 +447,16 @@ func TestDeferredWrites(t *testing.T) {
 		if !x.WholeWithCommit() {
 			t.Error("WholeWithCommit() = false with nothing sent yet")
 		}
+		begins, commits := log.counts()
 		if err := x.Commit(); err != nil {
 			t.Fatal(err)
 		}
 		if got := writes.Load() - before; got != 1 {
 			t.Errorf("a transaction of three deferred inserts made %d round trips, want 1", got)
+		}
+		// PostgreSQL's implicit transaction: the pipeline's Sync commits.
+		if b, c := log.counts(); b != begins || c != commits {
+			t.Errorf("a transaction of three deferred inserts sent %d BEGIN and %d COMMIT, want none (an implicit transaction)", b-begins, c-commits)
 		}
 		// Its id would have come back with the COMMIT's answer or not at
 		// all: of no use for resolving a lost COMMIT, it is not read.
@@ -526,8 +562,7 @@ func TestDeferredWrites(t *testing.T) {
 	})
 
 	t.Run("only what needs no answer waits", func(t *testing.T) {
-		// A connection that replaced the one the failure above broke has
-		// sent only whole transactions with their COMMIT: it has yet to
+		// A connection that has sent only whole transactions has yet to
 		// prepare the SELECT of the id that a first pipeline wanting an
 		// answer sends. Prepare it on both connections, unmeasured.
 		x, y := begin(dctx), begin(dctx)
@@ -561,6 +596,72 @@ func TestDeferredWrites(t *testing.T) {
 		}
 		if got := count(t, drv); got != base+2 {
 			t.Fatalf("%d rows, want %d", got, base+2)
+		}
+		base += 2
+	})
+
+	t.Run("an error in committing comes back from Commit", func(t *testing.T) {
+		// A deferred constraint is checked as the transaction commits:
+		// in an implicit transaction, at the Sync.
+		if _, err := drv.ExecContext(ctx, "CREATE TABLE d (v int UNIQUE DEFERRABLE INITIALLY DEFERRED)"); err != nil {
+			t.Fatal(err)
+		}
+		x := begin(dctx)
+		for _, v := range []int{1, 2, 1} {
+			if err := x.Exec(ctx, "INSERT INTO d (v) VALUES ($1)", []any{v}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := x.Commit(); err == nil || !strings.Contains(err.Error(), "23505") {
+			t.Fatalf("Commit of a transaction that breaks a deferred unique constraint returned %v, want the unique violation (23505)", err)
+		}
+		var n int
+		if err := drv.DB().QueryRow("SELECT count(*) FROM d").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("%d rows in d after the failed commit (%v), want 0", n, err)
+		}
+		y := begin(dctx)
+		exec(y, 200+count(t, drv))
+		if err := y.Commit(); err != nil {
+			t.Fatalf("a commit after the failed one: %v", err)
+		}
+		base++
+	})
+
+	// Statements that need a transaction block, and options, keep BEGIN
+	// and COMMIT: outside a block, LOCK TABLE fails.
+	t.Run("a block when a statement needs one", func(t *testing.T) {
+		for _, c := range []struct {
+			name  string
+			opts  *sql.TxOptions
+			first string
+		}{
+			{"LOCK TABLE", nil, "LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE"},
+			{"serializable", &sql.TxOptions{Isolation: sql.LevelSerializable}, insert},
+		} {
+			tx, err := drv.BeginTx(dctx, c.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			x := tx.(*driver.Tx)
+			args := []any{}
+			if c.first == insert {
+				args = []any{300 + count(t, drv)}
+			}
+			if err := x.Exec(ctx, c.first, args, nil); err != nil {
+				t.Fatal(err)
+			}
+			exec(x, 400+count(t, drv))
+			begins, commits := log.counts()
+			if err := x.Commit(); err != nil {
+				t.Fatalf("%s: Commit: %v", c.name, err)
+			}
+			if b, cm := log.counts(); b != begins+1 || cm != commits+1 {
+				t.Errorf("%s: the transaction sent %d BEGIN and %d COMMIT, want 1 and 1", c.name, b-begins, cm-commits)
+			}
+		}
+		want := base + 3 // the LOCK's insert, and the serializable's two
+		if got := count(t, drv); got != want {
+			t.Fatalf("%d rows, want %d", got, want)
 		}
 	})
 }

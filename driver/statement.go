@@ -17,6 +17,24 @@ func IsReadOnly(query string) bool {
 	return !locksRows(q)
 }
 
+// isDML reports whether query starts (after blanks and comments) with
+// INSERT, UPDATE, DELETE, MERGE or WITH: a statement that reads and writes
+// rows and nothing else, which PostgreSQL runs alike in an explicit
+// transaction block and in the implicit transaction of a pipeline.
+func isDML(query string) bool {
+	q := skipBlanks(query)
+	for _, kw := range [...]string{"insert", "update", "delete", "merge", "with"} {
+		if hasPrefixFold(q, kw) && (len(q) == len(kw) || !isWordByte(q[len(kw)])) {
+			return true
+		}
+	}
+	return false
+}
+
+func isWordByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c >= 0x80
+}
+
 // locksRows reports whether a SELECT takes row locks.
 func locksRows(q string) bool {
 	// Fast path: no " FOR " / "LOCK IN" anywhere.

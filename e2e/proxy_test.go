@@ -45,8 +45,9 @@ func (a CommitAction) String() string {
 // parses the client's protocol messages (startup, then typed messages) and
 // recognises the COMMITs a driver sends (faultconn.PGCommits): a simple
 // query, as pgx ends a transaction, or a Bind of a prepared COMMIT in a
-// pipeline (driver.Tx.DeferExec), which is cut after the Sync that runs it.
-// Decide chooses what happens to each COMMIT; it is only consulted while
+// pipeline (driver.Tx.DeferExec), which is cut after the Sync that runs it,
+// or the Sync that commits an implicit transaction (a unit of work sent
+// whole, without BEGIN and COMMIT). Decide chooses what happens to each COMMIT; it is only consulted while
 // the proxy is armed.
 type PGProxy struct {
 	t      testing.TB
@@ -208,7 +209,10 @@ func (p *PGProxy) serve(client net.Conn) {
 // transaction that had failed) or its error. The reply can hold the
 // answers to the statements pipelined before the COMMIT (a transaction
 // sent whole with it): the COMMIT's is the last CommandComplete, unless an
-// error came first (the server then skipped the rest, the COMMIT too).
+// error came first (the server then skipped the rest, the COMMIT too). An
+// implicit transaction (statements up to a Sync, no BEGIN: PGCommits) has
+// no COMMIT of its own: it committed if the server got to the Sync's
+// ReadyForQuery without an error.
 func (p *PGProxy) recordReply(b []byte) {
 	what := "no reply"
 scan:
@@ -227,6 +231,11 @@ scan:
 				if strings.HasPrefix(f, "C") {
 					what = "error " + f[1:]
 				}
+			}
+			break scan
+		case 'Z':
+			if what != "COMMIT" && what != "ROLLBACK" {
+				what = "COMMIT" // an implicit transaction's
 			}
 			break scan
 		}
@@ -326,7 +335,7 @@ func (p *PGProxy) up(client net.Conn, server *net.TCPConn, cutting *atomic.Bool)
 				switch a := p.Decide(p.commits.Add(1)); a {
 				case CutAfterCommit:
 					p.cut.Add(1)
-					if msg[0] != 'Q' {
+					if msg[0] == 'B' {
 						cutAtSync = true
 						break
 					}

@@ -62,8 +62,8 @@ func BenchmarkPlaceOrder(b *testing.B) {
 
 // BenchmarkPlaceOrderPgx is the floor under BenchmarkPlaceOrder
 // (internal/pgxfloor, which bento bench --floor runs too): the same rows
-// in the same round trip (BEGIN, the order, its line, the outbox
-// statement and COMMIT in one pipeline), with ids from the same
+// in the same round trip (the order, its line and the outbox statement
+// in one pipeline, an implicit transaction), with ids from the same
 // ids.Blocks, written directly on a pgx pool of the same size, without
 // ent, database/sql or Bento. The difference in
 // cpu-µs/order is what the layers above pgx cost.

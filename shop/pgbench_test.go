@@ -18,6 +18,7 @@ import (
 	"github.com/bento-go/bento/ent"
 	"github.com/bento-go/bento/ent/migrate"
 	"github.com/bento-go/bento/ids"
+	"github.com/bento-go/bento/internal/faultconn"
 	"github.com/bento-go/bento/internal/testdb"
 	"github.com/bento-go/bento/outbox"
 	"github.com/bento-go/bento/resilience"
@@ -56,13 +57,15 @@ const uuidv7 = `(encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) pla
 // of the order and its line taken beforehand (shop.WithIDs, from blocks
 // of their sequences), so the unit of work defers its inserts
 // (unitofwork.DeferWrites) and the driver sends them on PostgreSQL
-// (driver/pgtx.go) in one pipeline: BEGIN, the order, its line, the
-// outbox row (Tx.DeferExec) and COMMIT; the transaction id is not read
-// (its answer would be lost with the COMMIT's). The test checks it from
-// outside the driver: one write to the server per order once the
-// statements are prepared (and the id blocks read), the statements in
-// order (a middleware records them), the outbox insert sent with COMMIT,
-// no transaction id read.
+// (driver/pgtx.go) in one pipeline: the order, its line and the outbox
+// row (Tx.DeferExec), without BEGIN and COMMIT (PostgreSQL's implicit
+// transaction, committed at the pipeline's Sync); the transaction id is
+// not read (its answer would come with the commit's). The test checks it
+// from outside the driver: one write to the server per order once the
+// statements are prepared (and the id blocks read), with no BEGIN or
+// COMMIT in it (read on the wire), the statements in order (a middleware
+// records them), the outbox insert sent as the commit, no transaction id
+// read.
 func TestPgbenchScripts(t *testing.T) {
 	cfg := testdb.Config(t, testdb.Postgres)
 	type sent struct {
@@ -82,12 +85,14 @@ func TestPgbenchScripts(t *testing.T) {
 		}
 	}}
 	var writes atomic.Int64 // the client's writes to the server: one per round trip
+	var wireMu sync.Mutex
+	var wire []string // the statements they sent, by text (under wireMu)
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return countingConn{Conn: c, writes: &writes}, nil
+		return &countingConn{Conn: c, writes: &writes, mu: &wireMu, sent: &wire}, nil
 	}
 	db, err := bento.Open(cfg, bento.WithMiddleware(rec), bento.WithDialer(dial))
 	if err != nil {
@@ -113,11 +118,19 @@ func TestPgbenchScripts(t *testing.T) {
 	mu.Lock()
 	got = nil
 	mu.Unlock()
+	wireMu.Lock()
+	wire = nil
+	wireMu.Unlock()
 	writes.Store(0)
 	place("pgbench@example.com")
 	if n := writes.Load(); n != 1 {
 		t.Errorf("placing an order took %d writes to the server, want 1 round trip: place_order.sql's pipeline must follow", n)
 	}
+	wireMu.Lock()
+	if begins, commits := (&faultconn.PGBound{Texts: wire}).Count(); begins != 0 || commits != 0 {
+		t.Errorf("placing an order sent %d BEGIN and %d COMMIT (%q), want none (an implicit transaction): place_order.sql's pipeline must follow", begins, commits, wire)
+	}
+	wireMu.Unlock()
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) != 3 {
@@ -128,7 +141,7 @@ func TestPgbenchScripts(t *testing.T) {
 		t.Fatalf("the third statement is not the outbox writer's:\n got %s\nwant %s", out, want)
 	}
 	if !got[2].commit {
-		t.Fatal("the outbox insert went without COMMIT: the unit of work's round trips changed; place_order.sql's pipeline must follow")
+		t.Fatal("the outbox insert was not sent as the commit: the unit of work's round trips changed; place_order.sql's pipeline must follow")
 	}
 	if got[2].tx == nil {
 		t.Fatal("the outbox insert was not sent in a transaction")
@@ -170,16 +183,25 @@ func TestPgbenchScripts(t *testing.T) {
 	}
 }
 
-// countingConn counts the writes on a connection, but for pings.
+// countingConn counts the writes on a connection, but for pings, and
+// appends the statements they send to sent (under mu).
 type countingConn struct {
 	net.Conn
 	writes *atomic.Int64
+	mu     *sync.Mutex
+	sent   *[]string
+	bound  faultconn.PGBound // this connection's
 }
 
-func (c countingConn) Write(b []byte) (int, error) {
+func (c *countingConn) Write(b []byte) (int, error) {
 	if !bytes.Contains(b, []byte("-- ping")) { // database/sql's check of a connection idle for a while
 		c.writes.Add(1)
 	}
+	c.mu.Lock()
+	n := len(c.bound.Texts)
+	c.bound.Record(b)
+	*c.sent = append(*c.sent, c.bound.Texts[n:]...)
+	c.mu.Unlock()
 	return c.Conn.Write(b)
 }
 
@@ -209,17 +231,17 @@ func pgbenchScripts(t *testing.T, order, line, out, newOrder, newLine, orderID s
 -- work sends for shop.Service.Place on PostgreSQL; do not edit: regenerate with
 --   go test ./shop -run PgbenchScripts -update-pgbench
 -- The same statements (prepared, as pgx's statement cache has them), the
--- parameters replaced by pgbench expressions, in the same round trip: BEGIN,
--- the order, its line, the outbox row (sequence upsert and insert in one
--- statement) and COMMIT in one pipeline. The ids of the order and the line
--- come from their sequences, as Bento's (which reads them a hundred at a
--- time, outside the transaction); event ids are UUIDv7, as Bento's.
+-- parameters replaced by pgbench expressions, in the same round trip: the
+-- order, its line and the outbox row (sequence upsert and insert in one
+-- statement) in one pipeline, without BEGIN and COMMIT: PostgreSQL runs
+-- them as one implicit transaction, committed at the pipeline's end (its
+-- Sync). The ids of the order and the line come from their sequences, as
+-- Bento's (which reads them a hundred at a time, outside the transaction);
+-- event ids are UUIDv7, as Bento's.
 \startpipeline
-begin;
 ` + orderSQL + `;
 ` + byColumn(t, line, lineCols(orderID)) + `;
 ` + positional(out, outArgs(orderID)) + `;
-commit;
 \endpipeline
 `
 	// One statement: the order's insert, its line's and the outbox's

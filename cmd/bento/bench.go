@@ -142,8 +142,8 @@ how many.
                  with database/sql on the same *sql.DB, interleaved with Bento's arm in
                  --rounds rounds, and report bento/ent and bento/sql throughput ratios
   --floor        instead of Bento's arm, run the floor under it (PostgreSQL only): the same
-                 rows in the unit of work's one round trip (BEGIN, the three inserts and
-                 COMMIT in one pipeline), ids from the same blocks, written by hand on a
+                 rows in the unit of work's one round trip (the three inserts in one
+                 pipeline, an implicit transaction), ids from the same blocks, written by hand on a
                  bare pgx pool of DB_POOL_SIZE + DB_MAX_OVERFLOW connections, no
                  ent, database/sql or Bento layer: what the client's CPU per order cannot go
                  below (run it as its own process to read its CPU)

@@ -12,14 +12,36 @@ import (
 // was parsed ('P') from COMMIT. pgx sends a transaction's COMMIT as a
 // simple query, and a COMMIT pipelined with other statements (a pgx batch;
 // driver.Tx.DeferExec) in the extended protocol, prepared once per
-// connection and later bound by name. Use one PGCommits per connection.
+// connection and later bound by name.
+//
+// It also recognises the commit of an implicit transaction: the Sync ('S')
+// that ends extended-protocol statements of which one writes, bound
+// outside a transaction block (no BEGIN open). PostgreSQL runs the
+// statements before a Sync as one transaction and commits it there; Bento
+// sends a unit of work that is one round trip that way, without BEGIN and
+// COMMIT. (A single statement with its Sync is such a transaction too.)
+// Use one PGCommits per connection.
 type PGCommits struct {
-	stmts map[string]bool // prepared statement name → its text is COMMIT
+	stmts   map[string]stmtKind // prepared statement name → what it is
+	inBlock bool                // a BEGIN was bound or sent, and no COMMIT or ROLLBACK since
+	wrote   bool                // a statement that writes was bound outside a block since the last Sync
 }
 
+// stmtKind is what a prepared statement does to the transaction.
+type stmtKind uint8
+
+const (
+	stmtRead stmtKind = iota
+	stmtWrite
+	stmtBegin
+	stmtCommit
+	stmtRollback
+)
+
 // IsCommit reports whether msg, one complete typed message (type byte,
-// int32 length, body), starts a COMMIT. It records the statements msg
-// prepares.
+// int32 length, body), starts a COMMIT: an explicit one, or the Sync that
+// commits an implicit transaction that wrote. It records the statements
+// msg prepares and the transaction block it opens or ends.
 func (c *PGCommits) IsCommit(msg []byte) bool {
 	if len(msg) < 5 {
 		return false
@@ -27,20 +49,89 @@ func (c *PGCommits) IsCommit(msg []byte) bool {
 	body := msg[5:]
 	switch msg[0] {
 	case 'Q':
-		return isCommitText(cstring(body))
+		return c.bound(kindOf(cstring(body)), false)
 	case 'P':
 		name := cstring(body)
 		query := cstring(body[min(len(name)+1, len(body)):])
 		if c.stmts == nil {
-			c.stmts = map[string]bool{}
+			c.stmts = map[string]stmtKind{}
 		}
-		c.stmts[name] = isCommitText(query)
+		c.stmts[name] = kindOf(query)
 	case 'B':
 		portal := cstring(body)
 		stmt := cstring(body[min(len(portal)+1, len(body)):])
-		return c.stmts[stmt]
+		return c.bound(c.stmts[stmt], true)
+	case 'S':
+		commit := c.wrote
+		c.wrote = false
+		return commit
 	}
 	return false
+}
+
+// bound records a statement of kind sent to run (extended: bound, to run
+// at the next Sync at the latest) and reports whether it is a COMMIT.
+func (c *PGCommits) bound(kind stmtKind, extended bool) bool {
+	switch kind {
+	case stmtBegin:
+		c.inBlock = true
+	case stmtCommit:
+		c.inBlock = false
+		return true
+	case stmtRollback:
+		c.inBlock = false
+	case stmtWrite:
+		c.wrote = c.wrote || (extended && !c.inBlock)
+	}
+	return false
+}
+
+// PGBound records, by their text, the statements a client sends to run on
+// one PostgreSQL connection: bound (extended protocol; a statement is
+// named by its Parse) or sent as simple queries. Tests use it to see on
+// the wire which statements a transaction sent (BEGIN and COMMIT, say).
+type PGBound struct {
+	stmts map[string]string // prepared statement name → text
+	Texts []string          // the statements sent, in order
+}
+
+// Record records what one write's bytes send. A write that is not a whole
+// number of typed messages (the startup message) records nothing.
+func (b *PGBound) Record(p []byte) {
+	msgs, ok := SplitPG(p)
+	if !ok {
+		return
+	}
+	for _, m := range msgs {
+		body := m[5:]
+		switch m[0] {
+		case 'P':
+			name := cstring(body)
+			if b.stmts == nil {
+				b.stmts = map[string]string{}
+			}
+			b.stmts[name] = cstring(body[min(len(name)+1, len(body)):])
+		case 'B':
+			portal := cstring(body)
+			b.Texts = append(b.Texts, b.stmts[cstring(body[min(len(portal)+1, len(body)):])])
+		case 'Q':
+			b.Texts = append(b.Texts, cstring(body))
+		}
+	}
+}
+
+// Count returns how many of the statements sent are BEGIN (START
+// TRANSACTION too) and how many COMMIT (END too).
+func (b *PGBound) Count() (begins, commits int) {
+	for _, q := range b.Texts {
+		switch kindOf(q) {
+		case stmtBegin:
+			begins++
+		case stmtCommit:
+			commits++
+		}
+	}
+	return begins, commits
 }
 
 // SplitPG cuts b, the bytes of one write, into typed PostgreSQL messages.
@@ -69,10 +160,29 @@ func cstring(b []byte) string {
 	return string(b)
 }
 
-// isCommitText reports whether a statement's text is COMMIT (any case,
-// surrounding blanks and one semicolon allowed; also COMMIT TRANSACTION
-// and END).
-func isCommitText(q string) bool {
-	q = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";"))
-	return strings.EqualFold(q, "commit") || strings.EqualFold(q, "commit transaction") || strings.EqualFold(q, "end")
+// kindOf classifies a statement's text (any case, surrounding blanks and
+// one semicolon allowed): COMMIT (also COMMIT TRANSACTION and END), BEGIN
+// (also START TRANSACTION, with options), ROLLBACK (also ABORT; not
+// ROLLBACK TO a savepoint), a read (SELECT, SHOW, VALUES) or, for
+// anything else, a write.
+func kindOf(q string) stmtKind {
+	q = strings.ToLower(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";")))
+	first, rest, _ := strings.Cut(q, " ")
+	switch first {
+	case "commit", "end":
+		if rest == "" || rest == "transaction" || rest == "work" {
+			return stmtCommit
+		}
+	case "begin", "start":
+		if first == "begin" || strings.HasPrefix(rest, "transaction") {
+			return stmtBegin
+		}
+	case "rollback", "abort":
+		if !strings.Contains(rest, "to ") {
+			return stmtRollback
+		}
+	case "select", "show", "values":
+		return stmtRead
+	}
+	return stmtWrite
 }

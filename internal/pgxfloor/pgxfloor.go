@@ -1,7 +1,8 @@
 // Package pgxfloor places the benchmarks' order the cheapest way a Go
 // program can: the rows a unit of work writes for it (the order, its line,
-// its OrderPlaced outbox row) in the unit of work's one round trip (BEGIN,
-// the three inserts and COMMIT in one pipeline), written by hand on a bare
+// its OrderPlaced outbox row) in the unit of work's one round trip (the
+// three inserts in one pipeline, PostgreSQL's implicit transaction
+// committing them at its Sync), written by hand on a bare
 // pgx pool, with no ent, database/sql or Bento layer. Its client CPU per
 // order is the floor under the unit of work's: what pgx and the Go runtime
 // cost for the same work. `bento bench --floor` and shop's
@@ -58,9 +59,11 @@ func New(pool *pgxpool.Pool, blocks *ids.Blocks, names outbox.Names) (*Placer, e
 
 // Place writes an order of customer with line, its line and its
 // OrderPlaced outbox row in one transaction, in one round trip, and
-// returns the order's id. An error leaves nothing behind: the server
-// skips the rest of a pipeline after a failed statement, COMMIT included,
-// and a connection whose pipeline failed is closed by pgx.
+// returns the order's id. The three inserts go in one pipeline without
+// BEGIN and COMMIT, as the unit of work sends them: PostgreSQL runs a
+// pipeline's statements up to its Sync as one implicit transaction. An
+// error leaves nothing behind: the server skips the rest of the pipeline
+// after a failed statement and rolls the transaction back at the Sync.
 func (p *Placer) Place(ctx context.Context, customer string, line shop.Line) (int, error) {
 	id, err := p.ids.Take(ctx, "orders", 1)
 	if err != nil {
@@ -81,18 +84,16 @@ func (p *Placer) Place(ctx context.Context, customer string, line shop.Line) (in
 	}
 	now := time.Now()
 	b := &pgx.Batch{}
-	b.Queue("begin")
 	b.Queue(insertOrder, id[0], customer, total, now)
 	b.Queue(insertLine, lineID[0], line.SKU, line.Quantity, line.UnitPriceCents, id[0])
 	b.Queue(p.outbox, "Order", strconv.Itoa(id[0]), eid.String(), shop.OrderPlaced{}.EventType(), json.RawMessage(payload), nil, now, now.UnixMicro())
-	b.Queue("commit")
 	c, err := p.pool.Acquire(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer c.Release()
 	br := c.SendBatch(ctx, b)
-	for range 5 { // BEGIN, the three inserts and COMMIT
+	for range 3 { // the three inserts
 		if err == nil {
 			_, err = br.Exec()
 		}

@@ -2,15 +2,15 @@
 -- work sends for shop.Service.Place on PostgreSQL; do not edit: regenerate with
 --   go test ./shop -run PgbenchScripts -update-pgbench
 -- The same statements (prepared, as pgx's statement cache has them), the
--- parameters replaced by pgbench expressions, in the same round trip: BEGIN,
--- the order, its line, the outbox row (sequence upsert and insert in one
--- statement) and COMMIT in one pipeline. The ids of the order and the line
--- come from their sequences, as Bento's (which reads them a hundred at a
--- time, outside the transaction); event ids are UUIDv7, as Bento's.
+-- parameters replaced by pgbench expressions, in the same round trip: the
+-- order, its line and the outbox row (sequence upsert and insert in one
+-- statement) in one pipeline, without BEGIN and COMMIT: PostgreSQL runs
+-- them as one implicit transaction, committed at the pipeline's end (its
+-- Sync). The ids of the order and the line come from their sequences, as
+-- Bento's (which reads them a hundred at a time, outside the transaction);
+-- event ids are UUIDv7, as Bento's.
 \startpipeline
-begin;
 INSERT INTO "orders" ("version", "customer", "status", "total_cents", "created_at", "updated_at", "id") VALUES (1, 'pgbench-' || (:client_id)::text || '@example.com', 'pending', 2500, now(), now(), nextval('public.orders_id_seq'));
 INSERT INTO "order_lines" ("sku", "quantity", "unit_price_cents", "order_lines", "id") VALUES ('SKU-1', 2, 1250, currval('public.orders_id_seq'), nextval('public.order_lines_id_seq'));
 WITH s AS (INSERT INTO "bento_outbox_sequences" (aggregatetype, aggregateid, last_sequence) VALUES ('Order', currval('public.orders_id_seq')::text, 1) ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET last_sequence = "bento_outbox_sequences".last_sequence + 1 RETURNING last_sequence) INSERT INTO "bento_outbox" (id, aggregatetype, aggregateid, type, payload, sequence, headers, occurred_at, status, attempts, next_attempt_at) SELECT (encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) from 3) from 1 for 6), 52, 1), 53, 1), 'hex'))::uuid, 'Order', currval('public.orders_id_seq')::text, 'OrderPlaced', ('{"order_id":' || currval('public.orders_id_seq')::text || ',"customer":"pgbench-' || (:client_id)::text || '@example.com","total_cents":2500,"lines":[{"sku":"SKU-1","quantity":2,"unit_price_cents":1250}]}')::jsonb, s.last_sequence, NULL::jsonb, now()::timestamptz, 'pending', 0, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::bigint FROM s;
-commit;
 \endpipeline
