@@ -167,7 +167,10 @@ func cstring(b []byte) string {
 // anything else, a write.
 func kindOf(q string) stmtKind {
 	q = strings.ToLower(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";")))
-	first, rest, _ := strings.Cut(q, " ")
+	first, rest := q, ""
+	if i := strings.IndexAny(q, " \t\r\n("); i >= 0 {
+		first, rest = q[:i], strings.TrimSpace(q[i:])
+	}
 	switch first {
 	case "commit", "end":
 		if rest == "" || rest == "transaction" || rest == "work" {

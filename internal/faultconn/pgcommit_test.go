@@ -32,7 +32,7 @@ func TestPGCommits(t *testing.T) {
 		{"prepare BEGIN", parse("b", "begin"), false},
 		{"prepare COMMIT", parse("c", "COMMIT;"), false},
 		{"prepare an insert", parse("i", "INSERT INTO t VALUES ($1)"), false},
-		{"prepare a read", parse("s", " SELECT nextval('s')"), false},
+		{"prepare a read", parse("s", " SELECT\n\tnextval('s')"), false},
 		{"prepare ROLLBACK TO", parse("r", "ROLLBACK TO SAVEPOINT x"), false},
 
 		{"a read", bind("s"), false},
@@ -49,7 +49,7 @@ func TestPGCommits(t *testing.T) {
 		{"another", bind("i"), false},
 		{"the Sync commits the implicit transaction", sync, true},
 
-		{"BEGIN again", bind("b"), false},
+		{"BEGIN again", msg('Q', "BEGIN ISOLATION LEVEL SERIALIZABLE"), false},
 		{"an insert", bind("i"), false},
 		{"a Sync inside the block", sync, false},
 		{"a simple COMMIT", msg('Q', "commit"), true},
