@@ -535,6 +535,18 @@ func TestDeferredWrites(t *testing.T) {
 	})
 
 	t.Run("a failure comes back from Commit", func(t *testing.T) {
+		// The server processes of the pool's two connections, both open.
+		pids := func() map[uint32]bool {
+			t.Helper()
+			x, y := begin(dctx), begin(dctx)
+			exec(x, 100+count(t, drv))
+			exec(y, 101+count(t, drv))
+			if err := errors.Join(x.Commit(), y.Commit()); err != nil {
+				t.Fatal(err)
+			}
+			return map[uint32]bool{x.BackendPID(): true, y.BackendPID(): true}
+		}
+		before := pids()
 		x := begin(dctx)
 		exec(x, 40)
 		exec(x, 2) // exists
@@ -544,21 +556,23 @@ func TestDeferredWrites(t *testing.T) {
 		if !errors.As(err, &de) || !strings.Contains(err.Error(), "23505") {
 			t.Fatalf("Commit with a failing deferred insert returned %v, want a DeferredError with 23505", err)
 		}
-		if got := count(t, drv); got != base {
-			t.Fatalf("%d rows after the failed commit, want %d", got, base)
+		if got := count(t, drv); got != base+2 {
+			t.Fatalf("%d rows after the failed commit, want %d", got, base+2)
 		}
-		// The connections still work.
-		for range 2 {
-			y := begin(dctx)
-			exec(y, 100+count(t, drv))
-			if err := y.Commit(); err != nil {
-				t.Fatal(err)
+		// The failed transaction (an implicit one, rolled back at its
+		// Sync) left its connection usable, so the pool kept it: the
+		// next two transactions at once run on the same two server
+		// processes, none on a new connection.
+		after := pids()
+		for pid := range after {
+			if !before[pid] {
+				t.Errorf("a transaction ran on a new connection (server process %d; before the failure: %v): the failed commit's connection was discarded", pid, before)
 			}
 		}
-		if got := count(t, drv); got != base+2 {
-			t.Fatalf("%d rows after two more commits, want %d", got, base+2)
+		if got := count(t, drv); got != base+4 {
+			t.Fatalf("%d rows after two more commits, want %d", got, base+4)
 		}
-		base += 2
+		base += 4
 	})
 
 	t.Run("only what needs no answer waits", func(t *testing.T) {
