@@ -480,15 +480,15 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 	defer t.conn.Close()
 	deferred, began := t.takeDeferred()
 	implicit := began && t.implicitOK(deferred, query)
-	explicit := !implicit // BEGIN (if began) and COMMIT are sent
+	sendBegin := began && !implicit
 	var stmtErr error
 	return t.raw(func(c *pgx.Conn) error {
-		b := t.pipeline(began && explicit, false, deferred, query, argv)
-		if explicit {
+		b := t.pipeline(sendBegin, false, deferred, query, argv)
+		if !implicit {
 			b.Queue("commit")
 		}
 		br := c.SendBatch(ctx, b)
-		err := t.readHead(br, began && explicit, false)
+		err := t.readHead(br, sendBegin, false)
 		if err == nil {
 			if err = readDeferred(br, deferred); err != nil {
 				stmtErr = err
@@ -500,7 +500,7 @@ func (t *pgTx) execCommit(ctx context.Context, query string, args any) error {
 			}
 		}
 		var tag pgconn.CommandTag
-		if err == nil && explicit {
+		if err == nil && !implicit {
 			tag, err = br.Exec()
 		}
 		err = closeBatch(br, err)

@@ -354,8 +354,9 @@ func TestDeferExec(t *testing.T) {
 		t.Errorf("Rollback after Commit returned %v, want sql.ErrTxDone", err)
 	}
 
-	// Only the deferred statement: BEGIN, it and COMMIT in one round trip
-	// (the first time on a connection, pgx prepares BEGIN and COMMIT). The
+	// Only the deferred statement: it alone, an implicit transaction, in
+	// one round trip (not measured the first time: a connection whose
+	// statements were all deferred may not have prepared it yet). The
 	// connections still work.
 	for i := range 3 {
 		x = tx()

@@ -83,9 +83,10 @@ func (m promMetrics) sum(name string, labels ...string) int64 {
 // order is lost, none is placed twice, and each resolution matches what
 // the server did. Run twice: with idempotency keys (the key's lookup
 // starts the transaction, whose id is read before the COMMIT), and
-// without, where an order is one round trip (BEGIN, the inserts, the event
-// and COMMIT in one pipeline) that does not read its transaction id (the
-// COMMIT's answer would take it along): the order's row resolves it. (A
+// without, where an order is one round trip (the inserts and the event in
+// one pipeline, an implicit transaction that the pipeline's Sync commits)
+// that does not read its transaction id (the commit's answer would take it
+// along): the order's row resolves it. (A
 // forwarded COMMIT can still abort: on the lost connection pgx sends a
 // cancel request, which may reach the backend while it runs the COMMIT —
 // 57014. The proxy reads the server's reply to each cut COMMIT, so the

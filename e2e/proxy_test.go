@@ -47,8 +47,8 @@ func (a CommitAction) String() string {
 // query, as pgx ends a transaction, or a Bind of a prepared COMMIT in a
 // pipeline (driver.Tx.DeferExec), which is cut after the Sync that runs it,
 // or the Sync that commits an implicit transaction (a unit of work sent
-// whole, without BEGIN and COMMIT). Decide chooses what happens to each COMMIT; it is only consulted while
-// the proxy is armed.
+// whole, without BEGIN and COMMIT). Decide chooses what happens to each
+// COMMIT; it is only consulted while the proxy is armed.
 type PGProxy struct {
 	t      testing.TB
 	ln     net.Listener

@@ -141,9 +141,9 @@ type Option func(*Service)
 // WithIDs makes Place take the ids of the order and its lines from b
 // before its unit of work runs, so that the unit sends its inserts and its
 // event in one round trip, one implicit transaction on PostgreSQL
-// (unitofwork.DeferWrites). Without it
-// (or with a nil b: MySQL/MariaDB, SQLite) the database assigns them, one
-// round trip for the order and one for its lines.
+// (unitofwork.DeferWrites). Without it (or with a nil b: MySQL/MariaDB,
+// SQLite) the database assigns them, one round trip for the order and one
+// for its lines.
 func WithIDs(b *ids.Blocks) Option { return func(s *Service) { s.ids = b } }
 
 // NewService returns the service over a unit of work and the client used

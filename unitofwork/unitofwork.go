@@ -128,8 +128,9 @@ func DeferWrites() Option { return func(s *settings) { s.deferWrites = true } }
 // ResolveBy names a row the unit inserts and nothing else could (a new row
 // whose id was taken beforehand from ids.Blocks): a COMMIT with no answer
 // whose transaction id is unknown (a unit sent whole with its COMMIT,
-// DeferWrites, does not read it) is resolved by whether the row exists once the
-// server process that ran it has ended (resilience.ResolveByEvidence).
+// DeferWrites, does not read it) is resolved by whether the row exists
+// once the server process that ran it has ended
+// (resilience.ResolveByEvidence).
 // PostgreSQL; without it such a COMMIT stays unknown (ErrCommitUnknown).
 func ResolveBy(e resilience.CommitEvidence) Option {
 	return func(s *settings) { s.evidence = &e }

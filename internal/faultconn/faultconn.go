@@ -1,10 +1,11 @@
 // Package faultconn wraps the network connections of a database driver so
 // tests can cut one at a chosen moment: just before a COMMIT is sent, or
 // just after it was sent and before its reply is read. A write that
-// carries a COMMIT pipelined behind other statements is dropped or sent
-// whole. It is installed
-// through the drivers' dial hooks (pgx ConnConfig.DialFunc, go-sql-driver
-// Config.DialFunc) via bento.WithDialer.
+// carries a COMMIT pipelined behind other statements, or the Sync that
+// commits an implicit transaction (PGCommits), is dropped or sent whole.
+// It is installed through the drivers' dial hooks (pgx
+// ConnConfig.DialFunc, go-sql-driver Config.DialFunc) via
+// bento.WithDialer.
 package faultconn
 
 import (

@@ -22,12 +22,12 @@ import (
 // COMMIT. (A single statement with its Sync is such a transaction too.)
 // Use one PGCommits per connection.
 type PGCommits struct {
-	stmts   map[string]stmtKind // prepared statement name → what it is
-	inBlock bool                // a BEGIN was bound or sent, and no COMMIT or ROLLBACK since
-	wrote   bool                // a statement that writes was bound outside a block since the last Sync
+	stmts   pgStatements
+	inBlock bool // a BEGIN was bound or sent, and no COMMIT or ROLLBACK since
+	wrote   bool // a statement that writes was bound outside a block since the last Sync
 }
 
-// stmtKind is what a prepared statement does to the transaction.
+// stmtKind is what a statement does to the transaction.
 type stmtKind uint8
 
 const (
@@ -43,36 +43,16 @@ const (
 // commits an implicit transaction that wrote. It records the statements
 // msg prepares and the transaction block it opens or ends.
 func (c *PGCommits) IsCommit(msg []byte) bool {
-	if len(msg) < 5 {
-		return false
-	}
-	body := msg[5:]
-	switch msg[0] {
-	case 'Q':
-		return c.bound(kindOf(cstring(body)), false)
-	case 'P':
-		name := cstring(body)
-		query := cstring(body[min(len(name)+1, len(body)):])
-		if c.stmts == nil {
-			c.stmts = map[string]stmtKind{}
-		}
-		c.stmts[name] = kindOf(query)
-	case 'B':
-		portal := cstring(body)
-		stmt := cstring(body[min(len(portal)+1, len(body)):])
-		return c.bound(c.stmts[stmt], true)
-	case 'S':
+	if len(msg) >= 5 && msg[0] == 'S' {
 		commit := c.wrote
 		c.wrote = false
 		return commit
 	}
-	return false
-}
-
-// bound records a statement of kind sent to run (extended: bound, to run
-// at the next Sync at the latest) and reports whether it is a COMMIT.
-func (c *PGCommits) bound(kind stmtKind, extended bool) bool {
-	switch kind {
+	query, extended, ok := c.stmts.sent(msg)
+	if !ok {
+		return false
+	}
+	switch kindOf(query) {
 	case stmtBegin:
 		c.inBlock = true
 	case stmtCommit:
@@ -81,9 +61,40 @@ func (c *PGCommits) bound(kind stmtKind, extended bool) bool {
 	case stmtRollback:
 		c.inBlock = false
 	case stmtWrite:
+		// Extended: bound, to run at the next Sync at the latest.
 		c.wrote = c.wrote || (extended && !c.inBlock)
 	}
 	return false
+}
+
+// pgStatements follows the statements of one PostgreSQL connection: the
+// ones prepared, by name, and the one each message sends to run.
+type pgStatements struct {
+	prepared map[string]string // prepared statement name → text
+}
+
+// sent records the statement msg prepares (a Parse) and returns the text
+// of the statement msg sends to run: a Bind's (extended) or a simple
+// query's. ok is false for any other message.
+func (s *pgStatements) sent(msg []byte) (query string, extended, ok bool) {
+	if len(msg) < 5 {
+		return "", false, false
+	}
+	body := msg[5:]
+	switch msg[0] {
+	case 'Q':
+		return cstring(body), false, true
+	case 'P':
+		name := cstring(body)
+		if s.prepared == nil {
+			s.prepared = map[string]string{}
+		}
+		s.prepared[name] = cstring(body[min(len(name)+1, len(body)):])
+	case 'B':
+		portal := cstring(body)
+		return s.prepared[cstring(body[min(len(portal)+1, len(body)):])], true, true
+	}
+	return "", false, false
 }
 
 // PGBound records, by their text, the statements a client sends to run on
@@ -91,8 +102,8 @@ func (c *PGCommits) bound(kind stmtKind, extended bool) bool {
 // named by its Parse) or sent as simple queries. Tests use it to see on
 // the wire which statements a transaction sent (BEGIN and COMMIT, say).
 type PGBound struct {
-	stmts map[string]string // prepared statement name → text
-	Texts []string          // the statements sent, in order
+	stmts pgStatements
+	Texts []string // the statements sent, in order
 }
 
 // Record records what one write's bytes send. A write that is not a whole
@@ -103,19 +114,8 @@ func (b *PGBound) Record(p []byte) {
 		return
 	}
 	for _, m := range msgs {
-		body := m[5:]
-		switch m[0] {
-		case 'P':
-			name := cstring(body)
-			if b.stmts == nil {
-				b.stmts = map[string]string{}
-			}
-			b.stmts[name] = cstring(body[min(len(name)+1, len(body)):])
-		case 'B':
-			portal := cstring(body)
-			b.Texts = append(b.Texts, b.stmts[cstring(body[min(len(portal)+1, len(body)):])])
-		case 'Q':
-			b.Texts = append(b.Texts, cstring(body))
+		if query, _, ok := b.stmts.sent(m); ok {
+			b.Texts = append(b.Texts, query)
 		}
 	}
 }
@@ -166,22 +166,24 @@ func cstring(b []byte) string {
 // ROLLBACK TO a savepoint), a read (SELECT, SHOW, VALUES) or, for
 // anything else, a write.
 func kindOf(q string) stmtKind {
-	q = strings.ToLower(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";")))
+	q = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";"))
 	first, rest := q, ""
 	if i := strings.IndexAny(q, " \t\r\n("); i >= 0 {
 		first, rest = q[:i], strings.TrimSpace(q[i:])
 	}
-	switch first {
+	switch strings.ToLower(first) {
 	case "commit", "end":
-		if rest == "" || rest == "transaction" || rest == "work" {
+		if rest == "" || strings.EqualFold(rest, "transaction") || strings.EqualFold(rest, "work") {
 			return stmtCommit
 		}
-	case "begin", "start":
-		if first == "begin" || strings.HasPrefix(rest, "transaction") {
+	case "begin":
+		return stmtBegin
+	case "start":
+		if len(rest) >= 11 && strings.EqualFold(rest[:11], "transaction") {
 			return stmtBegin
 		}
 	case "rollback", "abort":
-		if !strings.Contains(rest, "to ") {
+		if !strings.Contains(strings.ToLower(rest), "to ") {
 			return stmtRollback
 		}
 	case "select", "show", "values":

@@ -2,11 +2,11 @@
 // program can: the rows a unit of work writes for it (the order, its line,
 // its OrderPlaced outbox row) in the unit of work's one round trip (the
 // three inserts in one pipeline, PostgreSQL's implicit transaction
-// committing them at its Sync), written by hand on a bare
-// pgx pool, with no ent, database/sql or Bento layer. Its client CPU per
-// order is the floor under the unit of work's: what pgx and the Go runtime
-// cost for the same work. `bento bench --floor` and shop's
-// BenchmarkPlaceOrderPgx run it.
+// committing them at its Sync), written by hand on a bare pgx pool, with
+// no ent, database/sql or Bento layer. Its client CPU per order is the
+// floor under the unit of work's: what pgx and the Go runtime cost for the
+// same work. `bento bench --floor` and shop's BenchmarkPlaceOrderPgx run
+// it.
 //
 // The ids come from the same ids.Blocks as the unit of work's, and the
 // outbox row from the writer's own statement (outbox.WriteStatements);
